@@ -121,12 +121,14 @@ def load_audio(path: str | os.PathLike, *, min_seconds: float = 0.0) -> Audio:
         data, sr = sf.read(str(p), dtype="float32", always_2d=True)
     except Exception as exc:
         raise AudioError(f"{p}: audio data is corrupt or truncated ({_short(exc)})") from None
-    # libsndfile reads a truncated WAV without complaint but returns fewer frames than
-    # the header promised; a compressed stream (ogg/mp3) reports frames approximately.
+    # libsndfile reads a truncated WAV without complaint (it trusts the file size), so
+    # compare the size the header declares for the data chunk with what is on disk.
+    declared = _wav_declared_data_bytes(p) if info.format in ("WAV", "WAVEX") else None
+    if declared is not None and declared[0] > declared[1]:
+        raise AudioError(f"{p}: file is truncated (header declares {declared[0]} data bytes, found {declared[1]})")
+    # Compressed streams (ogg, mp3) report their frame count approximately.
     if info.format in ("WAV", "WAVEX", "AIFF", "FLAC", "W64", "RF64") and len(data) < info.frames:
-        raise AudioError(
-            f"{p}: file is truncated (header says {info.frames} frames, found {len(data)})"
-        )
+        raise AudioError(f"{p}: file is truncated (header says {info.frames} frames, found {len(data)})")
     if len(data) == 0:
         raise AudioError(f"{p}: contains no audio samples")
     if not np.isfinite(data).all():
@@ -167,6 +169,27 @@ def write_audio(path: str | os.PathLike, *, y: np.ndarray, sr: int, subtype: str
         Path(tmp).unlink(missing_ok=True)
         raise
     return p
+
+
+def _wav_declared_data_bytes(p: Path) -> tuple[int, int] | None:
+    """(declared, present) byte counts of a RIFF/WAVE file's data chunk, or None."""
+    import struct
+
+    with open(p, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        size = p.stat().st_size
+        while True:
+            ch = f.read(8)
+            if len(ch) < 8:
+                return None
+            cid, clen = ch[:4], struct.unpack("<I", ch[4:])[0]
+            if cid == b"data":
+                if clen == 0xFFFFFFFF:  # streamed WAV with an unknown length
+                    return None
+                return clen, size - f.tell()
+            f.seek(clen + (clen & 1), 1)
 
 
 def _short(exc: Exception) -> str:

@@ -1,0 +1,84 @@
+import mir_eval
+import numpy as np
+import pytest
+
+from datasets.audio import ANALYSIS_SR, load_audio
+from datasets.beats import BeatGrid, track_beats
+from datasets.errors import AudioError
+from tests.conftest import click_track
+
+
+def _check_tiles(grid: BeatGrid, duration: float) -> None:
+    assert grid.bounds[0] == 0.0
+    assert abs(grid.bounds[-1] - duration) < 1e-9
+    assert np.all(np.diff(grid.bounds) > 0)
+    assert grid.beat_in_bar.max() < grid.beats_per_bar
+    assert np.all(np.diff(grid.bar) >= 0)
+
+
+@pytest.mark.parametrize("bpm", [80.0, 128.0, 160.0])
+def test_click_track_beats_and_tempo(bpm):
+    y, times = click_track(bpm=bpm, seconds=20.0)
+    grid = track_beats(y=y, sr=ANALYSIS_SR)
+    _check_tiles(grid, len(y) / ANALYSIS_SR)
+    assert abs(grid.tempo - bpm) / bpm < 0.03
+    f = mir_eval.beat.f_measure(times[times > 5.0], grid.times[grid.times > 5.0])
+    assert f > 0.95
+
+
+def test_three_four_meter_and_downbeats():
+    y, times = click_track(bpm=120.0, seconds=24.0, beats_per_bar=3)
+    grid = track_beats(y=y, sr=ANALYSIS_SR)
+    assert grid.beats_per_bar == 3
+    # downbeats (accented clicks) are every third true beat starting at 0
+    down_true = times[::3]
+    down_est = grid.times[grid.is_downbeat]
+    assert mir_eval.beat.f_measure(down_true[down_true > 5], down_est[down_est > 5]) > 0.9
+
+
+def test_real_song_grid_covers_everything(race1_path):
+    a = load_audio(race1_path)
+    grid = track_beats(y=a.y_mono, sr=ANALYSIS_SR)
+    _check_tiles(grid, len(a.y_mono) / ANALYSIS_SR)
+    assert 100 < grid.tempo < 140 and grid.beats_per_bar in (3, 4)
+    s = grid.samples(a.sr)
+    assert s[0] == 0 and abs(s[-1] - a.y.shape[1]) <= 2
+
+
+def test_tempo_drift_is_followed():
+    sr = ANALYSIS_SR
+    # 120 BPM drifting linearly to 124.8 BPM (+4%) over 30 s, like a band speeding up
+    times, t, bpm = [], 0.2, 120.0
+    while t < 30.0:
+        times.append(t)
+        bpm = 120.0 * (1 + 0.04 * t / 30.0)
+        t += 60.0 / bpm
+    times = np.array(times)
+    y = np.zeros(int(30.5 * sr), np.float32)
+    k = np.arange(int(0.03 * sr)) / sr
+    for bt in times:
+        s = int(bt * sr)
+        y[s : s + len(k)] += np.sin(2 * np.pi * 1000 * k) * np.exp(-k * 120)
+    grid = track_beats(y=y, sr=sr)
+    assert mir_eval.beat.f_measure(times[times > 5], grid.times[grid.times > 5]) > 0.9
+
+
+def test_silence_and_too_short_are_clear_errors():
+    with pytest.raises(AudioError, match="silent"):
+        track_beats(y=np.zeros(ANALYSIS_SR * 5, np.float32), sr=ANALYSIS_SR, name="quiet.wav")
+    y, _ = click_track(bpm=60.0, seconds=6.0)  # 6 s < 2 bars of 4/4 at 60 BPM (8 s)
+    with pytest.raises(AudioError, match="too short.*2 bars"):
+        track_beats(y=y, sr=ANALYSIS_SR, name="short.wav")
+
+
+def test_from_beat_times_extrapolates_and_labels_bars():
+    times = np.arange(1.25, 9.0, 0.5)  # beats start at 1.25 s; duration 10 s
+    grid = BeatGrid.from_beat_times(times, duration=10.0, beats_per_bar=4, downbeat_index=2)
+    _check_tiles(grid, 10.0)
+    # extrapolated backwards: 0.75, 0.25, then a partial pickup beat [0, 0.25)
+    np.testing.assert_allclose(grid.bounds[:4], [0.0, 0.25, 0.75, 1.25])
+    # times[2] = 2.25 s is a downbeat
+    i = int(np.argmin(np.abs(grid.times - 2.25)))
+    assert grid.beat_in_bar[i] == 0 and grid.beat_in_bar[i + 1] == 1
+    assert grid.beat_in_bar[i - 1] == 3
+    assert BeatGrid.from_dict(grid.to_dict()).bounds.tolist() == grid.bounds.tolist()
