@@ -1,0 +1,193 @@
+"""What a musician looks at after an edit: a PNG of the edit and a report.html.
+
+The PNG draws the raw waveform with kept / cut / looped / effected regions coloured and
+the output timeline below it (which raw span plays when). The HTML page opens from disk
+in any browser with no server: audio players for the raw and the edited song, the PNG,
+and the plan as a table.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+import numpy as np
+
+from envs.plan import EditPlan
+
+__all__ = ["OutputSegment", "output_timeline", "plot_edit", "write_report_html"]
+
+# Colours a musician reads at a glance: grey = cut, green = kept, orange = used more than
+# once (loop/repeat), purple = an effect other than gain/fade.
+_COLOURS = {"cut": "#d0d0d0", "kept": "#4caf50", "looped": "#ff9800", "effect": "#8e44ad"}
+
+
+@dataclass(frozen=True)
+class OutputSegment:
+    """One plan segment placed on the output timeline (seconds)."""
+
+    index: int
+    raw_start: float
+    raw_end: float
+    out_start: float
+    out_end: float
+    ops: str
+
+
+def _ops_text(seg) -> str:
+    o = seg.ops
+    parts = []
+    if o.gain_db:
+        parts.append(f"gain {o.gain_db:+.1f} dB")
+    if o.fade_in_s:
+        parts.append(f"fade in {o.fade_in_s:.2f} s")
+    if o.fade_out_s:
+        parts.append(f"fade out {o.fade_out_s:.2f} s")
+    if o.eq_low_db:
+        parts.append(f"low shelf {o.eq_low_db:+.0f} dB")
+    if o.eq_high_db:
+        parts.append(f"high shelf {o.eq_high_db:+.0f} dB")
+    if o.distortion:
+        parts.append(f"distortion {o.distortion:.0f} dB")
+    if o.reverb:
+        parts.append(f"reverb {o.reverb:.2f}")
+    if o.time_factor != 1.0:
+        parts.append(f"time x{o.time_factor:g}")
+    if o.reversed:
+        parts.append("reversed")
+    return ", ".join(parts) or "-"
+
+
+def output_timeline(plan: EditPlan, *, durations: list[float] | None = None) -> list[OutputSegment]:
+    """Place each segment on the output timeline.
+
+    durations : output length of each segment in seconds (from the renderer, which knows
+        about time stretch and crossfade overlaps); by default raw length / time_factor.
+    """
+    out, t = [], 0.0
+    for i, seg in enumerate(plan.segments):
+        r0, r1 = plan.segment_seconds(seg)
+        d = durations[i] if durations is not None else (r1 - r0) / seg.ops.time_factor
+        out.append(OutputSegment(i, r0, r1, t, t + d, _ops_text(seg)))
+        t += d
+    return out
+
+
+def _region_kind(plan: EditPlan) -> list[str]:
+    """Per raw beat: cut / kept / looped / effect."""
+    used = plan.raw_beats_used
+    effect = np.zeros(plan.grid.n_beats, dtype=bool)
+    for s in plan.segments:
+        if s.ops.has_effect:
+            effect[s.raw_start : s.raw_end] = True
+    kinds = []
+    for u, e in zip(used, effect):
+        kinds.append("cut" if u == 0 else "effect" if e else "looped" if u > 1 else "kept")
+    return kinds
+
+
+def plot_edit(plan: EditPlan, *, y: np.ndarray, sr: int, path: str | os.PathLike, title: str = "") -> Path:
+    """Draw the edit to a PNG (written atomically).
+
+    y : raw audio [shape=(channels, n) or (n,)] at rate sr, for the waveform.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    mono = y.mean(axis=0) if y.ndim == 2 else y
+    # An envelope of ~2000 points: enough detail for a 10-minute song, cheap to draw.
+    hop = max(1, len(mono) // 2000)
+    n = len(mono) // hop
+    env = np.abs(mono[: n * hop]).reshape(n, hop).max(axis=1)
+    t = np.arange(n) * hop / sr
+
+    fig, (ax_raw, ax_out) = plt.subplots(2, 1, figsize=(12, 4.5), gridspec_kw={"height_ratios": [2, 1]})
+    kinds = _region_kind(plan)
+    b = plan.grid.bounds
+    for i, k in enumerate(kinds):
+        ax_raw.axvspan(b[i], b[i + 1], color=_COLOURS[k], alpha=0.35, lw=0)
+    ax_raw.fill_between(t, -env, env, color="#222222", lw=0)
+    ax_raw.set_xlim(0, plan.grid.duration)
+    ax_raw.set_ylim(-1.05, 1.05)
+    ax_raw.set_yticks([])
+    ax_raw.set_xlabel("raw time (s)")
+    ax_raw.set_title(title or "edit")
+    ax_raw.legend(handles=[Patch(color=c, label=k) for k, c in _COLOURS.items()], loc="upper right", ncol=4, fontsize=8)
+
+    timeline = output_timeline(plan)
+    cmap = plt.get_cmap("tab20")
+    for s in timeline:
+        ax_out.barh(0, s.out_end - s.out_start, left=s.out_start, color=cmap(s.index % 20), edgecolor="white")
+        if s.out_end - s.out_start > 0.04 * max(1e-9, timeline[-1].out_end):
+            ax_out.text((s.out_start + s.out_end) / 2, 0, f"{s.raw_start:.0f}-{s.raw_end:.0f}s", ha="center", va="center", fontsize=7)
+    ax_out.set_xlim(0, max(timeline[-1].out_end, 1e-3))
+    ax_out.set_yticks([])
+    ax_out.set_xlabel("output time (s); labels give the raw span played")
+    fig.tight_layout()
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def _src(target: Path, out_dir: Path) -> str:
+    """A link from out_dir to target that a browser resolves from disk."""
+    try:
+        rel = os.path.relpath(target.resolve(), out_dir.resolve())
+    except ValueError:  # another drive on Windows
+        return target.resolve().as_uri()
+    # Percent-encode each part (spaces, '#', '?') so the browser reads it as a path.
+    return "/".join(quote(part) for part in Path(rel).parts)
+
+
+def write_report_html(
+    *,
+    out_dir: str | os.PathLike,
+    raw_audio: str | os.PathLike,
+    edited_audio: str | os.PathLike,
+    png: str | os.PathLike,
+    plan: EditPlan,
+    summary: dict[str, str],
+    timeline: list[OutputSegment] | None = None,
+) -> Path:
+    """Write out_dir/report.html (atomically) and return its path."""
+    out_dir = Path(out_dir)
+    timeline = timeline or output_timeline(plan)
+    rows = "\n".join(
+        f"<tr><td>{s.index}</td><td>{s.raw_start:.2f} - {s.raw_end:.2f}</td>"
+        f"<td>{s.out_start:.2f} - {s.out_end:.2f}</td><td>{html.escape(s.ops)}</td></tr>"
+        for s in timeline
+    )
+    facts = "\n".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in summary.items())
+    page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Edit of {html.escape(Path(raw_audio).name)}</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:2px 8px;text-align:left}}img{{max-width:100%}}</style></head>
+<body>
+<h1>Edit of {html.escape(Path(raw_audio).name)}</h1>
+<table>{facts}</table>
+<h2>Listen</h2>
+<p>Raw<br><audio controls preload="none" src="{_src(Path(raw_audio), out_dir)}"></audio></p>
+<p>Edited<br><audio controls preload="none" src="{_src(Path(edited_audio), out_dir)}"></audio></p>
+<h2>Look</h2>
+<img src="{_src(Path(png), out_dir)}" alt="raw waveform with kept, cut, looped and effected regions, and the output timeline">
+<h2>Plan</h2>
+<table><tr><th>segment</th><th>raw span (s)</th><th>output span (s)</th><th>ops</th></tr>
+{rows}
+</table>
+</body></html>
+"""
+    path = out_dir / "report.html"
+    tmp = out_dir / ".report.html.tmp"
+    tmp.write_text(page, encoding="utf-8")
+    os.replace(tmp, path)
+    return path
