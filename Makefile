@@ -19,7 +19,7 @@ setup: $(STAMP)
 $(STAMP): requirements.txt
 	@echo "setup: creating .venv and installing pinned dependencies (about 75 s)"
 	python3 -m venv .venv
-	.venv/bin/pip install -q --upgrade pip setuptools wheel
+	.venv/bin/pip install -q setuptools wheel
 	.venv/bin/pip install -q torch==2.13.0
 	.venv/bin/pip install -q --no-build-isolation natten==0.21.7
 	.venv/bin/pip install -q -r requirements.txt
@@ -29,10 +29,33 @@ $(STAMP): requirements.txt
 test: setup
 	$(PY) -m pytest -q tests
 
-demo: setup
-	@echo "demo: the full pipeline (demo corpus -> align -> pretrain -> finetune -> infer) is not complete yet;"
-	@echo "demo: running the stages that exist. See README.md 'Status'."
-	$(PY) -m datasets.features ../shared/data/music/race1-jt.ogg
+# ---- the pipeline: DATA=DIR (default training_data, never written) RUN=NAME (runs/NAME) ----
+align: setup
+	$(PY) -m alignment.run --data $(DATA) --run $(RUN) --jobs $(JOBS)
+
+pretrain: setup
+	$(PY) -m pretrain.train --run $(RUN)
+
+finetune: setup
+	$(PY) -m rl.train --run $(RUN)
+
+# make infer INPUT=song.wav [CHECKPOINT=path] [OUT=dir] [ARGS="--target-duration 180"]
+infer: setup
+	@if [ -z "$(INPUT)" ]; then echo "error: give the song to edit: make infer INPUT=song.wav" >&2; exit 2; fi
+	$(PY) -m agent.infer "$(INPUT)" $(if $(CHECKPOINT),--checkpoint "$(CHECKPOINT)",--newest-in runs) $(if $(OUT),--out "$(OUT)") $(ARGS)
+
+# ---- the demo: a corpus of generated songs edited by a scripted persona, then every stage ----
+DEMO_DATA := runs/demo/data
+PERSONA ?= tight
+
+demo-data: setup
+	$(PY) -m datasets.demo.build --out $(DEMO_DATA) --persona $(PERSONA) --jobs $(JOBS)
+
+demo: demo-data
+	$(MAKE) --no-print-directory align DATA=$(DEMO_DATA) RUN=demo
+	$(MAKE) --no-print-directory pretrain RUN=demo
+	$(PY) -m rl.train --run demo --epochs 10
+	$(PY) -m agent.demo_infer --run demo
 
 bench: setup
-	$(PY) bench/features.py
+	for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

@@ -1,0 +1,124 @@
+"""Align one raw/edited pair: ``python -m alignment RAW EDITED --json OUT.json [--plot OUT.png]``.
+
+Prints the segments (seconds), the beat plan's keep ratio, confidence and fidelity;
+``--json`` writes the label record (alignment.labels.PairLabels.to_dict), ``--plot``
+draws edited time against raw time with each segment as a line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from datasets.errors import EditorError
+
+__all__ = ["main", "write_json", "plot_alignment"]
+
+
+def write_json(path: str | os.PathLike, data: dict) -> Path:
+    """Write JSON atomically (temp file in the same folder + rename)."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1)
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return p
+
+
+def plot_alignment(path: str | os.PathLike, record: dict, *, title: str = "") -> Path:
+    """PNG of edited time (x) against raw time (y): one line per segment (reversed
+    segments run downwards), unmatched spans shaded, beat-plan joins marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 6), dpi=100)
+    effects = record.get("segment_effects") or [{}] * len(record["segments"])
+    for k, (s, fx) in enumerate(zip(record["segments"], effects)):
+        ys = (s["raw_end"], s["raw_start"]) if fx.get("reversed") else (s["raw_start"], s["raw_end"])
+        color = "tab:red" if fx.get("reversed") else ("tab:purple" if fx.get("time_factor", 1.0) != 1.0 else "tab:blue")
+        ax.plot((s["edit_start"], s["edit_end"]), ys, color=color, lw=2.5, alpha=0.4 + 0.6 * s["confidence"])
+        label = f"{s['gain_db']:+.1f} dB" if abs(s["gain_db"]) >= 0.75 else ""
+        if s["fade_in_s"] > 0 or s["fade_out_s"] > 0:
+            label += f" fade {s['fade_in_s']:.1f}/{s['fade_out_s']:.1f}s"
+        if label:
+            ax.annotate(label, ((s["edit_start"] + s["edit_end"]) / 2, (ys[0] + ys[1]) / 2), fontsize=7)
+    for a, b in record.get("unmatched", []):
+        ax.axvspan(a, b, color="0.85", zorder=0)
+    ax.set_xlabel("edited time (s)")
+    ax.set_ylabel("raw time (s)")
+    ax.set_xlim(0, record.get("edit_duration", None) or None)
+    ax.set_ylim(0, record.get("raw_duration", None) or None)
+    ax.grid(alpha=0.3)
+    ax.set_title(
+        (title + "\n" if title else "")
+        + f"{len(record['segments'])} segments, confidence {record['confidence']:.2f}, fidelity {record['fidelity']:.2f} dB",
+        fontsize=9,
+    )
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".png", dir=p.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, format="png")
+        os.replace(tmp, p)
+    finally:
+        plt.close(fig)
+        Path(tmp).unlink(missing_ok=True)
+    return p
+
+
+def get_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m alignment", description=__doc__.splitlines()[0])
+    ap.add_argument("raw", help="raw recording (any format libsndfile reads)")
+    ap.add_argument("edited", help="the hand-edited version of it")
+    ap.add_argument("--json", dest="json_out", help="write the label record here")
+    ap.add_argument("--plot", help="write a PNG of edited time vs raw time here")
+    ap.add_argument("--no-actions", action="store_true", help="skip the oracle actions")
+    ap.add_argument("--no-fidelity", action="store_true", help="skip rendering the plan back")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from alignment.labels import label_pair
+
+    try:
+        labels = label_pair(args.raw, args.edited, with_actions=not args.no_actions, with_fidelity=not args.no_fidelity)
+    except EditorError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    rec = labels.to_dict()
+    print(f"{'edit s':>16} {'raw s':>16} {'gain dB':>8} {'fades s':>11} {'conf':>5}")
+    for s in rec["segments"]:
+        print(
+            f"{s['edit_start']:7.2f}-{s['edit_end']:7.2f}  {s['raw_start']:7.2f}-{s['raw_end']:7.2f}  {s['gain_db']:+7.2f}"
+            f"  {s['fade_in_s']:4.1f}/{s['fade_out_s']:4.1f}  {s['confidence']:5.2f}"
+        )
+    n_act = "-" if rec["actions"] is None else len(rec["actions"])
+    print(
+        f"confidence {rec['confidence']:.3f}  fidelity {rec['fidelity']:.2f} dB  keep ratio {rec['keep_ratio']:.3f}  "
+        f"beat segments {len(rec['plan']['segments'])}  actions {n_act} (exact {rec['actions_exact']})  "
+        f"{rec['seconds']:.1f} s"
+    )
+    if args.json_out:
+        write_json(args.json_out, rec)
+    if args.plot:
+        plot_alignment(args.plot, rec, title=f"{Path(args.edited).name} vs {Path(args.raw).name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

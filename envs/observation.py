@@ -1,0 +1,235 @@
+"""The environment's observation: a window of beats around the read head, plus globals.
+
+Layout (the agent's contract; every column is named, never indexed by hope):
+
+``"beats"`` float32 [W, F]: W = 64 consecutive raw beats, the read head at row
+``HEAD_INDEX`` = W // 4 = 16: 16 beats of context behind the head, 48 ahead. The
+decision at the head is about the material that follows (how much to keep, where the
+next phrase starts, whether to loop what comes), and what was already decided is
+summarised by the edit-history channels, so the window looks mostly forward. 64 beats
+= 16 bars of 4/4 = 4 phrases: two phrases ahead of the largest action (TWO_PHRASES).
+Columns: the 121 raw (unnormalised) features of ``datasets.features.FEATURE_NAMES``,
+then ``HISTORY_CHANNELS``:
+
+=====================  ==============================================================
+``hist_decided``       1 for raw beats the head has passed (their fate is decided)
+``hist_kept``          1 if the beat is played at least once in the plan so far
+``hist_cut``           1 if decided and not played
+``hist_looped``        1 if played more than once
+``hist_times_used``    how many times the beat is played
+``hist_effect``        1 if played with any effect (EQ, distortion, reverb, time, reverse)
+``hist_gain_db``       gain of the last segment that plays the beat, dB (0 if none)
+``hist_fade``          1 if played inside a segment with a fade in or out
+``is_head``            1 on the read-head row
+``rel_pos``            (row - HEAD_INDEX) / W
+=====================  ==============================================================
+
+The grid's own per-beat facts (bar phase, downbeat, phrase start, song position) are
+already feature columns (``bar_phase``, ``is_downbeat``, ``is_phrase_start``,
+``song_position``), so they are not repeated here.
+
+``"beat_mask"`` float32 [W]: 1 for real beats, 0 for padding beyond the song's ends
+(padding rows are all zeros).
+
+``"globals"`` float32 [G], ``GLOBAL_NAMES``: head phase in its bar, bar in its phrase and
+beat in its phrase, position in the
+song, target keep ratio, keep ratio so far (of the whole song and of the decided part),
+raw duration remaining and output duration so far (both / song duration), loop and jump
+budgets left (fraction of the executor's budgets), fraction of the step cap used,
+tempo / 200 BPM, beats per bar / 4, log2(n_beats) / 10.
+
+``"type_mask"`` int8 [18], ``"size_mask"`` int8 [18, 5], ``"amount_mask"`` int8 [18, 5]:
+the executor's masks (size and amount given the type).
+
+Cost: the per-beat array is preallocated once per song with W rows of padding
+[n_beats + W, F]; an observation is one slice copy plus two constant columns.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from datasets.beats import BARS_PER_PHRASE, BeatGrid
+from datasets.features import FEATURE_NAMES, N_FEATURES
+
+__all__ = [
+    "WINDOW",
+    "HEAD_INDEX",
+    "HISTORY_CHANNELS",
+    "BEAT_CHANNELS",
+    "N_BEAT_CHANNELS",
+    "GLOBAL_NAMES",
+    "N_GLOBALS",
+    "channel_index",
+    "global_index",
+    "ObservationBuilder",
+]
+
+#: Beats in the observation window (see the module docstring for why 64).
+WINDOW = 64
+#: Row of the read head in the window: a quarter of the window is behind it.
+HEAD_INDEX = WINDOW // 4
+
+HISTORY_CHANNELS: tuple[str, ...] = (
+    "hist_decided",
+    "hist_kept",
+    "hist_cut",
+    "hist_looped",
+    "hist_times_used",
+    "hist_effect",
+    "hist_gain_db",
+    "hist_fade",
+    "is_head",
+    "rel_pos",
+)
+BEAT_CHANNELS: tuple[str, ...] = tuple(FEATURE_NAMES) + HISTORY_CHANNELS
+N_BEAT_CHANNELS = len(BEAT_CHANNELS)
+
+GLOBAL_NAMES: tuple[str, ...] = (
+    "head_beat_phase",
+    "head_bar_phase",
+    "head_phrase_phase",
+    "position",
+    "target_keep",
+    "keep_ratio",
+    "keep_ratio_decided",
+    "raw_remaining",
+    "output_so_far",
+    "loops_left",
+    "jumps_left",
+    "steps_used",
+    "tempo",
+    "beats_per_bar",
+    "log_n_beats",
+)
+N_GLOBALS = len(GLOBAL_NAMES)
+
+_CH = {name: i for i, name in enumerate(BEAT_CHANNELS)}
+_GL = {name: i for i, name in enumerate(GLOBAL_NAMES)}
+
+
+def channel_index(name: str) -> int:
+    """Column of a per-beat channel in ``obs["beats"]``."""
+    return _CH[name]
+
+
+def global_index(name: str) -> int:
+    """Entry of a global in ``obs["globals"]``."""
+    return _GL[name]
+
+
+# Column numbers used on the hot path (resolved once, by name).
+_DECIDED, _KEPT, _CUT, _LOOPED, _USED = (_CH[c] for c in ("hist_decided", "hist_kept", "hist_cut", "hist_looped", "hist_times_used"))
+_EFFECT, _GAIN, _FADE, _IS_HEAD, _REL = (_CH[c] for c in ("hist_effect", "hist_gain_db", "hist_fade", "is_head", "rel_pos"))
+# ``ObservationBuilder.globals`` fills the vector positionally in this order.
+assert GLOBAL_NAMES[:12] == (
+    "head_beat_phase", "head_bar_phase", "head_phrase_phase", "position", "target_keep", "keep_ratio",
+    "keep_ratio_decided", "raw_remaining", "output_so_far", "loops_left", "jumps_left", "steps_used",
+)
+_REL_COLUMN = ((np.arange(WINDOW) - HEAD_INDEX) / WINDOW).astype(np.float32)
+
+
+class ObservationBuilder:
+    """Preallocated per-beat array of one song, updated as the plan grows.
+
+    Parameters
+    ----------
+    values : np.ndarray [shape=(n_beats, 121), float32] raw beat features
+    grid : the song's BeatGrid (n_beats must match)
+    """
+
+    def __init__(self, values: np.ndarray, grid: BeatGrid) -> None:
+        n = grid.n_beats
+        assert values.shape == (n, N_FEATURES), f"features {values.shape} do not match grid ({n} beats x {N_FEATURES})"
+        self.n_beats = n
+        self.grid = grid
+        self._widths = np.diff(grid.bounds)
+        # rows [HEAD_INDEX, HEAD_INDEX + n) hold the song; the window for head h is rows
+        # [h, h + WINDOW), so heads 0..n all slice inside without bounds checks
+        self._beats = np.zeros((n + WINDOW, N_BEAT_CHANNELS), dtype=np.float32)
+        self._mask = np.zeros(n + WINDOW, dtype=np.float32)
+        song = slice(HEAD_INDEX, HEAD_INDEX + n)
+        self._beats[song, :N_FEATURES] = values
+        self._mask[song] = 1.0
+        bpb = grid.beats_per_bar
+        self._hist = self._beats[song, N_FEATURES : N_FEATURES + 8]  # view on the history block
+        self._head_phase = np.stack(
+            [
+                grid.beat_in_bar / bpb,
+                (grid.bar % BARS_PER_PHRASE) / BARS_PER_PHRASE,
+                ((grid.bar % BARS_PER_PHRASE) * bpb + grid.beat_in_bar) / (BARS_PER_PHRASE * bpb),
+            ],
+            axis=1,
+        ).astype(np.float32)
+        self._globals = np.zeros(N_GLOBALS, dtype=np.float32)
+        self._globals[_GL["tempo"]] = grid.tempo / 200.0
+        self._globals[_GL["beats_per_bar"]] = bpb / 4.0
+        self._globals[_GL["log_n_beats"]] = np.log2(max(n, 1)) / 10.0
+
+    def reset(self) -> None:
+        """Clear the edit history (a new episode on the same song)."""
+        self._hist[:] = 0.0
+
+    # -- history updates (the env calls these when the plan changes) ---------------------
+    def set_decided(self, start: int, end: int) -> None:
+        """Raw beats [start, end) were passed by the head."""
+        h = self._hist[start:end]
+        h[:, _DECIDED - N_FEATURES] = 1.0
+        h[:, _CUT - N_FEATURES] = h[:, _USED - N_FEATURES] == 0
+
+    def add_played(self, start: int, end: int, *, gain_db: float, effect: bool, fade: bool) -> float:
+        """Raw beats [start, end) are played once more (a segment was appended).
+
+        Returns the seconds of raw audio played for the first time (for the keep ratio)."""
+        h = self._hist[start:end]
+        new = h[:, _USED - N_FEATURES] == 0
+        newly_kept = float(self._widths[start:end][new].sum()) if new.any() else 0.0
+        h[:, _USED - N_FEATURES] += 1.0
+        h[:, _KEPT - N_FEATURES] = 1.0
+        h[:, _CUT - N_FEATURES] = 0.0
+        h[:, _LOOPED - N_FEATURES] = h[:, _USED - N_FEATURES] > 1
+        if effect:
+            h[:, _EFFECT - N_FEATURES] = 1.0
+        h[:, _GAIN - N_FEATURES] = gain_db
+        if fade:
+            h[:, _FADE - N_FEATURES] = 1.0
+        return newly_kept
+
+    # -- the observation ------------------------------------------------------------------
+    def window(self, head: int) -> tuple[np.ndarray, np.ndarray]:
+        """(beats [W, F] float32, beat_mask [W] float32) for the read head at raw beat ``head``."""
+        h = min(max(head, 0), self.n_beats)
+        beats = self._beats[h : h + WINDOW].copy()
+        beats[:, _REL] = _REL_COLUMN
+        beats[HEAD_INDEX, _IS_HEAD] = 1.0
+        return beats, self._mask[h : h + WINDOW].copy()
+
+    def globals(
+        self,
+        *,
+        head: int,
+        target_keep: float,
+        keep_ratio: float,
+        keep_ratio_decided: float,
+        raw_remaining: float,
+        output_so_far: float,
+        loops_left: float,
+        jumps_left: float,
+        steps_used: float,
+    ) -> np.ndarray:
+        """The globals vector [G] float32 (all arguments are fractions in about [0, 1])."""
+        g = self._globals.copy()
+        if head < self.n_beats:
+            g[0:3] = self._head_phase[head]
+        g[3:12] = (
+            head / self.n_beats,
+            target_keep,
+            keep_ratio,
+            keep_ratio_decided,
+            raw_remaining,
+            output_so_far,
+            loops_left,
+            jumps_left,
+            steps_used,
+        )
+        return g

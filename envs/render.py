@@ -1,0 +1,637 @@
+"""The renderer: the only code that turns an EditPlan into samples (DESIGN.md, "One contract").
+
+Layout (``layout``) is computed from the plan alone, without touching audio, so the
+environment can ask for the output duration and the join positions at no cost; ``render``
+then fills that layout with sound.
+
+Rules, in the order they are applied
+------------------------------------
+1. **Merging.** Consecutive segments that continue each other in the raw (forward:
+   ``prev.raw_end == cur.raw_start``; both reversed: ``cur.raw_end == prev.raw_start``) with
+   identical ops and no fade at the join are played as one segment, so effects with memory
+   (EQ, reverb, time stretch) run across them without restarting.
+2. **Cuts are sample-accurate** at ``plan.grid.samples(sr)``. A segment with time factor
+   ``f`` lasts exactly ``max(1, round((end - start) / f))`` output samples.
+3. **Joins.** Between consecutive (merged) segments there are four kinds of join:
+
+   - ``"contiguous"``: the raw continues with the same sound. Plain concatenation, no
+     crossfade. A keep-all plan is therefore the raw itself, bit for bit (unless the raw
+     peaks above 1.0, see 5).
+   - ``"blend"``: the raw continues (same direction, time factor 1) but the ops change
+     (gain step, EQ on/off, a fade). Both treatments are computed a few ms past the join
+     from the raw itself, and the output goes from one to the other with raised-cosine
+     weights that sum to 1 (the two signals are the same music, so they are correlated
+     and an equal-power curve would bump the level by up to 3 dB). Removes **0** samples.
+   - ``"crossfade"``: a real cut (the raw does not continue). Each side is extended by
+     ``h`` "handle" samples of its own raw material beyond the cut (as a DAW does), and
+     the two overlap over ``[j - h, j + h)`` with equal-power (sin/cos) weights, centred
+     on the cut, so the beat stays exactly where the grid puts it. Removes **0** samples.
+   - ``"overlap"``: a real cut where a handle does not exist (the earlier segment ends at
+     the end of the raw, or the later one starts at its start). The later segment starts
+     ``L`` samples early and the two overlap over ``[start, start + L)`` with equal-power
+     weights. Removes exactly **L** samples.
+
+   With ``x = round(crossfade_ms * sr / 1000)`` the crossfade length, ``h = min(x // 2,
+   len_prev // 2, len_cur // 2)`` and ``L = min(2 * (x // 2), len_prev // 2, len_cur // 2)``
+   (segment lengths in output samples). So only ``"overlap"`` joins shorten the output.
+4. **Ops**, per segment: reverse, time stretch (pedalboard.time_stretch, pitch kept), EQ
+   (low shelf at 200 Hz, high shelf at 4 kHz), distortion (pedalboard Distortion, output
+   level matched to its input so drive changes colour, not loudness), reverb (pedalboard
+   Reverb, dry kept at 1, ``wet_level = REVERB_WET_SCALE * ops.reverb``; the wet tail rings on for up to
+   ``REVERB_TAIL_S`` after the segment, mixed over what follows, faded out, cut at the
+   end of the output), gain in dB, then fades (equal-power quarter-sine curves over
+   ``fade_in_s``/``fade_out_s`` of the segment, clipped to its length).
+5. **Never clips.** When the output's peak exceeds 1.0 it is scaled to -0.1 dBFS; the gain
+   is reported (``RenderResult.safety_gain_db``). Pass ``limit=False`` to skip this.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from datasets.errors import EditorError, ParameterError
+from envs.plan import EditPlan, Ops, Segment
+
+__all__ = [
+    "DEFAULT_CROSSFADE_MS",
+    "REVERB_TAIL_S",
+    "REVERB_WET_SCALE",
+    "EQ_LOW_HZ",
+    "EQ_HIGH_HZ",
+    "SAFETY_CEILING",
+    "Join",
+    "Piece",
+    "Layout",
+    "RenderResult",
+    "merge_segments",
+    "layout",
+    "output_duration",
+    "join_positions",
+    "render",
+    "render_excerpt",
+    "main",
+]
+
+#: 10 ms: long enough that a cut between unrelated waveforms has no audible click (a
+#: 100 Hz cycle), short enough not to smear a drum hit across the join.
+DEFAULT_CROSSFADE_MS = 10.0
+#: Reverb ringing kept after a segment: pedalboard's Reverb at room_size 0.5 has decayed
+#: by ~60 dB after about 1.5 s.
+REVERB_TAIL_S = 1.5
+#: pedalboard's wet_level per unit of ``Ops.reverb``: its Freeverb wet output is 1.86x the
+#: input's RMS at wet_level 1 (measured on freezingpoint.ogg), so 0.5 makes reverb=1 a
+#: wet signal about as loud as the (untouched) dry one.
+REVERB_WET_SCALE = 0.5
+#: Shelf corners: 200 Hz separates kick/bass from the rest, 4 kHz is where hi-hats and
+#: "air" live (the spec's EQ_LOW / EQ_HIGH).
+EQ_LOW_HZ = 200.0
+EQ_HIGH_HZ = 4000.0
+#: Output peak after the safety gain: -0.1 dBFS leaves room for inter-sample peaks
+#: after conversion to integer PCM.
+SAFETY_CEILING = 10 ** (-0.1 / 20)
+#: Context processed on each side of an excerpt so filters and the time stretcher have
+#: settled by the first sample returned (46 ms at 44.1 kHz).
+_EXCERPT_MARGIN = 2048
+
+
+# ---------------------------------------------------------------------------------------
+# Layout: where every segment and join lands in the output, from the plan alone
+# ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Join:
+    """A join between segment ``index - 1`` and segment ``index`` (merged plan).
+
+    position : output sample at the centre of the transition
+    start, end : the transition window [start, end) in output samples (start == end for
+        a contiguous join)
+    kind : "contiguous" | "blend" | "crossfade" | "overlap" (module docstring, rule 3)
+    removed : output samples this join removes (non-zero only for "overlap")
+    """
+
+    index: int
+    position: int
+    start: int
+    end: int
+    kind: str
+    removed: int
+
+    @property
+    def is_cut(self) -> bool:
+        """True for joins between audio that does not continue in the raw."""
+        return self.kind in ("crossfade", "overlap")
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One merged segment placed in the output.
+
+    raw_start, raw_end : raw samples of the segment's core [raw_start, raw_end)
+    out_start, length : output samples of the core [out_start, out_start + length)
+    head, tail : handle samples rendered before / after the core (play order)
+    """
+
+    segment: Segment
+    raw_start: int
+    raw_end: int
+    out_start: int
+    length: int
+    head: int
+    tail: int
+
+    @property
+    def out_end(self) -> int:
+        return self.out_start + self.length
+
+    @property
+    def ops(self) -> Ops:
+        return self.segment.ops
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Output timeline of a plan at one sample rate (no audio involved)."""
+
+    pieces: tuple[Piece, ...]
+    joins: tuple[Join, ...]
+    n_out: int
+    sr: int
+    n_raw: int
+    crossfade: int
+
+    @property
+    def duration(self) -> float:
+        """Output seconds."""
+        return self.n_out / self.sr
+
+
+def merge_segments(segments: tuple[Segment, ...] | list[Segment]) -> list[Segment]:
+    """Rule 1: join segments that continue each other with the same sound.
+
+    Unlike ``EditPlan.merged`` this respects direction: two reversed segments merge only
+    when the later one plays the raw just *before* the earlier one.
+    """
+    out: list[Segment] = []
+    for s in segments:
+        if out:
+            p = out[-1]
+            same = p.ops == s.ops and p.ops.fade_out_s == 0 and s.ops.fade_in_s == 0
+            if same and not s.ops.reversed and p.raw_end == s.raw_start:
+                out[-1] = Segment(p.raw_start, s.raw_end, p.ops)
+                continue
+            if same and s.ops.reversed and s.raw_end == p.raw_start:
+                out[-1] = Segment(s.raw_start, p.raw_end, p.ops)
+                continue
+        out.append(s)
+    return out
+
+
+def _core_length(n_raw_span: int, tf: float) -> int:
+    return n_raw_span if tf == 1.0 else max(1, int(round(n_raw_span / tf)))
+
+
+def _raw_continues(p: Segment, c: Segment) -> bool:
+    """True when ``c`` plays the raw right where ``p`` stops, at the same speed."""
+    if p.ops.time_factor != 1.0 or c.ops.time_factor != 1.0 or p.ops.reversed != c.ops.reversed:
+        return False
+    return c.raw_end == p.raw_start if p.ops.reversed else p.raw_end == c.raw_start
+
+
+def layout(plan: EditPlan, sr: int, crossfade_ms: float = DEFAULT_CROSSFADE_MS, *, n_raw: int | None = None) -> Layout:
+    """Place every segment and join of ``plan`` in the output at rate ``sr``.
+
+    n_raw : raw length in samples (default: the grid's duration at ``sr``); handles are
+        only available inside [0, n_raw).
+    """
+    if crossfade_ms < 0:
+        raise ParameterError(f"crossfade_ms must be >= 0, got {crossfade_ms}")
+    if not plan.segments:
+        raise ParameterError("plan has no segments (an edit must keep something)")
+    bounds = plan.grid.samples(sr)
+    if n_raw is None:
+        n_raw = int(bounds[-1])
+    bounds = np.minimum(bounds, n_raw)
+    x = int(round(crossfade_ms * sr / 1000.0))
+    half = x // 2
+    segs = merge_segments(plan.segments)
+    spans = []
+    for s in segs:
+        a, b = int(bounds[s.raw_start]), int(bounds[s.raw_end])
+        if b <= a:
+            raise ParameterError(f"segment beats [{s.raw_start}, {s.raw_end}) are empty at {sr} Hz")
+        spans.append((a, b, _core_length(b - a, s.ops.time_factor)))
+
+    def room(i: int, side: str) -> int:
+        """Raw samples available beyond segment i's first ("head") or last ("tail") played sample."""
+        a, b, _ = spans[i]
+        before, after = a, n_raw - b
+        rev = segs[i].ops.reversed
+        if side == "head":
+            return after if rev else before
+        return before if rev else after
+
+    def has_handle(i: int, side: str, h: int) -> bool:
+        return room(i, side) >= int(math.ceil(h * segs[i].ops.time_factor))
+
+    kinds: list[tuple[str, int]] = []  # (kind, width) per join i (1..)
+    for i in range(1, len(segs)):
+        p, c = segs[i - 1], segs[i]
+        lp, lc = spans[i - 1][2], spans[i][2]
+        h = min(half, lp // 2, lc // 2)
+        if _raw_continues(p, c):
+            if p.ops == c.ops and p.ops.fade_out_s == 0 and c.ops.fade_in_s == 0:
+                kinds.append(("contiguous", 0))
+                continue
+            # the raw continues, so the handles are the neighbours' own samples
+            if h > 0 and has_handle(i - 1, "tail", h) and has_handle(i, "head", h):
+                kinds.append(("blend", h))
+                continue
+        elif h > 0 and has_handle(i - 1, "tail", h) and has_handle(i, "head", h):
+            kinds.append(("crossfade", h))
+            continue
+        kinds.append(("overlap", min(2 * half, lp // 2, lc // 2)))
+
+    pieces: list[Piece] = []
+    joins: list[Join] = []
+    pos = 0
+    for i, s in enumerate(segs):
+        a, b, n = spans[i]
+        head = tail = 0
+        if i > 0:
+            kind, w = kinds[i - 1]
+            if kind == "overlap":
+                pos -= w
+                joins.append(Join(i, pos + w // 2, pos, pos + w, kind, w))
+            else:
+                joins.append(Join(i, pos, pos - w, pos + w, kind, 0))
+                head = w
+        if i + 1 < len(segs) and kinds[i][0] in ("blend", "crossfade"):
+            tail = kinds[i][1]
+        pieces.append(Piece(s, a, b, pos, n, head, tail))
+        pos += n
+    return Layout(tuple(pieces), tuple(joins), pos, int(sr), int(n_raw), x)
+
+
+def output_duration(plan: EditPlan, sr: int, crossfade_ms: float = DEFAULT_CROSSFADE_MS) -> float:
+    """Seconds of audio ``render`` will return for ``plan`` at ``sr``, without rendering."""
+    return layout(plan, sr, crossfade_ms).duration
+
+
+def join_positions(
+    plan: EditPlan, sr: int, crossfade_ms: float = DEFAULT_CROSSFADE_MS, *, include_blends: bool = False
+) -> np.ndarray:
+    """Output sample index (centre of the transition) of every cut [shape=(n_cuts,), int64].
+
+    A cut is a join whose two sides do not continue each other in the raw ("crossfade"
+    and "overlap" joins); ``include_blends`` adds the raw-contiguous joins where the
+    ops change.
+    """
+    keep = ("crossfade", "overlap", "blend") if include_blends else ("crossfade", "overlap")
+    return np.array([j.position for j in layout(plan, sr, crossfade_ms).joins if j.kind in keep], dtype=np.int64)
+
+
+# ---------------------------------------------------------------------------------------
+# Per-segment processing
+# ---------------------------------------------------------------------------------------
+def _equal_power(n: int) -> np.ndarray:
+    """Rising equal-power curve sin(pi/2 t) on n samples (sample centres), float32."""
+    t = (np.arange(n, dtype=np.float64) + 0.5) / n
+    return np.sin(0.5 * np.pi * t).astype(np.float32)
+
+
+def _raised_cosine(n: int) -> np.ndarray:
+    """Rising sin^2(pi/2 t): with its mirror it sums to exactly 1 (for correlated audio)."""
+    t = (np.arange(n, dtype=np.float64) + 0.5) / n
+    return (np.sin(0.5 * np.pi * t) ** 2).astype(np.float32)
+
+
+def _apply_effects(x: np.ndarray, sr: int, ops: Ops, *, with_tail: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """EQ, distortion, reverb, gain on x [channels, n] float32 (already reversed/stretched).
+
+    Returns (y [channels, n], reverb tail [channels, t] or None).
+    """
+    import pedalboard
+
+    tail = None
+    if ops.eq_low_db != 0.0 or ops.eq_high_db != 0.0:
+        fx = []
+        if ops.eq_low_db != 0.0:
+            fx.append(pedalboard.LowShelfFilter(cutoff_frequency_hz=EQ_LOW_HZ, gain_db=ops.eq_low_db))
+        if ops.eq_high_db != 0.0:
+            fx.append(pedalboard.HighShelfFilter(cutoff_frequency_hz=EQ_HIGH_HZ, gain_db=ops.eq_high_db))
+        x = pedalboard.Pedalboard(fx)(x, sr)
+    if ops.distortion > 0.0:
+        rms_in = float(np.sqrt(np.mean(np.square(x, dtype=np.float64))))
+        d = pedalboard.Distortion(drive_db=ops.distortion)(x, sr)
+        rms_out = float(np.sqrt(np.mean(np.square(d, dtype=np.float64))))
+        # distortion changes the colour, not the loudness: match the input level
+        x = (d * (rms_in / rms_out)).astype(np.float32) if rms_out > 1e-9 else d
+    if ops.reverb > 0.0:
+        n = x.shape[1]
+        t = int(round(REVERB_TAIL_S * sr)) if with_tail else 0
+        padded = np.concatenate([x, np.zeros((x.shape[0], t), np.float32)], axis=1) if t else x
+        rv = pedalboard.Reverb(
+            room_size=0.5, damping=0.5, wet_level=float(ops.reverb) * REVERB_WET_SCALE, dry_level=1.0
+        )(padded, sr)
+        x = rv[:, :n]
+        if t:
+            tail = rv[:, n:] * _equal_power(t)[::-1]
+    if ops.gain_db != 0.0:
+        g = np.float32(10 ** (ops.gain_db / 20))
+        x = x * g
+        if tail is not None:
+            tail = tail * g
+    return np.ascontiguousarray(x, dtype=np.float32), tail
+
+
+def _piece_audio(
+    y: np.ndarray, sr: int, piece: Piece, q0: int, q1: int, *, margin: int, with_tail: bool
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Piece output samples [q0, q1) (0 = first head-handle sample), before envelopes.
+
+    The piece plays raw samples in play order: its head handle, core and tail handle.
+    ``margin`` extra samples of the piece are processed on each side and dropped, so that
+    effects with memory have settled (only used for excerpts).
+    """
+    ops = piece.ops
+    tf = ops.time_factor
+    rh = int(math.ceil(piece.head * tf)) if tf != 1.0 else piece.head
+    rt = int(math.ceil(piece.tail * tf)) if tf != 1.0 else piece.tail
+    if ops.reversed:
+        lo, hi = piece.raw_start - rt, piece.raw_end + rh
+    else:
+        lo, hi = piece.raw_start - rh, piece.raw_end + rt
+    n_play = hi - lo  # raw samples of the piece, in play order index 0..n_play
+
+    def play(r0: int, r1: int) -> np.ndarray:
+        """Raw play-order samples [r0, r1) of the piece."""
+        if ops.reversed:
+            return np.ascontiguousarray(y[:, hi - r1 : hi - r0][:, ::-1])
+        return y[:, lo + r0 : lo + r1]
+
+    if tf == 1.0:
+        m0, m1 = min(margin, q0), min(margin, n_play - q1)
+        x = play(q0 - m0, q1 + m1)
+        identity = ops.is_identity or (
+            ops == Ops(fade_in_s=ops.fade_in_s, fade_out_s=ops.fade_out_s, reversed=ops.reversed)
+        )
+        if identity:
+            return x[:, m0 : m0 + q1 - q0], None
+        out, tail = _apply_effects(np.ascontiguousarray(x, dtype=np.float32), sr, ops, with_tail=with_tail and m1 == 0 and q1 == n_play)
+        return out[:, m0 : m0 + q1 - q0], tail
+
+    import pedalboard
+
+    # stretched index s of piece sample p: s = p - head + round(rh / tf)
+    off = int(round(rh / tf)) - piece.head
+    s0, s1 = q0 + off, q1 + off
+    if margin == 0:  # full render: stretch the whole piece in one go
+        r0, r1 = 0, n_play
+    else:
+        r0 = max(0, int(math.floor(s0 * tf)) - margin)
+        r1 = min(n_play, int(math.ceil(s1 * tf)) + margin)
+    full = r0 == 0 and r1 == n_play
+    x = np.ascontiguousarray(play(r0, r1), dtype=np.float32)
+    st = pedalboard.time_stretch(x, sr, stretch_factor=float(tf))
+    k0 = s0 - int(round(r0 / tf))
+    need = q1 - q0
+    seg = st[:, max(k0, 0) : max(k0, 0) + need]
+    if k0 < 0:
+        seg = np.concatenate([np.zeros((y.shape[0], -k0), np.float32), seg], axis=1)[:, :need]
+    if seg.shape[1] < need:
+        seg = np.concatenate([seg, np.zeros((y.shape[0], need - seg.shape[1]), np.float32)], axis=1)
+    return _apply_effects(np.ascontiguousarray(seg), sr, ops, with_tail=with_tail and full)
+
+
+def _envelope(lay: Layout, i: int, q0: int, q1: int) -> np.ndarray | None:
+    """Gain curve of piece i over its samples [q0, q1): join transitions times fades.
+
+    None means all ones (kept out so that untouched audio stays bit-exact).
+    """
+    piece = lay.pieces[i]
+    total = piece.head + piece.length + piece.tail
+    env = None
+
+    def mul(curve: np.ndarray, at: int) -> None:
+        """Multiply the piece-coordinate span [at, at+len(curve)) by curve (1 elsewhere)."""
+        nonlocal env
+        a, b = max(at, q0), min(at + len(curve), q1)
+        if b <= a:
+            return
+        if env is None:
+            env = np.ones(q1 - q0, np.float32)
+        env[a - q0 : b - q0] *= curve[a - at : b - at]
+
+    def zero(a: int, b: int) -> None:
+        mul(np.zeros(max(b - a, 0), np.float32), a)
+
+    if i > 0:
+        j = lay.joins[i - 1]
+        w = j.end - j.start
+        if j.kind in ("crossfade", "overlap"):
+            mul(_equal_power(w), 0)
+        elif j.kind == "blend":
+            mul(_raised_cosine(w), 0)
+    if i + 1 < len(lay.pieces):
+        j = lay.joins[i]
+        w = j.end - j.start
+        if j.kind in ("crossfade", "overlap"):
+            mul(_equal_power(w)[::-1].copy(), total - w)
+        elif j.kind == "blend":
+            mul(_raised_cosine(w)[::-1].copy(), total - w)
+    ops = piece.ops
+    fi = min(int(round(ops.fade_in_s * lay.sr)), piece.length)
+    fo = min(int(round(ops.fade_out_s * lay.sr)), piece.length)
+    if fi > 0:
+        zero(0, piece.head)  # silence before a fade-in starts
+        mul(_equal_power(fi), piece.head)
+    if fo > 0:
+        mul(_equal_power(fo)[::-1].copy(), piece.head + piece.length - fo)
+        zero(piece.head + piece.length, total)
+    return env
+
+
+def _mix(y: np.ndarray, sr: int, lay: Layout, o0: int, o1: int, *, margin: int, tails: bool) -> np.ndarray:
+    """Output samples [o0, o1) of the layout, before the safety gain."""
+    out = np.zeros((y.shape[0], o1 - o0), np.float32)
+    for i, piece in enumerate(lay.pieces):
+        p_start = piece.out_start - piece.head  # output sample of piece sample 0
+        total = piece.head + piece.length + piece.tail
+        q0, q1 = max(0, o0 - p_start), min(total, o1 - p_start)
+        has_tail = tails and piece.ops.reverb > 0.0
+        if q1 > q0:
+            audio, tail = _piece_audio(y, sr, piece, q0, q1, margin=margin, with_tail=has_tail)
+            env = _envelope(lay, i, q0, q1)
+            if env is not None:
+                audio = audio * env
+            out[:, p_start + q0 - o0 : p_start + q1 - o0] += audio
+            if tail is not None:
+                # the reverb rings on after the piece, over whatever follows
+                t0 = p_start + total
+                a, b = max(t0, o0), min(t0 + tail.shape[1], o1)
+                if b > a:
+                    out[:, a - o0 : b - o0] += tail[:, a - t0 : b - t0]
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# Public rendering
+# ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RenderResult:
+    """A rendered edit.
+
+    y : np.ndarray [shape=(channels, n_out), float32] at ``sr`` (the raw's rate)
+    joins : every join of the merged plan (``Join``); ``cut_positions`` lists the cuts
+    safety_gain_db : gain applied so the output never clips (0.0 when none was needed)
+    peak : output peak before the safety gain (linear)
+    """
+
+    y: np.ndarray
+    sr: int
+    joins: tuple[Join, ...]
+    safety_gain_db: float
+    peak: float
+    layout: Layout
+
+    @property
+    def cut_positions(self) -> np.ndarray:
+        """Output sample of each cut join [shape=(n_cuts,), int64] (== join_positions)."""
+        return np.array([j.position for j in self.joins if j.is_cut], dtype=np.int64)
+
+    @property
+    def duration(self) -> float:
+        return self.y.shape[1] / self.sr
+
+    def __array__(self, dtype=None, copy=None):  # np.asarray(result) gives the audio
+        return self.y if dtype is None else self.y.astype(dtype)
+
+
+def _check_audio(y: np.ndarray, sr: int) -> np.ndarray:
+    y = np.asarray(y)
+    if y.ndim == 1:
+        y = y[None, :]
+    if y.ndim != 2 or y.shape[1] == 0:
+        raise ParameterError(f"y must be [channels, samples] with samples > 0, got shape {y.shape}")
+    if sr <= 0:
+        raise ParameterError(f"sr must be > 0, got {sr}")
+    return y if y.dtype == np.float32 else y.astype(np.float32)
+
+
+def render(
+    *, y: np.ndarray, sr: int, plan: EditPlan, crossfade_ms: float = DEFAULT_CROSSFADE_MS, limit: bool = True
+) -> RenderResult:
+    """Render ``plan`` from the raw audio.
+
+    Parameters
+    ----------
+    y : np.ndarray [shape=(channels, n) or (n,)] raw audio at its native rate
+    sr : int > 0, the raw's sample rate (the output has the same rate and channels)
+    plan : EditPlan over the raw's beat grid (validated here)
+    crossfade_ms : float >= 0, length of the equal-power crossfade at each cut
+    limit : scale the output to -0.1 dBFS when its peak exceeds 1.0
+
+    Returns
+    -------
+    RenderResult with ``y`` [shape=(channels, layout(plan, sr).n_out), float32]
+    """
+    y = _check_audio(y, sr)
+    plan.validate()
+    lay = layout(plan, sr, crossfade_ms, n_raw=y.shape[1])
+    out = _mix(y, sr, lay, 0, lay.n_out, margin=0, tails=True)
+    peak = float(np.max(np.abs(out))) if out.size else 0.0
+    gain_db = 0.0
+    if limit and peak > 1.0:
+        g = SAFETY_CEILING / peak
+        out *= np.float32(g)
+        gain_db = 20 * math.log10(g)
+    return RenderResult(y=out, sr=int(sr), joins=lay.joins, safety_gain_db=gain_db, peak=peak, layout=lay)
+
+
+def render_excerpt(
+    *, y: np.ndarray, sr: int, plan: EditPlan, start: int, end: int, crossfade_ms: float = DEFAULT_CROSSFADE_MS,
+    lay: Layout | None = None,
+) -> np.ndarray:
+    """Output samples [start, end) of ``render(...)``, computing only what they need.
+
+    Cheap (the environment's reward renders +-50 ms around each join with it). Equal to
+    the full render's slice (before its safety gain) for gain, fades, reverse and joins;
+    EQ and distortion see ``_EXCERPT_MARGIN`` samples of context instead of the whole
+    segment (relative differences ~1e-3); a time-stretched segment is stretched from
+    that context only, and a phase vocoder's output phase depends on where it starts, so
+    its waveform differs while its sound and level do not; reverb tails of earlier
+    segments and the safety gain are left out. Samples outside [0, n_out) are 0.
+
+    Returns np.ndarray [shape=(channels, end - start), float32]
+    """
+    y = _check_audio(y, sr)
+    if end < start:
+        raise ParameterError(f"excerpt end {end} < start {start}")
+    lay = lay or layout(plan, sr, crossfade_ms, n_raw=y.shape[1])
+    a, b = max(start, 0), min(end, lay.n_out)
+    out = np.zeros((y.shape[0], end - start), np.float32)
+    if b > a:
+        out[:, a - start : b - start] = _mix(y, sr, lay, a, b, margin=_EXCERPT_MARGIN, tails=False)
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# CLI
+# ---------------------------------------------------------------------------------------
+def get_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="python -m envs.render",
+        description="Render an edit plan (JSON, editable by hand) from the raw recording.",
+    )
+    ap.add_argument("raw", help="raw recording (wav, flac, ogg, ...)")
+    ap.add_argument("plan", help="plan JSON (EditPlan.to_json / envs.export)")
+    ap.add_argument("out", help="output audio file (.wav = 32-bit float, .flac, .ogg)")
+    ap.add_argument("--crossfade-ms", type=float, default=DEFAULT_CROSSFADE_MS, help="crossfade at each cut (ms)")
+    ap.add_argument("--no-limit", action="store_true", help="do not apply the safety gain")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_parser().parse_args(argv)
+    try:
+        from datasets.audio import load_audio, write_audio
+        from envs.quality import detect_clicks
+
+        audio = load_audio(args.raw)
+        p = Path(args.plan)
+        if not p.is_file():
+            raise ParameterError(f"{p}: plan file not found")
+        plan = EditPlan.from_json(p.read_text()).validate(source_sha256=audio.sha256)
+        if plan.grid.duration > audio.duration + 0.05:
+            raise ParameterError(
+                f"{p}: plan's grid lasts {plan.grid.duration:.2f} s but {args.raw} lasts {audio.duration:.2f} s"
+            )
+        res = render(y=audio.y, sr=audio.sr, plan=plan, crossfade_ms=args.crossfade_ms, limit=not args.no_limit)
+        write_audio(args.out, y=res.y, sr=res.sr)
+        cuts = res.cut_positions
+        clicks = detect_clicks(y=res.y, sr=res.sr, positions=cuts)
+    except (EditorError, KeyError, TypeError) as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if isinstance(exc, (KeyError, TypeError)):
+            msg = f"{args.plan}: malformed plan ({type(exc).__name__}: {msg})"
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+    kinds: dict[str, int] = {}
+    for j in res.joins:
+        kinds[j.kind] = kinds.get(j.kind, 0) + 1
+    print(f"in:  {audio.duration:8.3f} s  {audio.path}")
+    print(f"out: {res.duration:8.3f} s  {args.out}  ({len(res.layout.pieces)} segments)")
+    print("joins: " + (", ".join(f"{k} {v}" for k, v in sorted(kinds.items())) or "none"))
+    print(f"clicks at cuts: {len(clicks)} of {len(cuts)}")
+    if res.safety_gain_db != 0.0:
+        print(f"safety gain: {res.safety_gain_db:+.2f} dB (peak was {res.peak:.3f})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,390 @@
+"""Behaviour cloning of the policy on aligned labels, with auxiliary tasks.
+
+    python -m pretrain.train --run demo                  # labels in runs/demo/labels
+    python -m pretrain.train --run demo --augment 2      # + 2 augmented copies per pair
+    python -m pretrain.train --run demo --no-resume      # start over
+
+Reads runs/RUN/labels (``make align``), replays every pair's oracle actions in the
+environment (pretrain/dataset.py), splits BY SONG into train/validation, and trains
+the three heads (weighted cross-entropy) plus the auxiliary heads. Writes
+runs/RUN/checkpoints/bc_last.pt (every epoch) and bc_best.pt (best validation NLL),
+both atomic and loadable with ``weights_only=True``, and TensorBoard logs under
+runs/RUN/tb/pretrain_seedS/. A killed run started again with the same arguments
+resumes from bc_last.pt and continues exactly where it stopped (the shuffling of
+epoch e depends only on (seed, e)).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from agent.checkpoint import load_checkpoint, policy_from_checkpoint, save_checkpoint
+from agent.device import pick_device
+from agent.model import N_TYPES, Policy, PolicyConfig
+from datasets.errors import EditorError, ParameterError
+from pretrain.dataset import BCData, build_bc_data, load_labels, split_by_song
+from pretrain.losses import LossWeights, bc_losses, classification_metrics, predict, type_class_weights
+
+__all__ = ["PretrainConfig", "train", "evaluate", "main"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    run: str = "default"
+    """run name: labels from runs/RUN/labels, outputs to runs/RUN/"""
+    runs_dir: str = "runs"
+    """where runs live"""
+    seed: int = 1
+    """seeds python, numpy, torch and the split; part of the TensorBoard run name"""
+    device: str = "auto"
+    """auto (CUDA when available), cpu or cuda[:N]"""
+    hidden: int = 32
+    """policy width (PolicyConfig.hidden); divisible by n_heads"""
+    n_layers: int = 2
+    n_heads: int = 4
+    kernel_size: int = 7
+    """neighbourhood size in beats (odd)"""
+    augment: int = 0
+    """augmented copies of each pair (pitch, noise, gain, EQ tilt; pretrain/augment.py)"""
+    stems: str = "auto"
+    """stem features: auto / demucs / dsp (datasets.features)"""
+    val_fraction: float = 0.2
+    """fraction of songs held out for validation (split by song)"""
+    epochs: int = 60
+    batch_size: int = 64
+    accum_steps: int = 1
+    """gradient accumulation: minibatches per optimizer step"""
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    grad_clip: float = 1.0
+    type_weight_power: float = 0.5
+    """type-loss class weights ~ count^-power (0 = unweighted, 1 = fully balanced)"""
+    size_loss: float = 1.0
+    amount_loss: float = 1.0
+    energy_loss: float = 0.1
+    """weight of the auxiliary upcoming-energy loss"""
+    boundary_loss: float = 0.1
+    """weight of the auxiliary section-boundary loss"""
+    patience: int = 12
+    """early stopping: epochs without a better validation NLL"""
+    max_minutes: float = 0.0
+    """stop after this much training time (0 = no limit)"""
+    resume: bool = True
+    """continue from runs/RUN/checkpoints/bc_last.pt when it exists"""
+    threads: int = 0
+    """torch CPU threads (0 = torch's default)"""
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.accum_steps < 1 or self.epochs < 0:
+            raise ParameterError(f"batch_size={self.batch_size}, accum_steps={self.accum_steps}, epochs={self.epochs} must be positive")
+        if self.augment < 0:
+            raise ParameterError(f"augment={self.augment} must be >= 0")
+
+
+# Fields that may change between a run and its resumption without changing the run.
+_RESUMABLE_CHANGES = {"epochs", "resume", "max_minutes", "device", "threads", "patience"}
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+
+
+def _energy_col(cfg: PolicyConfig) -> int | None:
+    try:
+        from datasets.features import feature_index
+
+        col = feature_index("rms_db")
+    except (ImportError, ParameterError):
+        return None
+    return col if col < cfg.n_features else None
+
+
+def _layout(cfg: PolicyConfig) -> dict | None:
+    """The env's observation layout when it matches the model (None in synthetic tests)."""
+    try:
+        from agent.layout import observation_layout
+
+        lay = observation_layout()
+    except ImportError:
+        return None
+    same = all(lay[k] == getattr(cfg, k) for k in ("n_features", "n_channels", "n_globals", "window", "head_index"))
+    return lay if same else None
+
+
+def _batch(data: BCData, idx: np.ndarray, device) -> tuple[dict, torch.Tensor, torch.Tensor, torch.Tensor]:
+    obs = data.obs(idx, device=device)
+    actions = torch.as_tensor(data.actions[idx], device=device)
+    boundary = torch.as_tensor(data.boundary[idx], device=device)
+    weight = torch.as_tensor(data.weight[idx], device=device)
+    return obs, actions, boundary, weight
+
+
+@torch.no_grad()
+def evaluate(model: Policy, data: BCData, idx: np.ndarray, *, type_weights=None, lw=LossWeights(), batch_size: int = 512) -> dict:
+    """Validation losses and metrics over rows idx of data."""
+    model.eval()
+    device = model.device
+    energy_col = _energy_col(model.cfg)
+    sums: dict[str, float] = {}
+    preds = {k: [] for k in ("action", "type", "size", "amount")}
+    n = 0
+    for i in range(0, len(idx), batch_size):
+        j = idx[i : i + batch_size]
+        obs, actions, boundary, weight = _batch(data, j, device)
+        _, parts = bc_losses(model, obs, actions, boundary=boundary, weight=weight, type_weights=type_weights, energy_col=energy_col, lw=lw)
+        for k, v in parts.items():
+            sums[k] = sums.get(k, 0.0) + float(v) * len(j)
+        p = predict(model, obs, actions)
+        for k in preds:
+            preds[k].append(p[k].cpu().numpy())
+        n += len(j)
+    out = {f"loss_{k}": v / max(n, 1) for k, v in sums.items()}
+    out["nll"] = out.get("loss_type", 0.0) + out.get("loss_size", 0.0) + out.get("loss_amount", 0.0)
+    if n == 0:
+        return out
+    P = {k: np.concatenate(v) for k, v in preds.items()}
+    y = data.actions[idx]
+    cls = classification_metrics(P["type"], y[:, 0])
+    s_choice = data.size_mask[idx, y[:, 0]].sum(-1) > 1
+    a_choice = data.amount_mask[idx, y[:, 0]].sum(-1) > 1
+    out.update(
+        type_acc=cls["accuracy"],
+        macro_f1=cls["macro_f1"],
+        size_acc=float((P["size"] == y[:, 1])[s_choice].mean()) if s_choice.any() else 1.0,
+        amount_acc=float((P["amount"] == y[:, 2])[a_choice].mean()) if a_choice.any() else 1.0,
+        action_acc=float((P["action"] == y).all(-1).mean()),
+        per_type_recall=cls["per_type_recall"],
+        confusion=cls["confusion"],
+        pred_types=P["action"][:, 0],
+    )
+    return out
+
+
+def _confusion_figure(cm: np.ndarray):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from envs.actions import ActionType
+
+    names = [t.name for t in ActionType]
+    fig, ax = plt.subplots(figsize=(7, 6))
+    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(N_TYPES), names, rotation=90, fontsize=6)
+    ax.set_yticks(range(N_TYPES), names, fontsize=6)
+    ax.set_xlabel("predicted type")
+    ax.set_ylabel("label type")
+    for i, j in zip(*np.nonzero(cm)):
+        ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=5)
+    fig.tight_layout()
+    return fig
+
+
+def train(cfg: PretrainConfig, data: BCData | None = None) -> dict:
+    """Run (or resume) behaviour cloning; returns a summary dict.
+
+    data : the replayed dataset; None builds it from runs/RUN/labels.
+    """
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    _seed_everything(cfg.seed)
+    device = pick_device(cfg.device)
+    run_dir = Path(cfg.runs_dir) / cfg.run
+    ckpt_dir = run_dir / "checkpoints"
+    last_path, best_path = ckpt_dir / "bc_last.pt", ckpt_dir / "bc_best.pt"
+    t_start = time.perf_counter()
+
+    # 1. data: replay the labels in the env, split by song
+    if data is None:
+        from pretrain.augment import IDENTITY, random_augmentations
+
+        pairs = load_labels(run_dir)
+        augs = [IDENTITY] + random_augmentations(cfg.augment, seed=cfg.seed)
+        data = build_bc_data(pairs, augmentations=augs, stems=cfg.stems)
+        log.info("replayed %d pairs x %d versions: %d samples", len(pairs), len(augs), len(data))
+    train_idx, val_idx = split_by_song(data, val_fraction=cfg.val_fraction, seed=cfg.seed)
+    if len(train_idx) == 0:
+        raise ParameterError("no training samples")
+    eval_idx = val_idx if len(val_idx) else train_idx  # one song: early-stop on train
+
+    # 2. model, normaliser (fitted on the training split only), optimiser
+    n_ch, n_gl, W = data.beats.shape[2], data.globals.shape[1], data.beats.shape[1]
+    lay = None
+    try:
+        from agent.layout import observation_layout
+
+        lay = observation_layout()
+    except ImportError:
+        pass
+    if lay is not None and (lay["n_channels"], lay["window"]) == (n_ch, W):
+        pcfg = PolicyConfig.from_layout(hidden=cfg.hidden, n_layers=cfg.n_layers, n_heads=cfg.n_heads, kernel_size=cfg.kernel_size)
+    else:  # synthetic data (tests): layout from the arrays, read head as the env puts it
+        pcfg = PolicyConfig(
+            n_features=min(121, n_ch), n_channels=n_ch, n_globals=n_gl, window=W, head_index=W // 4,
+            hidden=cfg.hidden, n_layers=cfg.n_layers, n_heads=cfg.n_heads, kernel_size=cfg.kernel_size,
+        )
+    layout = _layout(pcfg)
+    model = Policy(pcfg)
+    tr = data.subset(train_idx)
+    model.normalizer.fit(tr.beats[..., : pcfg.n_features], tr.beat_mask)
+    model.global_normalizer.fit(tr.globals)
+    model.to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    type_weights = type_class_weights(data.actions[train_idx, 0], power=cfg.type_weight_power).to(device)
+    lw = LossWeights(size=cfg.size_loss, amount=cfg.amount_loss, energy=cfg.energy_loss, boundary=cfg.boundary_loss)
+    energy_col = _energy_col(pcfg)
+
+    start_epoch, global_step, best, bad_epochs = 0, 0, float("inf"), 0
+    if cfg.resume and last_path.is_file():
+        ck = load_checkpoint(last_path, expect_layout=layout)
+        saved = ck["stage_config"]
+        diff = {k for k, v in asdict(cfg).items() if saved.get(k) != v and k not in _RESUMABLE_CHANGES}
+        if diff:
+            raise ParameterError(f"{last_path}: was trained with other settings ({', '.join(sorted(diff))}); use --no-resume to start over")
+        model = policy_from_checkpoint(ck, device=device)
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        opt.load_state_dict(ck["optimizer"])
+        ex = ck["extra"]
+        start_epoch, global_step = int(ex["epoch"]) + 1, int(ck["step"])
+        best, bad_epochs = float(ex["best"]), int(ex["bad_epochs"])
+        torch.set_rng_state(ex["torch_rng"])
+        log.info("resumed from %s at epoch %d (step %d)", last_path, start_epoch, global_step)
+
+    # 3. logging
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(run_dir / "tb" / f"pretrain_seed{cfg.seed}"))
+    if start_epoch == 0:
+        writer.add_text(
+            "hyperparameters",
+            "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in {**asdict(cfg), **pcfg.to_dict()}.items()),
+        )
+        log.info(
+            "model %d parameters; %d train / %d val samples (%d songs); device %s",
+            model.n_parameters(), len(train_idx), len(val_idx), len(data.song_keys), device,
+        )
+
+    # 4. epochs
+    stopped = "epochs"
+    last_metrics: dict = {}
+    epoch = start_epoch - 1
+    for epoch in range(start_epoch, cfg.epochs):
+        model.train()
+        order = train_idx[np.random.default_rng([cfg.seed, epoch]).permutation(len(train_idx))]
+        sums: dict[str, float] = {}
+        n_batches = 0
+        opt.zero_grad(set_to_none=True)
+        for bi, i in enumerate(range(0, len(order), cfg.batch_size)):
+            j = order[i : i + cfg.batch_size]
+            obs, actions, boundary, weight = _batch(data, j, device)
+            loss, parts = bc_losses(model, obs, actions, boundary=boundary, weight=weight, type_weights=type_weights, energy_col=energy_col, lw=lw)
+            (loss / cfg.accum_steps).backward()
+            last_in_epoch = i + cfg.batch_size >= len(order)
+            if (bi + 1) % cfg.accum_steps == 0 or last_in_epoch:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            global_step += len(j)
+            n_batches += 1
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+        for k, v in sums.items():
+            writer.add_scalar(f"losses/{k}", v / max(n_batches, 1), global_step)
+
+        m = evaluate(model, data, eval_idx, type_weights=type_weights, lw=lw)
+        last_metrics = m
+        for k in ("nll", "loss_type", "loss_size", "loss_amount", "loss_energy", "loss_boundary"):
+            if k in m:
+                writer.add_scalar(f"losses/val_{k.removeprefix('loss_')}", m[k], global_step)
+        for k in ("type_acc", "size_acc", "amount_acc", "action_acc", "macro_f1"):
+            writer.add_scalar(f"charts/val_{k}", m[k], global_step)
+        from envs.actions import ActionType
+
+        for t in ActionType:
+            r = m["per_type_recall"][int(t)]
+            if np.isfinite(r):
+                writer.add_scalar(f"charts/val_type_acc/{t.name}", r, global_step)
+        writer.add_scalar("charts/epoch", epoch, global_step)
+        writer.add_scalar("charts/minutes", (time.perf_counter() - t_start) / 60, global_step)
+
+        improved = m["nll"] < best - 1e-6
+        if improved:
+            best, bad_epochs = m["nll"], 0
+        else:
+            bad_epochs += 1
+        extra = {"epoch": epoch, "best": best, "bad_epochs": bad_epochs, "torch_rng": torch.get_rng_state(),
+                 "val_songs": [data.song_keys[s] for s in np.unique(data.song[val_idx])], "metrics": _plain_metrics(m)}
+        common = dict(model=model, optimizer=opt, step=global_step, stage="pretrain", stage_config=cfg, layout=layout, extra=extra)
+        if improved:
+            save_checkpoint(best_path, **common)
+        save_checkpoint(last_path, **common)
+        if epoch % 5 == 0 or improved:
+            writer.add_figure("charts/confusion", _confusion_figure(m["confusion"]), global_step)
+            writer.add_histogram("charts/pred_types", m["pred_types"], global_step, bins=np.arange(N_TYPES + 1) - 0.5)
+            writer.add_histogram("charts/label_types", data.actions[eval_idx, 0], global_step, bins=np.arange(N_TYPES + 1) - 0.5)
+        log.info(
+            "epoch %3d  loss %.3f  val nll %.3f  type %.3f size %.3f amount %.3f action %.3f F1 %.3f%s",
+            epoch, sums.get("total", 0) / max(n_batches, 1), m["nll"], m["type_acc"], m["size_acc"],
+            m["amount_acc"], m["action_acc"], m["macro_f1"], "  *" if improved else "",
+        )
+        if bad_epochs >= cfg.patience:
+            stopped = "early stopping"
+            break
+        if cfg.max_minutes > 0 and (time.perf_counter() - t_start) / 60 >= cfg.max_minutes:
+            stopped = "time limit"
+            break
+    writer.close()
+    return {
+        "stopped": stopped,
+        "epoch": epoch,
+        "step": global_step,
+        "best_val_nll": best,
+        "seconds": time.perf_counter() - t_start,
+        "n_parameters": model.n_parameters(),
+        "n_train": int(len(train_idx)),
+        "n_val": int(len(val_idx)),
+        "metrics": _plain_metrics(last_metrics),
+        "best_path": str(best_path),
+        "last_path": str(last_path),
+    }
+
+
+def _plain_metrics(m: dict) -> dict:
+    return {k: float(v) for k, v in m.items() if isinstance(v, (int, float, np.floating))}
+
+
+def main(argv: list[str] | None = None) -> int:
+    import tyro
+
+    cfg = tyro.cli(PretrainConfig, args=argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        summary = train(cfg)
+    except EditorError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"pretrain: {summary['stopped']} after epoch {summary['epoch']} ({summary['seconds']:.0f} s); "
+        f"best val NLL {summary['best_val_nll']:.3f}; checkpoints {summary['best_path']}, {summary['last_path']}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,756 @@
+"""Monte Carlo PPO: fine-tunes a factored-action policy in a vector of editing envs.
+
+The spec's "Training Approach", read top to bottom (CleanRL style, no trainer class):
+
+1. **Rollout.** Every epoch resets the N envs with seeds derived from ``(seed, epoch)``
+   and steps them until each env has recorded at least ``steps`` transitions *and*
+   finished the episode it is in. So every recorded episode is complete: the reward is
+   paid at the episode end only (Monte Carlo), and a half-finished episode would have no
+   return at all. Resetting per epoch also makes a resumed run continue identically
+   without pickling environments.
+2. **Returns.** ``envs.returns.monte_carlo_returns`` per episode, honouring ends (the
+   spec's first implementation ran returns across an env-interleaved buffer; we order
+   the buffer env-major so each env's episodes are contiguous and end with ``done``).
+   Returns are clipped to ``+-return_clip`` (spec "Known Issues": FP16/large value
+   losses) and, with ``return_norm="welford"``, value targets are standardised with
+   Welford running statistics.
+3. **Advantages.** ``G - mean(G)`` (the spec's mean baseline) or ``G - V(s)``
+   (``baseline="value"``), then normalised to mean 0, std 1.
+4. **Update.** Clipped surrogate (clip 0.2), joint entropy bonus with a coefficient that
+   starts high (spec: 0.5-0.75) and decays (linear or cosine) to a floor, value loss
+   with a small coefficient (0.05-0.1), an anchor to the frozen pretrained policy so
+   fine-tuning keeps the user's style (``anchor="kl"``: k3 estimate of
+   KL(pi || pi_ref) on the rollout's actions; ``anchor="bc"``: negative log-likelihood
+   of the human plans' actions), gradient accumulation over micro-batches,
+   gradient-norm clipping, cosine learning rate, and an early stop when the approximate
+   KL to the rollout policy exceeds ``target_kl``.
+
+The policy is any ``nn.Module`` with agent/model.py's API::
+
+    act(obs, deterministic=False, generator=None) -> (actions [B,3] long, logp [B], value [B], entropies)
+    evaluate(obs, actions) -> (logp [B], entropies, value [B])
+
+where ``obs`` is the env's Dict observation as tensors with a leading batch axis and the
+masks (``type_mask`` [18], ``size_mask`` [18,5], ``amount_mask`` [18,5]) are applied by
+the policy both when sampling and in the log-probabilities. ``entropies`` is per head
+(a [B,3] tensor, a sequence of three [B] tensors or a dict type/size/amount).
+
+Usage (the CLI with real songs is rl/train.py)::
+
+    stats = train(PPOConfig(epochs=50), policy=policy, env_fns=[make_env] * 8, writer=writer)
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import random
+import time
+import warnings
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import nn
+
+from agent.model import obs_to_tensors
+from envs.returns import monte_carlo_returns
+
+__all__ = [
+    "PPOConfig",
+    "Rollout",
+    "Demos",
+    "RunningMeanStd",
+    "seed_everything",
+    "pick_device",
+    "entropy_coef_at",
+    "make_vector_env",
+    "obs_to_torch",
+    "collect_rollout",
+    "compute_advantages",
+    "explained_variance",
+    "head_entropies",
+    "save_checkpoint",
+    "load_checkpoint",
+    "train",
+    "CHECKPOINT_FORMAT",
+]
+
+CHECKPOINT_FORMAT = "rl-ppo-1"
+MASK_KEYS = ("type_mask", "size_mask", "amount_mask")
+HEADS = ("type", "size", "amount")
+
+
+@dataclass(frozen=True)
+class PPOConfig:
+    """Hyperparameters of Monte Carlo PPO (saved in every checkpoint)."""
+
+    seed: int = 1
+    """seed of random, numpy, torch, env resets and action spaces"""
+    epochs: int = 200
+    """number of rollout + update iterations"""
+    steps: int = 128
+    """transitions recorded per env per epoch (episodes in flight are then finished)"""
+    n_envs: int = 8
+    """parallel environments"""
+    lr: float = 5e-5
+    """peak learning rate (spec: 4e-5 to 5e-5 with cosine decay)"""
+    lr_final_ratio: float = 0.1
+    """the cosine schedule ends at lr * lr_final_ratio"""
+    update_epochs: int = 4
+    """passes over each rollout"""
+    minibatch_size: int = 256
+    """transitions per optimizer step (the effective batch)"""
+    grad_accum: int = 2
+    """micro-batches per optimizer step (spec: 2-8); micro-batch = minibatch_size / grad_accum"""
+    clip_ratio: float = 0.2
+    """PPO surrogate clip (spec: 0.2-0.5)"""
+    ent_coef: float = 0.5
+    """entropy coefficient at the start (spec: 0.5-0.75, high to explore)"""
+    ent_coef_final: float = 0.01
+    """entropy coefficient floor reached after ent_decay_frac of the epochs"""
+    ent_schedule: Literal["linear", "cosine", "constant"] = "cosine"
+    """decay shape of the entropy coefficient"""
+    ent_decay_frac: float = 0.5
+    """fraction of the epochs over which the entropy coefficient decays to its floor"""
+    vf_coef: float = 0.05
+    """value-loss coefficient (spec: 0.05-0.1, low so it does not swamp the policy loss)"""
+    baseline: Literal["mean", "value"] = "mean"
+    """advantage baseline: the batch mean return (spec) or the value head"""
+    gamma: float = 1.0
+    """discount inside an episode; 1.0 because the reward is paid once at the end"""
+    return_clip: float = 1000.0
+    """returns are clipped to +-return_clip before they reach the value loss (spec Known Issues)"""
+    return_norm: Literal["welford", "clip"] = "welford"
+    """value targets: standardised with Welford running stats, or only clipped"""
+    target_kl: float | None = 0.05
+    """stop the update early when approx KL to the rollout policy exceeds this (spec: 0.01-0.05)"""
+    max_grad_norm: float = 0.5
+    """gradient-norm clip"""
+    anchor: Literal["kl", "bc", "none"] = "kl"
+    """anchor to the pretrained policy: KL(pi || pi_ref), BC loss on human plans, or none"""
+    anchor_coef: float = 0.5
+    """weight of the anchor term"""
+    bc_batch_size: int = 128
+    """human-plan transitions per micro-batch for anchor='bc'"""
+    collapse_frac: float = 0.9
+    """warn when one action type exceeds this fraction of the epoch's actions (spec: type collapse)"""
+    save_every: int = 10
+    """epochs between atomic checkpoints (0 = only the last)"""
+    eval_every: int = 10
+    """epochs between greedy edits of a held-out song (0 = never)"""
+    deterministic_torch: bool = False
+    """torch.use_deterministic_algorithms (slower; CPU runs are already reproducible)"""
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """Transitions of one epoch, env-major: each env's episodes are contiguous and end done.
+
+    obs : dict of tensors, each [M, ...]
+    actions : int64 [M, 3] (type, size, amount)
+    logp, values, rewards : float32 [M]
+    dones : bool [M] (terminated or truncated)
+    episodes : one dict per finished episode: reward, length, components, type counts
+    env_steps : every env step taken, recorded or not (throughput counts these)
+    """
+
+    obs: dict[str, torch.Tensor]
+    actions: torch.Tensor
+    logp: torch.Tensor
+    values: torch.Tensor
+    rewards: torch.Tensor
+    dones: torch.Tensor
+    episodes: list[dict[str, Any]] = field(default_factory=list)
+    env_steps: int = 0
+
+    def __len__(self) -> int:
+        return int(self.actions.shape[0])
+
+
+@dataclass(frozen=True)
+class Demos:
+    """Human-plan transitions (observation, oracle action) for the BC anchor.
+
+    obs : dict of tensors, each [D, ...]; actions : int64 [D, 3]
+    """
+
+    obs: dict[str, torch.Tensor]
+    actions: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.actions.shape[0])
+
+
+class RunningMeanStd:
+    """Welford / Chan running mean and variance of a scalar stream (spec: reward stats)."""
+
+    def __init__(self, eps: float = 1e-4) -> None:
+        # eps as a pseudo-count keeps the first update from dividing by zero
+        self.mean = 0.0
+        self.var = 1.0
+        self.count = eps
+
+    def update(self, x: np.ndarray) -> None:
+        x = np.asarray(x, dtype=np.float64).ravel()
+        if x.size == 0:
+            return
+        b_mean, b_var, b_n = float(x.mean()), float(x.var()), x.size
+        delta = b_mean - self.mean
+        tot = self.count + b_n
+        self.mean += delta * b_n / tot
+        m2 = self.var * self.count + b_var * b_n + delta**2 * self.count * b_n / tot
+        self.var = m2 / tot
+        self.count = tot
+
+    @property
+    def std(self) -> float:
+        return math.sqrt(self.var + 1e-8)
+
+    def state_dict(self) -> dict[str, float]:
+        return {"mean": self.mean, "var": self.var, "count": self.count}
+
+    def load_state_dict(self, state: Mapping[str, float]) -> None:
+        self.mean, self.var, self.count = float(state["mean"]), float(state["var"]), float(state["count"])
+
+
+# ---------------------------------------------------------------------------- setup
+
+
+def seed_everything(seed: int, *, deterministic: bool = False) -> None:
+    """Seed random, numpy, torch (CPU and CUDA) and cudnn."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    if deterministic:
+        torch.use_deterministic_algorithms(True)
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """``cuda`` when available (never silently CPU on a GPU box), else CPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def entropy_coef_at(cfg: PPOConfig, epoch: int) -> float:
+    """Entropy coefficient at ``epoch``: decays from ent_coef to ent_coef_final."""
+    if cfg.ent_schedule == "constant":
+        return cfg.ent_coef
+    span = max(1.0, cfg.epochs * cfg.ent_decay_frac)
+    p = min(1.0, epoch / span)
+    if cfg.ent_schedule == "linear":
+        return cfg.ent_coef + (cfg.ent_coef_final - cfg.ent_coef) * p
+    return cfg.ent_coef_final + (cfg.ent_coef - cfg.ent_coef_final) * 0.5 * (1.0 + math.cos(math.pi * p))
+
+
+def _cosine_lr_lambda(cfg: PPOConfig) -> Callable[[int], float]:
+    def f(epoch: int) -> float:
+        p = min(1.0, epoch / max(1, cfg.epochs))
+        return cfg.lr_final_ratio + (1.0 - cfg.lr_final_ratio) * 0.5 * (1.0 + math.cos(math.pi * p))
+
+    return f
+
+
+def make_vector_env(env_fns: Sequence[Callable[[], gym.Env]], *, subprocess: bool = False) -> gym.vector.VectorEnv:
+    """N envs in one process (sync) or one process each (``subprocess``), same-step autoreset.
+
+    Same-step autoreset returns the first observation of the next episode together with
+    the final reward, so no step is wasted on a reset and no "reset transition" enters
+    the buffer (gymnasium's default next-step mode would add one per episode).
+    """
+    mode = gym.vector.AutoresetMode.SAME_STEP
+    if subprocess:
+        return gym.vector.AsyncVectorEnv(list(env_fns), autoreset_mode=mode)
+    return gym.vector.SyncVectorEnv(list(env_fns), autoreset_mode=mode)
+
+
+def obs_to_torch(obs: Mapping[str, np.ndarray], device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """Batched numpy Dict observation -> tensors: floats float32, masks bool (agent/model.py's rule)."""
+    return obs_to_tensors(obs, device=device)
+
+
+def head_entropies(ent: Any) -> torch.Tensor:
+    """Per-head entropies in any of the policy's forms -> float tensor [B, 3]."""
+    if isinstance(ent, Mapping):
+        ent = [ent[h] for h in HEADS]
+    if isinstance(ent, (list, tuple)):
+        ent = torch.stack(list(ent), dim=-1)
+    assert ent.ndim == 2 and ent.shape[-1] == 3, f"entropies must be [B, 3], got {tuple(ent.shape)}"
+    return ent
+
+
+def _index_obs(obs: Mapping[str, torch.Tensor], idx: torch.Tensor) -> dict[str, torch.Tensor]:
+    return {k: v[idx] for k, v in obs.items()}
+
+
+def _env_info(infos: Mapping[str, Any], i: int) -> dict[str, Any]:
+    """Env ``i``'s entries of a vector env's stacked info dict (masks are ``_key``)."""
+    out: dict[str, Any] = {}
+    for k, v in infos.items():
+        if k.startswith("_"):
+            continue
+        mask = infos.get("_" + k)
+        if mask is not None and not bool(mask[i]):
+            continue
+        out[k] = _env_info(v, i) if isinstance(v, Mapping) else v[i]
+    return out
+
+
+def _valid_actions(obs: Mapping[str, np.ndarray], actions: np.ndarray) -> np.ndarray:
+    """bool [N]: each action allowed by its observation's three masks."""
+    n = np.arange(actions.shape[0])
+    t, s, a = actions[:, 0], actions[:, 1], actions[:, 2]
+    return (
+        (np.asarray(obs["type_mask"])[n, t] != 0)
+        & (np.asarray(obs["size_mask"])[n, t, s] != 0)
+        & (np.asarray(obs["amount_mask"])[n, t, a] != 0)
+    )
+
+
+# ---------------------------------------------------------------------------- rollout
+
+
+@torch.no_grad()
+def collect_rollout(
+    envs: gym.vector.VectorEnv,
+    policy: nn.Module,
+    *,
+    obs: Mapping[str, np.ndarray],
+    steps: int,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+    max_env_steps: int | None = None,
+) -> Rollout:
+    """Step ``envs`` until each env has ``steps`` transitions and no episode in flight.
+
+    obs : the batched observation the envs are at (just reset)
+    max_env_steps : safety cap on vector steps (default 50 * steps); an env still
+        mid-episode at the cap has its unfinished tail dropped, never given a return
+    """
+    n = envs.num_envs
+    cap = max_env_steps if max_env_steps is not None else 50 * max(1, steps)
+    buf_obs: list[dict[str, np.ndarray]] = []
+    buf_act, buf_logp, buf_val, buf_rew, buf_done, buf_rec = [], [], [], [], [], []
+    recorded = np.zeros(n, dtype=np.int64)
+    recording = np.ones(n, dtype=bool)
+    episodes: list[dict[str, Any]] = []
+    ep_types: list[Counter] = [Counter() for _ in range(n)]
+    ep_len = np.zeros(n, dtype=np.int64)
+    ep_ret = np.zeros(n, dtype=np.float64)  # sum of the episode's rewards (usually only the last)
+    env_steps = 0
+    t = 0
+    while recording.any() and t < cap:
+        actions, logp, value, _ = policy.act(obs_to_torch(obs, device), deterministic=False, generator=generator)
+        actions_np = actions.cpu().numpy().astype(np.int64)
+        # masks are the policy's job; a violation here is a bug, never a training signal
+        assert _valid_actions(obs, actions_np).all(), "policy sampled a masked action"
+        next_obs, reward, term, trunc, infos = envs.step(actions_np)
+        done = np.logical_or(term, trunc)
+        buf_obs.append(obs)
+        buf_act.append(actions_np)
+        buf_logp.append(logp.float().cpu().numpy())
+        buf_val.append(value.float().cpu().numpy())
+        buf_rew.append(np.asarray(reward, dtype=np.float32))
+        buf_done.append(done)
+        buf_rec.append(recording.copy())
+        env_steps += n
+        recorded += recording
+        ep_len += 1
+        ep_ret += reward
+        for i in range(n):
+            if recording[i]:
+                ep_types[i][int(actions_np[i, 0])] += 1
+            if done[i]:
+                if recording[i]:
+                    final = _env_info(infos["final_info"], i) if "final_info" in infos else {}
+                    comps = final.get("reward_components", {})
+                    episodes.append(
+                        {
+                            "reward": float(ep_ret[i]),
+                            "length": int(ep_len[i]),
+                            "components": {k: float(v) for k, v in comps.items()},
+                            "types": ep_types[i],
+                        }
+                    )
+                ep_len[i] = 0
+                ep_ret[i] = 0.0
+                ep_types[i] = Counter()
+                if recorded[i] >= steps:
+                    recording[i] = False
+        obs = next_obs
+        t += 1
+    rec = np.stack(buf_rec, axis=1)  # (N, T) which steps are kept
+    done_nt = np.stack(buf_done, axis=1)
+    if recording.any():
+        # cap hit: drop the unfinished tails of envs still mid-episode
+        for i in np.flatnonzero(recording):
+            ends = np.flatnonzero(done_nt[i] & rec[i])
+            last = ends[-1] + 1 if ends.size else 0
+            rec[i, last:] = False
+
+    def gather(steps_list: list[np.ndarray]) -> np.ndarray:
+        x = np.stack(steps_list, axis=1)  # (N, T, ...)
+        return x[rec]  # env-major (M, ...)
+
+    obs_t = obs_to_torch({k: gather([o[k] for o in buf_obs]) for k in buf_obs[0]})
+    rew = gather(buf_rew)
+    return Rollout(
+        obs=obs_t,
+        actions=torch.as_tensor(gather(buf_act)),
+        logp=torch.as_tensor(gather(buf_logp)),
+        values=torch.as_tensor(gather(buf_val)),
+        rewards=torch.as_tensor(rew),
+        dones=torch.as_tensor(gather(buf_done)),
+        episodes=episodes,
+        env_steps=env_steps,
+    )
+
+
+# ---------------------------------------------------------------------------- advantages
+
+
+def compute_advantages(
+    returns: torch.Tensor, values: torch.Tensor | None, *, baseline: str
+) -> torch.Tensor:
+    """Normalised advantages [M] from returns [M] and (for ``baseline="value"``) values [M]."""
+    if baseline == "value":
+        assert values is not None, "value baseline needs values"
+        adv = returns - values
+    else:
+        adv = returns - returns.mean()
+    if adv.numel() > 1:
+        adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+    return adv
+
+
+def explained_variance(pred: torch.Tensor, target: torch.Tensor) -> float:
+    """1 - Var[target - pred] / Var[target] (nan when the target is constant)."""
+    var_y = float(target.var()) if target.numel() > 1 else 0.0
+    if var_y == 0.0:
+        return float("nan")
+    return 1.0 - float((target - pred).var()) / var_y
+
+
+# ---------------------------------------------------------------------------- checkpoint
+
+
+def _rng_state(generator: torch.Generator) -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": [np_state[0], torch.as_tensor(np_state[1].astype(np.int64)), *np_state[2:]],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "generator": generator.get_state(),
+    }
+
+
+def _set_rng_state(state: Mapping[str, Any], generator: torch.Generator) -> None:
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
+    torch.set_rng_state(state["torch"])
+    if torch.cuda.is_available() and state["cuda"]:
+        torch.cuda.set_rng_state_all(state["cuda"])
+    generator.set_state(state["generator"])
+
+
+def save_checkpoint(path: str | Path, state: Mapping[str, Any]) -> None:
+    """torch.save to a temp file beside ``path``, then os.replace (never a half file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(dict(state), tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a PPO checkpoint with ``weights_only=True``; checks its format tag."""
+    from datasets.errors import ParameterError
+
+    path = Path(path)
+    if not path.is_file():
+        raise ParameterError(f"checkpoint not found: {path}")
+    state = torch.load(path, map_location=map_location, weights_only=True)
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise ParameterError(f"not a PPO checkpoint ({CHECKPOINT_FORMAT}): {path}")
+    return state
+
+
+# ---------------------------------------------------------------------------- training loop
+
+
+def train(
+    cfg: PPOConfig,
+    *,
+    policy: nn.Module,
+    env_fns: Sequence[Callable[[], gym.Env]],
+    reference: nn.Module | None = None,
+    demos: Demos | None = None,
+    writer: Any = None,
+    device: torch.device | str = "cpu",
+    save_path: str | Path | None = None,
+    resume: str | Path | Mapping[str, Any] | None = None,
+    subprocess: bool = False,
+    greedy_eval: Callable[[nn.Module, int, int], None] | None = None,
+    extra_state: Mapping[str, Any] | None = None,
+    log: Callable[[str], None] = print,
+) -> list[dict[str, float]]:
+    """Fine-tune ``policy`` in place with Monte Carlo PPO; returns one stats dict per epoch.
+
+    reference : frozen pretrained policy for the KL anchor (default: a copy of ``policy``
+        as given, i.e. the pretrained weights)
+    demos : human-plan transitions, required for ``anchor="bc"``
+    writer : a TensorBoard SummaryWriter (or None)
+    save_path : atomic checkpoint written every ``save_every`` epochs and at the end
+    resume : a checkpoint path or loaded dict; restores weights, optimizer, scheduler,
+        running stats, RNG states, epoch and global step
+    greedy_eval : ``f(policy, epoch, global_step)`` called every ``eval_every`` epochs
+    extra_state : stored verbatim in each checkpoint (e.g. the model's config)
+    """
+    from datasets.errors import ParameterError
+
+    if len(env_fns) != cfg.n_envs:
+        raise ParameterError(f"n_envs={cfg.n_envs} but {len(env_fns)} env factories were given")
+    if cfg.minibatch_size % cfg.grad_accum:
+        raise ParameterError(f"minibatch_size={cfg.minibatch_size} is not a multiple of grad_accum={cfg.grad_accum}")
+    if cfg.anchor == "bc" and (demos is None or len(demos) == 0):
+        raise ParameterError("anchor='bc' needs human-plan demos (none were given)")
+
+    device = torch.device(device)
+    seed_everything(cfg.seed, deterministic=cfg.deterministic_torch)
+    policy.to(device)
+    # dropout off everywhere: the ratio must compare the same function at rollout and update
+    policy.eval()
+    if reference is None and cfg.anchor == "kl":
+        reference = copy.deepcopy(policy)
+    if reference is not None:
+        reference.to(device).eval()
+        for p in reference.parameters():
+            p.requires_grad_(False)
+
+    optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.lr, eps=1e-5)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine_lr_lambda(cfg))
+    rms = RunningMeanStd()
+    generator = torch.Generator().manual_seed(cfg.seed)
+    start_epoch, global_step = 0, 0
+    if resume is not None:
+        ck = resume if isinstance(resume, Mapping) else load_checkpoint(resume, map_location=device)
+        policy.load_state_dict(ck["policy"])
+        if reference is not None and "reference" in ck:
+            reference.load_state_dict(ck["reference"])
+        optimizer.load_state_dict(ck["optimizer"])
+        scheduler.load_state_dict(ck["scheduler"])
+        rms.load_state_dict(ck["rms"])
+        _set_rng_state(ck["rng"], generator)
+        start_epoch, global_step = int(ck["epoch"]), int(ck["global_step"])
+        log(f"ppo: resumed at epoch {start_epoch}, global step {global_step}")
+
+    def checkpoint_state(epoch: int) -> dict[str, Any]:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "config": asdict(cfg),
+            "policy": policy.state_dict(),
+            "reference": reference.state_dict() if reference is not None else {},
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rms": rms.state_dict(),
+            "rng": _rng_state(generator),
+            "epoch": epoch,
+            "global_step": global_step,
+            "extra": dict(extra_state or {}),
+        }
+
+    envs = make_vector_env(env_fns, subprocess=subprocess)
+    envs.action_space.seed(cfg.seed)
+    envs.observation_space.seed(cfg.seed)
+    micro = cfg.minibatch_size // cfg.grad_accum
+    history: list[dict[str, float]] = []
+    log(f"ppo: device {device}, {cfg.n_envs} envs ({'subprocess' if subprocess else 'sync'}), "
+        f"{sum(p.numel() for p in policy.parameters()):,} parameters, anchor={cfg.anchor}, baseline={cfg.baseline}")
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            t0 = time.perf_counter()
+            ent_coef = entropy_coef_at(cfg, epoch)
+            lr_now = optimizer.param_groups[0]["lr"]
+
+            # -- data sample: the envs draw their songs on reset, seeded by (seed, epoch)
+            base = (cfg.seed * 1_000_003 + epoch * cfg.n_envs) % 2**31
+            obs, _ = envs.reset(seed=[base + i for i in range(cfg.n_envs)])
+            t_data = time.perf_counter() - t0
+
+            # -- rollout
+            t1 = time.perf_counter()
+            ro = collect_rollout(envs, policy, obs=obs, steps=cfg.steps, generator=generator, device=device)
+            global_step += ro.env_steps
+            t_rollout = time.perf_counter() - t1
+
+            # -- returns and advantages
+            t2 = time.perf_counter()
+            returns = torch.as_tensor(
+                monte_carlo_returns(ro.rewards.numpy(), ro.dones.numpy(), gamma=cfg.gamma), dtype=torch.float32
+            )
+            returns = returns.clamp(-cfg.return_clip, cfg.return_clip)
+            if cfg.return_norm == "welford":
+                rms.update(returns.numpy())
+                targets = (returns - rms.mean) / rms.std
+                values_raw = ro.values * rms.std + rms.mean
+            else:
+                targets, values_raw = returns, ro.values
+            adv = compute_advantages(returns, values_raw, baseline=cfg.baseline)
+            obs_d = {k: v.to(device) for k, v in ro.obs.items()}
+            actions_d, old_logp = ro.actions.to(device), ro.logp.to(device)
+            adv, targets = adv.to(device), targets.to(device)
+            ref_logp = None
+            if cfg.anchor == "kl" and reference is not None:
+                with torch.no_grad():
+                    ref_logp = torch.cat(
+                        [
+                            reference.evaluate(_index_obs(obs_d, idx), actions_d[idx])[0]
+                            for idx in torch.arange(len(ro), device=device).split(max(micro, 256))
+                        ]
+                    )
+
+            # -- update
+            m = len(ro)
+            stats: Counter = Counter()
+            n_mb = 0
+            stop = False
+            for _ in range(cfg.update_epochs):
+                perm = torch.randperm(m, generator=generator).to(device)
+                for start in range(0, m, cfg.minibatch_size):
+                    mb = perm[start : start + cfg.minibatch_size]
+                    if mb.numel() < 2:
+                        continue
+                    optimizer.zero_grad(set_to_none=True)
+                    mb_kl = 0.0
+                    for idx in mb.split(micro):
+                        w = idx.numel() / mb.numel()
+                        logp, ent, value = policy.evaluate(_index_obs(obs_d, idx), actions_d[idx])
+                        ent3 = head_entropies(ent)
+                        log_ratio = logp - old_logp[idx]
+                        ratio = log_ratio.exp()
+                        a = adv[idx]
+                        pg_loss = torch.max(-a * ratio, -a * ratio.clamp(1 - cfg.clip_ratio, 1 + cfg.clip_ratio)).mean()
+                        v_loss = 0.5 * (value.float() - targets[idx]).pow(2).mean()
+                        entropy = ent3.sum(-1).mean()
+                        if cfg.anchor == "kl" and ref_logp is not None:
+                            lr_ref = ref_logp[idx] - logp
+                            anchor_loss = (lr_ref.exp() - 1 - lr_ref).mean()  # k3 estimate of KL(pi||ref)
+                        elif cfg.anchor == "bc" and demos is not None:
+                            j = torch.randint(len(demos), (cfg.bc_batch_size,), generator=generator)
+                            d_logp = policy.evaluate(
+                                {k: v[j].to(device) for k, v in demos.obs.items()}, demos.actions[j].to(device)
+                            )[0]
+                            anchor_loss = -d_logp.mean()
+                        else:
+                            anchor_loss = torch.zeros((), device=device)
+                        loss = pg_loss - ent_coef * entropy + cfg.vf_coef * v_loss + cfg.anchor_coef * anchor_loss
+                        (loss * w).backward()
+                        with torch.no_grad():
+                            kl = ((ratio - 1) - log_ratio).mean().item()
+                            mb_kl += kl * w
+                            stats["policy_loss"] += pg_loss.item() * w
+                            stats["value_loss"] += v_loss.item() * w
+                            stats["anchor_loss"] += anchor_loss.item() * w
+                            stats["approx_kl"] += kl * w
+                            stats["clipfrac"] += ((ratio - 1).abs() > cfg.clip_ratio).float().mean().item() * w
+                            for h, name in enumerate(HEADS):
+                                stats[f"entropy_{name}"] += ent3[:, h].mean().item() * w
+                    grad_norm = nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
+                    stats["grad_norm"] += float(grad_norm)
+                    optimizer.step()
+                    n_mb += 1
+                    if cfg.target_kl is not None and mb_kl > cfg.target_kl:
+                        stop = True
+                        break
+                if stop:
+                    break
+            scheduler.step()
+            t_update = time.perf_counter() - t2
+
+            # -- bookkeeping
+            with torch.no_grad():
+                ev = explained_variance(ro.values, targets.cpu())
+            row = {k: v / max(1, n_mb) for k, v in stats.items()}
+            rewards = [e["reward"] for e in ro.episodes]
+            act_np = ro.actions.numpy()
+            type_counts = np.bincount(act_np[:, 0], minlength=18)
+            top = int(type_counts.argmax())
+            top_frac = float(type_counts[top] / max(1, type_counts.sum()))
+            elapsed = time.perf_counter() - t0
+            row.update(
+                epoch=epoch,
+                global_step=global_step,
+                episode_reward=float(np.mean(rewards)) if rewards else float("nan"),
+                episode_length=float(np.mean([e["length"] for e in ro.episodes])) if rewards else float("nan"),
+                episodes=len(rewards),
+                explained_variance=ev,
+                learning_rate=lr_now,
+                ent_coef=ent_coef,
+                updates=n_mb,
+                early_stop=float(stop),
+                top_type=top,
+                top_type_frac=top_frac,
+                time_data=t_data,
+                time_rollout=t_rollout,
+                time_update=t_update,
+                sps=ro.env_steps / max(elapsed, 1e-9),
+            )
+            comp_names = sorted({k for e in ro.episodes for k in e["components"]})
+            for k in comp_names:
+                row[f"reward/{k}"] = float(np.mean([e["components"][k] for e in ro.episodes if k in e["components"]]))
+            history.append(row)
+            if top_frac > cfg.collapse_frac:
+                msg = f"type collapse: type {top} is {top_frac:.0%} of actions at epoch {epoch}"
+                warnings.warn(msg, RuntimeWarning, stacklevel=2)
+                log(f"ppo: WARNING {msg}")
+            if writer is not None:
+                _log_epoch(writer, row, act_np, global_step)
+            log(
+                f"ppo: epoch {epoch} step {global_step} reward {row['episode_reward']:.4f} "
+                f"kl {row.get('approx_kl', 0):.4f} ev {ev:.3f} ent_coef {ent_coef:.3f} "
+                f"sps {row['sps']:.0f} (rollout {t_rollout:.2f}s update {t_update:.2f}s)"
+            )
+            done_epochs = epoch + 1
+            if save_path is not None and (
+                (cfg.save_every and done_epochs % cfg.save_every == 0) or done_epochs == cfg.epochs
+            ):
+                save_checkpoint(save_path, checkpoint_state(done_epochs))
+            if greedy_eval is not None and cfg.eval_every and (
+                done_epochs % cfg.eval_every == 0 or done_epochs == cfg.epochs
+            ):
+                greedy_eval(policy, done_epochs, global_step)
+    finally:
+        envs.close()
+    return history
+
+
+def _log_epoch(writer: Any, row: Mapping[str, float], actions: np.ndarray, step: int) -> None:
+    """TensorBoard: charts/*, losses/*, time/*, reward components and action histograms."""
+    chart_keys = ("episode_reward", "episode_length", "learning_rate", "ent_coef", "sps", "top_type_frac", "episodes")
+    loss_keys = ("policy_loss", "value_loss", "anchor_loss", "approx_kl", "clipfrac", "explained_variance",
+                 "grad_norm", "updates", "early_stop") + tuple(f"entropy_{h}" for h in HEADS)
+    for k in chart_keys:
+        if k in row and not math.isnan(float(row[k])):
+            writer.add_scalar(f"charts/{k}", row[k], step)
+    for k in loss_keys:
+        if k in row and not math.isnan(float(row[k])):
+            writer.add_scalar(f"losses/{k}", row[k], step)
+    for k in ("time_data", "time_rollout", "time_update"):
+        writer.add_scalar(f"time/{k[5:]}", row[k], step)
+    for k, v in row.items():
+        if k.startswith("reward/"):
+            writer.add_scalar(f"charts/{k}", v, step)
+    for h, name in enumerate(HEADS):
+        writer.add_histogram(f"actions/{name}", actions[:, h], step, bins=np.arange(-0.5, (18 if h == 0 else 5) + 0.5))
