@@ -16,7 +16,9 @@ from urllib.parse import quote
 
 import numpy as np
 
-from envs.plan import EditPlan
+from envs.export import ops_label, output_timeline as export_timeline
+from envs.plan import EditPlan, Ops
+from envs.render import DEFAULT_CROSSFADE_MS
 
 __all__ = ["OutputSegment", "output_timeline", "plot_edit", "write_report_html"]
 
@@ -27,7 +29,7 @@ _COLOURS = {"cut": "#d0d0d0", "kept": "#4caf50", "looped": "#ff9800", "effect": 
 
 @dataclass(frozen=True)
 class OutputSegment:
-    """One plan segment placed on the output timeline (seconds)."""
+    """One merged plan segment placed on the output timeline (seconds)."""
 
     index: int
     raw_start: float
@@ -37,43 +39,21 @@ class OutputSegment:
     ops: str
 
 
-def _ops_text(seg) -> str:
-    o = seg.ops
-    parts = []
-    if o.gain_db:
-        parts.append(f"gain {o.gain_db:+.1f} dB")
-    if o.fade_in_s:
-        parts.append(f"fade in {o.fade_in_s:.2f} s")
-    if o.fade_out_s:
-        parts.append(f"fade out {o.fade_out_s:.2f} s")
-    if o.eq_low_db:
-        parts.append(f"low shelf {o.eq_low_db:+.0f} dB")
-    if o.eq_high_db:
-        parts.append(f"high shelf {o.eq_high_db:+.0f} dB")
-    if o.distortion:
-        parts.append(f"distortion {o.distortion:.0f} dB")
-    if o.reverb:
-        parts.append(f"reverb {o.reverb:.2f}")
-    if o.time_factor != 1.0:
-        parts.append(f"time x{o.time_factor:g}")
-    if o.reversed:
-        parts.append("reversed")
-    return ", ".join(parts) or "-"
-
-
-def output_timeline(plan: EditPlan, *, durations: list[float] | None = None) -> list[OutputSegment]:
-    """Place each segment on the output timeline.
-
-    durations : output length of each segment in seconds (from the renderer, which knows
-        about time stretch and crossfade overlaps); by default raw length / time_factor.
-    """
-    out, t = [], 0.0
-    for i, seg in enumerate(plan.segments):
-        r0, r1 = plan.segment_seconds(seg)
-        d = durations[i] if durations is not None else (r1 - r0) / seg.ops.time_factor
-        out.append(OutputSegment(i, r0, r1, t, t + d, _ops_text(seg)))
-        t += d
-    return out
+def output_timeline(plan: EditPlan, *, sr: int, crossfade_ms: float = DEFAULT_CROSSFADE_MS) -> list[OutputSegment]:
+    """Each segment where the renderer places it (crossfade overlaps and time stretch
+    included), from ``envs.export.output_timeline``."""
+    tl = export_timeline(plan, sr=sr, crossfade_ms=crossfade_ms)
+    return [
+        OutputSegment(
+            index=d["index"],
+            raw_start=d["raw_start_sample"] / sr,
+            raw_end=d["raw_end_sample"] / sr,
+            out_start=d["out_start_s"],
+            out_end=d["out_end_s"],
+            ops=ops_label(Ops(**d["ops"])) or "-",
+        )
+        for d in tl["segments"]
+    ]
 
 
 def _region_kind(plan: EditPlan) -> list[str]:
@@ -89,7 +69,9 @@ def _region_kind(plan: EditPlan) -> list[str]:
     return kinds
 
 
-def plot_edit(plan: EditPlan, *, y: np.ndarray, sr: int, path: str | os.PathLike, title: str = "") -> Path:
+def plot_edit(
+    plan: EditPlan, *, y: np.ndarray, sr: int, path: str | os.PathLike, title: str = "", crossfade_ms: float = DEFAULT_CROSSFADE_MS
+) -> Path:
     """Draw the edit to a PNG (written atomically).
 
     y : raw audio [shape=(channels, n) or (n,)] at rate sr, for the waveform.
@@ -120,7 +102,7 @@ def plot_edit(plan: EditPlan, *, y: np.ndarray, sr: int, path: str | os.PathLike
     ax_raw.set_title(title or "edit")
     ax_raw.legend(handles=[Patch(color=c, label=k) for k, c in _COLOURS.items()], loc="upper right", ncol=4, fontsize=8)
 
-    timeline = output_timeline(plan)
+    timeline = output_timeline(plan, sr=sr, crossfade_ms=crossfade_ms)
     cmap = plt.get_cmap("tab20")
     for s in timeline:
         ax_out.barh(0, s.out_end - s.out_start, left=s.out_start, color=cmap(s.index % 20), edgecolor="white")
@@ -157,11 +139,10 @@ def write_report_html(
     png: str | os.PathLike,
     plan: EditPlan,
     summary: dict[str, str],
-    timeline: list[OutputSegment] | None = None,
+    timeline: list[OutputSegment],
 ) -> Path:
     """Write out_dir/report.html (atomically) and return its path."""
     out_dir = Path(out_dir)
-    timeline = timeline or output_timeline(plan)
     rows = "\n".join(
         f"<tr><td>{s.index}</td><td>{s.raw_start:.2f} - {s.raw_end:.2f}</td>"
         f"<td>{s.out_start:.2f} - {s.out_end:.2f}</td><td>{html.escape(s.ops)}</td></tr>"

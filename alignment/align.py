@@ -271,6 +271,7 @@ def align_signals(*, y_raw: np.ndarray, y_edit: np.ndarray, sr: int = SR, config
             out[-1][1] = edit_dur
     segments: list[AlignedSegment] = []
     effects: list[SegmentEffects] = []
+    owner: list[_Run] = []  # the frame run each segment came from
     for r, (e0, e1, off) in zip(segs, out):
         anchor = off * FRAME_S  # effect segments: raw start (forward) or end (reversed), s
         if r.factor == 1.0 and not r.reversed:
@@ -293,6 +294,14 @@ def align_signals(*, y_raw: np.ndarray, y_edit: np.ndarray, sr: int = SR, config
             continue
         lv = levels.measure(y_edit=y_edit, y_raw=y_raw, edit_span=(e0, e1), raw_span=(r0, r1), reversed=r.reversed)
         conf = float(np.clip((r.sim - 0.5) / 0.45, 0.0, 1.0))
+        if segments and owner and owner[-1] is r and abs(segments[-1].edit_end - e0) < 1e-9 and abs(lv.gain_db - segments[-1].gain_db) < levels.MIN_STEP_DB:
+            # a level step that measures < 1 dB was compressor motion, not a gain edit
+            p = segments.pop()
+            effects.pop()
+            e0, r0 = p.edit_start, p.raw_start
+            lv = levels.measure(y_edit=y_edit, y_raw=y_raw, edit_span=(e0, e1), raw_span=(r0, r1), reversed=r.reversed)
+        else:
+            owner.append(r)
         segments.append(AlignedSegment(e0, e1, r0, r1, lv.gain_db, lv.fade_in_s, lv.fade_out_s, conf))
         effects.append(SegmentEffects(time_factor=r.factor, reversed=r.reversed, eq_low_db=lv.eq_low_db, eq_high_db=lv.eq_high_db))
     master = _master_gain(segments)

@@ -238,27 +238,27 @@ def gain_steps(*, y_edit: np.ndarray, y_raw: np.ndarray, edit_span: tuple[float,
     r = 10 * np.log10((pe + 1e-12) / (px + 1e-12))
     t = (np.arange(len(r)) * _STEP_HOP + _STEP_WIN / 2) / SR
     r, t = r[ok], t[ok]
-    min_n = max(2, int(MIN_STEP_SIDE_S * SR / _STEP_HOP))
+    w = max(3, int(MIN_STEP_SIDE_S * SR / _STEP_HOP))
+    if len(r) < 2 * w + 1:
+        return []
+    # sliding windows of w frames left of k (frames k-w..k-2, the frame at k-1 straddles
+    # the step) and right of k (k+1..k+w-1): level, spread, and drift (a ramp is a fade)
+    win = np.lib.stride_tricks.sliding_window_view(r, w - 1)  # win[i] = r[i : i+w-1]
+    med = np.median(win, axis=1)
+    std = win.std(axis=1)
+    xs = np.arange(w - 1) - (w - 2) / 2
+    slope = (win @ xs) / float(xs @ xs)
+    drift = np.abs(slope) * (w - 1)
+    ks = np.arange(w, len(r) - w + 1)
+    li, ri = ks - w, ks + 1
+    diff = med[ri] - med[li]
+    flat = (std[li] <= MAX_SIDE_STD_DB) & (std[ri] <= MAX_SIDE_STD_DB) & (drift[li] < 0.75) & (drift[ri] < 0.75)
+    cand = flat & (np.abs(diff) >= MIN_STEP_DB)
     out: list[float] = []
-
-    def split(lo: int, hi: int) -> None:
-        n = hi - lo
-        if n < 2 * min_n:
-            return
-        seg = r[lo:hi]
-        c1 = np.cumsum(seg)
-        c2 = np.cumsum(seg * seg)
-        k = np.arange(min_n, n - min_n + 1)
-        left_sse = c2[k - 1] - c1[k - 1] ** 2 / k
-        right_sse = (c2[-1] - c2[k - 1]) - (c1[-1] - c1[k - 1]) ** 2 / (n - k)
-        j = int(k[np.argmin(left_sse + right_sse)])
-        L, R = seg[:j], seg[j:]
-        # the frame at the step straddles it: judge the sides without their edge frames
-        Lc, Rc = L[:-1], R[1:]
-        if abs(np.median(Lc) - np.median(Rc)) >= MIN_STEP_DB and Lc.std() <= MAX_SIDE_STD_DB and Rc.std() <= MAX_SIDE_STD_DB:
-            out.append(float(0.5 * (t[lo + j - 1] + t[lo + j])) + e0)
-            split(lo, lo + j)
-            split(lo + j, hi)
-
-    split(0, len(r))
+    score = np.where(cand, np.abs(diff), 0.0)
+    while score.max() > 0:
+        j = int(np.argmax(score))
+        k = int(ks[j])
+        out.append(float(0.5 * (t[k - 1] + t[k])) + e0)
+        score[max(0, j - w) : j + w + 1] = 0.0
     return sorted(out)

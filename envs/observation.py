@@ -200,9 +200,10 @@ class ObservationBuilder:
         """(beats [W, F] float32, beat_mask [W] float32) for the read head at raw beat ``head``."""
         h = min(max(head, 0), self.n_beats)
         beats = self._beats[h : h + WINDOW].copy()
-        beats[:, _REL] = _REL_COLUMN
-        beats[HEAD_INDEX, _IS_HEAD] = 1.0
-        return beats, self._mask[h : h + WINDOW].copy()
+        mask = self._mask[h : h + WINDOW].copy()
+        beats[:, _REL] = _REL_COLUMN * mask  # padding rows stay all-zero
+        beats[HEAD_INDEX, _IS_HEAD] = mask[HEAD_INDEX]
+        return beats, mask
 
     def globals(
         self,

@@ -262,6 +262,7 @@ _LOOP_K = [_act.LOOP_COUNT.get(_act.Amount(a)) for a in range(_NA)]
 _SKIP_K = [_act.SKIP_CHUNKS.get(_act.Amount(a)) for a in range(_NA)]
 _JUMP_K = [_act.JUMP_UNITS.get(_act.Amount(a)) for a in range(_NA)]
 _AMOUNT_OK = [[_act.Amount(a) in _act.VALID_AMOUNTS[_T(t)] for a in range(_NA)] for t in range(_NT)]
+_TS_ACTIONS = [[tuple((t, s, a) for a in range(_NA) if _AMOUNT_OK[t][a]) for s in range(_NS)] for t in range(_NT)]
 _AMOUNT_MASK = np.array(_AMOUNT_OK, dtype=bool)
 _AMOUNT_MASK.flags.writeable = False
 
@@ -316,8 +317,8 @@ class _GridTables:
             b2 = [0] + [st[b - 1] if b > 0 else 0 for b in b1[1:]]
             self.back[1].append(b1)
             self.back[2].append(b2)
-        # state key -> (Masks, size rows as lists, valid (t, s, a) tuple)
-        self.mask_cache: dict[int, tuple[Masks, list[list[bool]], tuple[tuple[int, int, int], ...]]] = {}
+        # state key -> [Masks, size rows as lists, valid (t, s, a) tuple or None until asked]
+        self.mask_cache: dict[int, list] = {}
 
     def chunk_ends(self, s: int, h: int, k: int) -> int:
         """End of k consecutive chunks of size s from h (clipped at n)."""
@@ -483,7 +484,11 @@ class Executor:
         """Every allowed (type, size, amount) of the current state (cached)."""
         if self.done:
             return ()
-        return self._entry()[2]
+        entry = self._entry()
+        if entry[2] is None:  # built on first use: the environment itself never needs it
+            rows = entry[1]
+            entry[2] = tuple(x for t in range(_NT) for s in range(_NS) if rows[t][s] for x in _TS_ACTIONS[t][s])
+        return entry[2]
 
     def _compute_masks(self, key: int):
         h = key >> 3
@@ -552,8 +557,7 @@ class Executor:
         assert typ[_KEEP] and size[_KEEP, 0], "KEEP BEAT is always allowed before the end"
         size.flags.writeable = False
         typ.flags.writeable = False
-        valid = tuple((t, s, a) for t in range(_NT) for s in range(_NS) if rows[t][s] for a in range(_NA) if _AMOUNT_OK[t][a])
-        return Masks(type=typ, size=size, amount=_AMOUNT_MASK), rows, valid
+        return [Masks(type=typ, size=size, amount=_AMOUNT_MASK), rows, None]
 
     # -- stepping -------------------------------------------------------------------------
     def step(self, t: int, s: int, a: int) -> StepResult:
@@ -632,8 +636,8 @@ class Executor:
             if e1 >= n or (t == _REORDER and e2 >= n):
                 raise ParameterError(f"{_name(t, s, a)}: not enough chunks left at head {h}")
             if t == _SWAP:
-                self._append(h, e1, _IDENTITY, 1)
                 self._append(e1, e2, _IDENTITY, 1)
+                self._append(h, e1, _IDENTITY, 1)
                 self.head = e2
             else:
                 e3 = end[e2]

@@ -30,6 +30,7 @@ with ``gap`` samples on each side of the join left out (the crossfade itself).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 from scipy.linalg import solve_toeplitz
@@ -72,13 +73,18 @@ class Click:
     channel: int
 
 
+@lru_cache(maxsize=64)
+def _hann(n: int) -> np.ndarray:
+    return np.hanning(n)
+
+
 def _ar(x: np.ndarray) -> np.ndarray | None:
     """AR polynomial [1, -a1, ..., -ap] of x (autocorrelation method), or None when flat."""
-    x = x * np.hanning(len(x))
-    r = np.correlate(x, x, "full")[len(x) - 1 : len(x) + _ORDER]
+    x = x * _hann(len(x))
+    n = len(x)
+    r = np.array([x[: n - k] @ x[k:] for k in range(_ORDER + 1)])  # lags 0..p only
     if r[0] <= 1e-12:
         return None
-    r = r.copy()
     r[0] *= 1.0 + 1e-6  # white-noise correction keeps the system well conditioned
     a = solve_toeplitz(r[:_ORDER], r[1 : _ORDER + 1])
     return np.concatenate([[1.0], -a])
@@ -92,7 +98,9 @@ def _side(seg: np.ndarray, fit: int, s: int) -> tuple[float, float]:
         peak = float(np.abs(seg[fit : fit + 2 * s]).max(initial=0.0))
         return (np.inf if peak > _MIN_PEAK else 0.0), peak
     res = lfilter(a, [1.0], seg)
-    scale = max(float(np.percentile(np.abs(res[_ORDER:fit]), 99)), _SCALE_FLOOR)
+    base = np.abs(res[_ORDER:fit])
+    k = int(round(0.99 * (len(base) - 1)))
+    scale = max(float(np.partition(base, k)[k]), _SCALE_FLOOR)  # 99th percentile
     peak = float(np.abs(res[fit : fit + 2 * s]).max(initial=0.0))
     return peak / scale, peak
 

@@ -327,7 +327,8 @@ def generate_song(
             starts.append(b * bpb)
             ends.append((b + 1) * bpb - 0.02)
             pitch.append(triad)
-            amp.append(bar_gain[b] * 0.8)
+            # The pad carries the intro and outro alone, so it plays up there.
+            amp.append(bar_gain[b] * (2.0 if lab in ("intro", "outro") else 0.8))
     starts.append(n_bars * bpb)  # the final tonic chord rings over the tail
     ends.append(n_bars * bpb + 1.8 * p.tempo / 60.0)
     pitch.append([int(degree_to_midi(2 * v, p.key_root + 12)) for v in range(3)])

@@ -30,7 +30,7 @@ def _plan():
 
 def test_timeline_and_png(tmp_path):
     plan = _plan()
-    tl = output_timeline(plan)
+    tl = output_timeline(plan, sr=8000, crossfade_ms=0.0)
     assert [round(s.out_start, 6) for s in tl] == [0.0, 4.0, 8.0, 12.0]
     assert tl[1].ops == "gain +1.5 dB"
     y = np.random.default_rng(0).normal(0, 0.1, (2, 16 * 8000)).astype(np.float32)
@@ -47,7 +47,7 @@ def test_report_links_resolve_from_disk(tmp_path):
     edited = write_audio(out / "edited.wav", y=np.zeros((1, 8000), np.float32), sr=8000)
     png = out / "edit.png"
     png.write_bytes(b"\x89PNG\r\n\x1a\n")
-    page = write_report_html(out_dir=out, raw_audio=raw, edited_audio=edited, png=png, plan=plan, summary={"keep ratio": "0.75"})
+    page = write_report_html(out_dir=out, raw_audio=raw, edited_audio=edited, png=png, plan=plan, summary={"keep ratio": "0.75"}, timeline=output_timeline(plan, sr=8000))
     p = _Links()
     p.feed(page.read_text())
     assert len(p.srcs) == 3

@@ -1,0 +1,243 @@
+"""Edit a new recording the way the trained policy learned to.
+
+    python -m agent.infer song.wav                       # newest checkpoint under runs/
+    python -m agent.infer song.wav --checkpoint runs/demo/checkpoints/ppo_last.pt
+    python -m agent.infer song.wav --target-duration 150 --out edits/song
+    python -m agent.infer song.wav --output song_edit.wav --sample --seed 3
+
+Steps: load audio -> beats + features (cached) -> the policy walks the song in the
+editing environment with masks (greedy unless --sample) -> EditPlan -> (optional)
+bar-level fit to --target-duration -> render at the input's native rate and channels ->
+edited audio, plan.json, Audacity labels, Reaper project, PNG and report.html.
+
+Everything is checked before anything is written (input, checkpoint, output folder), and
+each output is written atomically, so a bad input leaves no partial files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from datasets.errors import EditorError, ParameterError
+
+__all__ = ["EditResult", "edit_song", "newest_checkpoint", "main"]
+
+log = logging.getLogger("agent.infer")
+
+
+@dataclass(frozen=True)
+class EditResult:
+    """The policy's edit of one song: plan, actions and the environment's verdict."""
+
+    plan: object  # envs.plan.EditPlan
+    actions: list[tuple[int, int, int]]
+    reward: float
+    reward_components: dict
+
+
+def edit_song(policy, env, *, deterministic: bool = True, seed: int = 0, device: torch.device | str = "cpu") -> EditResult:
+    """Run ``policy`` over the (single-song) ``env`` to the end of the episode."""
+    from agent.model import obs_to_tensors
+
+    gen = torch.Generator(device=device).manual_seed(seed)
+    obs, _ = env.reset(seed=seed, options={"song": 0})
+    actions: list[tuple[int, int, int]] = []
+    reward, info, done = 0.0, {}, False
+    policy.eval()
+    with torch.no_grad():
+        while not done:
+            a, *_ = policy.act(obs_to_tensors(obs, device), deterministic=deterministic, generator=gen)
+            act = tuple(int(v) for v in a[0].tolist())
+            actions.append(act)
+            obs, r, terminated, truncated, info = env.step(np.asarray(act))
+            reward += r
+            done = terminated or truncated
+    return EditResult(plan=env.last_plan, actions=actions, reward=reward, reward_components=info.get("reward_components", {}))
+
+
+def newest_checkpoint(root: str | os.PathLike = "runs") -> Path:
+    """The most recently written policy checkpoint under ``root`` (fine-tuned or BC)."""
+    found = [p for p in Path(root).glob("*/checkpoints/*.pt") if p.is_file()]
+    if not found:
+        raise EditorError(f"no checkpoint under {root}/*/checkpoints/; train one first (make demo, or make pretrain)")
+    return max(found, key=lambda p: p.stat().st_mtime)
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m agent.infer", description="Edit a raw recording with a trained policy.")
+    p.add_argument("input", help="raw recording (wav, flac, ogg, opus, mp3)")
+    p.add_argument("--checkpoint", help="policy checkpoint (.pt); default: the newest under --newest-in")
+    p.add_argument("--newest-in", default="runs", help="folder searched for the newest checkpoint (default: runs)")
+    p.add_argument("--out", help="output folder (default: runs/infer/<song name>)")
+    p.add_argument("--output", help="file name of the edited audio (the spec's flag); its folder is the output folder")
+    length = p.add_mutually_exclusive_group()
+    length.add_argument("--target-duration", type=float, help="wanted length of the edit in seconds (lands within a bar)")
+    length.add_argument("--keep-ratio", type=float, help="fraction of the raw to keep (0.2-0.7); default: the training style")
+    p.add_argument("--sample", action="store_true", help="sample actions instead of the greedy choice")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--format", choices=("wav", "flac"), default="wav", help="edited audio format")
+    p.add_argument("--crossfade-ms", type=float, default=10.0, help="equal-power crossfade at each join")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    p.add_argument("--no-cache", action="store_true", help="recompute features instead of reading the cache")
+    return p
+
+
+def _check_writable(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise EditorError(f"{folder}: output folder is not writable ({exc.strerror or exc})") from None
+
+
+def _distribution(values: list[int], names: list[str]) -> str:
+    c = Counter(values)
+    n = max(1, len(values))
+    return ", ".join(f"{names[k]} {100 * v / n:.0f}%" for k, v in c.most_common())
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Do the edit; returns the summary (also printed)."""
+    from agent.checkpoint import load_checkpoint, policy_from_checkpoint
+    from agent.device import pick_device
+    from agent.duration import fit_duration
+    from agent.report import output_timeline, plot_edit, write_report_html
+    from datasets.audio import load_audio, write_audio
+    from datasets.features import extract_features, feature_index
+    from envs.actions import Amount, ActionType, Size
+    from envs.env import AudioEditEnv, Song
+    from envs.export import export_all
+    from envs.quality import detect_clicks
+    from envs.render import output_duration, render
+
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+
+    def lap(name: str, t0: float) -> float:
+        now = time.perf_counter()
+        timings[name] = now - t0
+        return now
+
+    # 1. Check everything before writing anything.
+    src = Path(args.input)
+    if args.keep_ratio is not None and not 0.05 <= args.keep_ratio <= 0.95:
+        raise ParameterError(f"--keep-ratio {args.keep_ratio} outside [0.05, 0.95]")
+    if args.target_duration is not None and args.target_duration <= 0:
+        raise ParameterError(f"--target-duration {args.target_duration} must be > 0 seconds")
+    ckpt_path = Path(args.checkpoint) if args.checkpoint else newest_checkpoint(args.newest_in)
+    t = time.perf_counter()
+    ckpt = load_checkpoint(ckpt_path)
+    device = pick_device(args.device)
+    policy = policy_from_checkpoint(ckpt, device=device)
+    t = lap("checkpoint", t)
+    audio = load_audio(src)
+    t = lap("load", t)
+    if args.output:
+        edited_path = Path(args.output)
+        out_dir = edited_path.parent
+    else:
+        out_dir = Path(args.out) if args.out else Path("runs") / "infer" / src.stem
+        edited_path = out_dir / f"{src.stem}_edited.{args.format}"
+    _check_writable(out_dir)
+
+    # 2. Beats and features: the same pipeline (and stem method) the policy trained on.
+    stems = (ckpt.get("extra") or {}).get("stem_method") or "auto"
+    feats = extract_features(audio, stems=stems, use_cache=not args.no_cache)
+    t = lap("beats+features", t)
+
+    # 3. The policy edits the song in the environment, masks on.
+    if args.target_duration is not None:
+        keep = float(np.clip(args.target_duration / audio.duration, 0.05, 1.0))
+    else:
+        keep = args.keep_ratio if args.keep_ratio is not None else (ckpt.get("extra") or {}).get("target_keep")
+    song = Song.from_features(feats, audio=audio, name=src.stem)
+    env = AudioEditEnv([song], target_keep=keep)
+    result = edit_song(policy, env, deterministic=not args.sample, seed=args.seed, device=device)
+    plan = result.plan
+    if args.target_duration is not None:
+        plan = fit_duration(
+            plan,
+            target_s=args.target_duration,
+            energy=feats.values[:, feature_index("rms_db")],
+            output_seconds=lambda p: output_duration(p, audio.sr, args.crossfade_ms),
+        )
+    t = lap("policy", t)
+
+    # 4. Render at the input's native rate and channels.
+    rendered = render(y=audio.y, sr=audio.sr, plan=plan, crossfade_ms=args.crossfade_ms)
+    clicks = detect_clicks(y=rendered.y, sr=audio.sr, positions=rendered.cut_positions)
+    t = lap("render", t)
+
+    # 5. Outputs, each atomic.
+    write_audio(edited_path, y=rendered.y, sr=audio.sr)
+    files = export_all(plan, raw_path=src.resolve(), sr=audio.sr, out_dir=out_dir, stem=src.stem, crossfade_ms=args.crossfade_ms)
+    png = plot_edit(
+        plan, y=audio.y, sr=audio.sr, path=out_dir / f"{src.stem}.edit.png", title=f"{src.name}: edit", crossfade_ms=args.crossfade_ms
+    )
+    types = [a[0] for a in result.actions]
+    summary = {
+        "input": str(src),
+        "checkpoint": str(ckpt_path),
+        "device": str(device),
+        "duration in": f"{audio.duration:.1f} s",
+        "duration out": f"{rendered.duration:.1f} s",
+        "keep ratio": f"{plan.keep_ratio:.2f}",
+        "tempo / meter": f"{feats.grid.tempo:.1f} BPM, {feats.grid.beats_per_bar}/4",
+        "actions": str(len(result.actions)),
+        "types": _distribution(types, [x.name for x in ActionType]),
+        "sizes": _distribution([a[1] for a in result.actions], [x.name for x in Size]),
+        "amounts": _distribution([a[2] for a in result.actions], [x.name for x in Amount]),
+        "joins": str(len(rendered.cut_positions)),
+        "clicks detected": str(len(clicks)),
+        "safety gain": f"{rendered.safety_gain_db:.1f} dB",
+        "episode reward": f"{result.reward:.3f}",
+    }
+    if args.target_duration is not None:
+        summary["target duration"] = f"{args.target_duration:.1f} s"
+    report = write_report_html(
+        out_dir=out_dir,
+        raw_audio=src,
+        edited_audio=edited_path,
+        png=png,
+        plan=plan,
+        summary=summary,
+        timeline=output_timeline(plan, sr=audio.sr, crossfade_ms=args.crossfade_ms),
+    )
+    t = lap("exports", t)
+    timings["total"] = time.perf_counter() - t_start
+    summary["outputs"] = ", ".join(str(p) for p in [edited_path, *files.values(), png, report])
+    summary["time"] = ", ".join(f"{k} {v:.2f} s" for k, v in timings.items())
+    if max(Counter(types).values()) > 0.9 * len(types) and len(types) >= 10:
+        log.warning("one action type makes over 90%% of the edit (%s): the policy may have collapsed", summary["types"])
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = get_parser().parse_args(argv)
+    try:
+        summary = run(args)
+    except EditorError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    width = max(len(k) for k in summary)
+    for k, v in summary.items():
+        print(f"{k:<{width}}  {v}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
