@@ -6,9 +6,11 @@ half a bar of the target where the material allows (and always tries for one bar
 Bars, not beats, because a cut in the middle of a bar is what a musician hears as wrong.
 
 Moves, cheapest first:
+- drop a segment that only repeats material played elsewhere (a loop),
 - trim a bar from either end of a segment (no new join),
 - extend a segment by the neighbouring unused raw bar (no new join),
-- remove a bar from inside a segment (one new join), lowest energy first.
+- remove a bar from inside a segment (one new join), or a whole segment;
+quietest material first (energy normalised to [0, 1] over the song).
 """
 
 from __future__ import annotations
@@ -41,9 +43,13 @@ def _candidates(plan: EditPlan, bars: list[tuple[int, int]], energy: np.ndarray,
         return replace(plan, segments=tuple(s for s in new_segs if s.raw_end > s.raw_start))
 
     for k, s in enumerate(segs):
-        if s.ops.time_factor != 1.0 or s.ops.reversed:
-            continue  # keep treated segments as the policy made them
         if not longer:
+            # drop a whole segment (the policy's loops and repeats go first when the
+            # same material is played elsewhere): costlier than trimming a bar
+            if len(segs) > 1:
+                again = 0.0 if (used[s.raw_start : s.raw_end] > 1).all() else 1.0
+                e = float(energy[s.raw_start : s.raw_end].mean()) + 0.5 * again
+                out.append((e, make(segs[:k] + segs[k + 1 :])))
             # trim one bar from the start or the end (bar-aligned edges only)
             b_first = bars[bar_of[s.raw_start]]
             if b_first[0] == s.raw_start and b_first[1] < s.raw_end:
@@ -89,6 +95,8 @@ def fit_duration(
         first, loud bars come back first
     output_seconds : the renderer's duration of a plan (crossfade overlaps included)
     """
+    energy = np.asarray(energy, dtype=np.float64)
+    energy = (energy - energy.min()) / (np.ptp(energy) + 1e-12)  # costs in [0, 1]
     bar_s = float(np.median(np.diff(plan.grid.bounds))) * plan.grid.beats_per_bar
     bars = bar_spans(plan.grid)
     for _ in range(max_moves):

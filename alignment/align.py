@@ -75,9 +75,15 @@ class AlignConfig:
     #: (a reversed passage can follow the forward raw at ~0.8 for a while).
     weak_sim: float = 0.88
     detect_effects: bool = True
+    #: Re-align with the edited file's static EQ removed when it exceeds this (dB in
+    #: some mel band); a mastering shelf of +-2 dB lowers matching frames' similarity.
+    eq_redo_db: float = 1.0
     #: Split contiguous segments where the level steps by >= 1 dB (GAIN on a span
     #: that continues the raw).
     gain_steps: bool = True
+    #: A level step is undone when one gain + fades fits both sides within this many
+    #: dB (mean absolute residual) of the worse side's own fit.
+    step_merge_db: float = 0.3
     refine: bool = True
 
 
@@ -224,18 +230,31 @@ def align_signals(*, y_raw: np.ndarray, y_edit: np.ndarray, sr: int = SR, config
     if len(y_edit) < HOP * 4 or len(y_raw) < HOP * 4:
         raise AudioError(f"signals too short to align ({len(y_raw) / SR:.2f} s raw, {len(y_edit) / SR:.2f} s edited)")
     R = frame_features(y=y_raw)
-    E = frame_features(y=y_edit)
+    E = frame_features(y=y_edit, base=R.base)
     path, sim = viterbi_path(
         E.feat, R.feat, tau=config.tau, switch_pen=config.switch_pen, enter_pen=config.enter_pen,
         leave_pen=config.leave_pen, e_silent=E.silent,
     )
+    # A mastering EQ is a static per-band dB offset between the files: measure it on
+    # the matched frames and align once more with it removed.
+    ok = (path >= 0) & ~E.silent
+    if ok.sum() > 50:
+        i = np.nonzero(ok)[0]
+        shape = np.median(E.logmel[i] - R.logmel[path[i]], axis=0)
+        shape = shape - np.median(shape)
+        if np.abs(shape).max() > config.eq_redo_db:
+            E = frame_features(y=y_edit, base=R.base + shape)
+            path, sim = viterbi_path(
+                E.feat, R.feat, tau=config.tau, switch_pen=config.switch_pen, enter_pen=config.enter_pen,
+                leave_pen=config.leave_pen, e_silent=E.silent,
+            )
     runs = _runs(path, sim, E, config)
     runs = _unify(runs, E, R, config)
     segs = [_Run(a, b, off, 1.0, False, s) for a, b, off, s in runs]
     if config.detect_effects:
         segs = _effect_pass(segs, E, R, config)
     segs.sort(key=lambda r: r.a)
-    segs = _fill_gaps(segs, E.n_frames, config)
+    segs = _fill_gaps(segs, E.n_frames, config, E.silent)
     edit_dur = len(y_edit) / SR
     raw_dur = len(y_raw) / SR
     # frame runs -> seconds, offsets refined to the sample
@@ -262,8 +281,9 @@ def align_signals(*, y_raw: np.ndarray, y_edit: np.ndarray, sr: int = SR, config
                 if abs(out[k][1] - out[k + 1][0]) < 1e-6:
                     t = _refine_join(y_edit, y_raw, out[k][1], out[k][2], out[k + 1][2])
                     out[k][1] = out[k + 1][0] = t
+    curve = _compressor_curve(segs, out, y_edit, y_raw)
     if config.gain_steps:
-        segs, out = _split_gain_steps(segs, out, y_edit, y_raw)
+        segs, out = _split_gain_steps(segs, out, y_edit, y_raw, curve)
     if out:
         if out[0][0] < 3 * FRAME_S:
             out[0][0] = 0.0
@@ -272,6 +292,7 @@ def align_signals(*, y_raw: np.ndarray, y_edit: np.ndarray, sr: int = SR, config
     segments: list[AlignedSegment] = []
     effects: list[SegmentEffects] = []
     owner: list[_Run] = []  # the frame run each segment came from
+    last_cost: list[float] = []  # each segment's level-fit residual (dB)
     for r, (e0, e1, off) in zip(segs, out):
         anchor = off * FRAME_S  # effect segments: raw start (forward) or end (reversed), s
         if r.factor == 1.0 and not r.reversed:
@@ -292,16 +313,27 @@ def align_signals(*, y_raw: np.ndarray, y_edit: np.ndarray, sr: int = SR, config
                 r1 = min(raw_dur, r0 + span)
         if e1 - e0 < config.min_segment_s:
             continue
-        lv = levels.measure(y_edit=y_edit, y_raw=y_raw, edit_span=(e0, e1), raw_span=(r0, r1), reversed=r.reversed)
+        lv = levels.measure(y_edit=y_edit, y_raw=y_raw, edit_span=(e0, e1), raw_span=(r0, r1), reversed=r.reversed, curve=curve)
         conf = float(np.clip((r.sim - 0.5) / 0.45, 0.0, 1.0))
-        if segments and owner and owner[-1] is r and abs(segments[-1].edit_end - e0) < 1e-9 and abs(lv.gain_db - segments[-1].gain_db) < levels.MIN_STEP_DB:
-            # a level step that measures < 1 dB was compressor motion, not a gain edit
-            p = segments.pop()
-            effects.pop()
-            e0, r0 = p.edit_start, p.raw_start
-            lv = levels.measure(y_edit=y_edit, y_raw=y_raw, edit_span=(e0, e1), raw_span=(r0, r1), reversed=r.reversed)
+        if segments and owner and owner[-1] is r and abs(segments[-1].edit_end - e0) < 1e-9:
+            # A level step inside one raw run is kept only when it is a real gain edit:
+            # not when it measures < 1 dB (compressor motion), and not when one gain
+            # with fades explains both sides about as well (a compressed fade-out
+            # looks flat, then drops).
+            p = segments[-1]
+            both = levels.measure(
+                y_edit=y_edit, y_raw=y_raw, edit_span=(p.edit_start, e1), raw_span=(p.raw_start, r1), reversed=r.reversed, curve=curve
+            )
+            if abs(lv.gain_db - p.gain_db) < levels.MIN_STEP_DB or both.fit_cost <= max(lv.fit_cost, last_cost[-1]) + config.step_merge_db:
+                segments.pop()
+                effects.pop()
+                last_cost.pop()
+                e0, r0, lv = p.edit_start, p.raw_start, both
+            else:
+                owner.append(r)
         else:
             owner.append(r)
+        last_cost.append(lv.fit_cost)
         segments.append(AlignedSegment(e0, e1, r0, r1, lv.gain_db, lv.fade_in_s, lv.fade_out_s, conf))
         effects.append(SegmentEffects(time_factor=r.factor, reversed=r.reversed, eq_low_db=lv.eq_low_db, eq_high_db=lv.eq_high_db))
     master = _master_gain(segments)
@@ -314,7 +346,7 @@ def align_signals(*, y_raw: np.ndarray, y_edit: np.ndarray, sr: int = SR, config
         loud_share = 1.0 - float(E.silent.mean())
         matched = min(1.0, float(w.sum()) / max(edit_dur * max(loud_share, 1e-3), 1e-9))
         alignment_conf = float(np.clip(matched, 0, 1) * (w * c).sum() / w.sum())
-    fidelity = levels.reconstruction_distance(y_edit=y_edit, y_raw=y_raw, segments=segments, effects=effects) if segments else float("inf")
+    fidelity = levels.reconstruction_distance(y_edit=y_edit, y_raw=y_raw, segments=segments, effects=effects, edit_features=E) if segments else float("inf")
     return Alignment(
         segments=tuple(segments),
         effects=tuple(effects),
@@ -414,19 +446,36 @@ def _unify(runs: list[tuple[int, int, float, float]], E: FrameFeatures, R: Frame
     return [tuple(r) for r in runs]  # type: ignore[misc]
 
 
-def _fill_gaps(segs: list[_Run], n: int, cfg: AlignConfig) -> list[_Run]:
-    """Split short unmatched gaps between segments (a crossfade) between them."""
+def _fill_gaps(segs: list[_Run], n: int, cfg: AlignConfig, silent: np.ndarray) -> list[_Run]:
+    """Split short unmatched gaps between segments (a crossfade) between them; give
+    silent gaps to the segment before (the tail of a fade-out) or, at the start of the
+    file, to the first segment (the start of a fade-in)."""
     max_gap = int(round(cfg.max_gap_s / FRAME_S))
     for k in range(len(segs) - 1):
         gap = segs[k + 1].a - segs[k].b
-        if 0 < gap <= max_gap:
+        if gap > 0 and silent[segs[k].b : segs[k + 1].a].all():
+            segs[k].b = segs[k + 1].a
+        elif 0 < gap <= max_gap:
             mid = segs[k].b + gap // 2
             segs[k].b = mid
             segs[k + 1].a = mid
+    if segs and segs[-1].b < n and silent[segs[-1].b :].all():
+        segs[-1].b = n
+    if segs and segs[0].a > 0 and silent[: segs[0].a].all() and segs[0].factor == 1.0 and not segs[0].reversed:
+        segs[0].a = 0
     return segs
 
 
-def _split_gain_steps(segs: list[_Run], out: list[list[float]], y_edit: np.ndarray, y_raw: np.ndarray):
+def _compressor_curve(segs: list[_Run], out: list[list[float]], y_edit: np.ndarray, y_raw: np.ndarray):
+    """The edited file's level-dependent ratio (a mastering compressor), or None."""
+    fwd = [(e0, e1, off) for r, (e0, e1, off) in zip(segs, out) if r.factor == 1.0 and not r.reversed]
+    frames = [levels.ratio_frames(y_edit=y_edit, y_raw=y_raw, edit_span=(e0, e1), offset_s=off) for e0, e1, off in fwd]
+    if not frames:
+        return None
+    return levels.level_curve(np.concatenate([f[1] for f in frames]), np.concatenate([f[2] for f in frames]))
+
+
+def _split_gain_steps(segs: list[_Run], out: list[list[float]], y_edit: np.ndarray, y_raw: np.ndarray, curve):
     """Split forward segments where their level steps (a gain change on a span that
     continues the raw is invisible to the gain-invariant features)."""
     segs2: list[_Run] = []
@@ -436,7 +485,7 @@ def _split_gain_steps(segs: list[_Run], out: list[list[float]], y_edit: np.ndarr
             segs2.append(r)
             out2.append([e0, e1, off])
             continue
-        cuts = levels.gain_steps(y_edit=y_edit, y_raw=y_raw, edit_span=(e0, e1), offset_s=off)
+        cuts = levels.gain_steps(y_edit=y_edit, y_raw=y_raw, edit_span=(e0, e1), offset_s=off, curve=curve)
         bounds = [e0, *cuts, e1]
         for a, b in zip(bounds[:-1], bounds[1:]):
             segs2.append(r)
@@ -537,7 +586,7 @@ def _effect_pass(segs: list[_Run], E: FrameFeatures, R: FrameFeatures, cfg: Alig
         # a run must not straddle two variants: mark the variant in the offset
         var = np.searchsorted(starts, np.maximum(path, 0), side="right") - 1
         path_v = np.where(path >= 0, path + var * (10 * (b - a) + 10), -1)
-        sub = FrameFeatures(E.feat[a:b], E.logmel[a:b], E.energy_db[a:b], E.silent[a:b])
+        sub = FrameFeatures(E.feat[a:b], E.logmel[a:b], E.energy_db[a:b], E.silent[a:b], E.base)
         runs = _runs(np.where(path >= 0, path_v, -1), sim, sub, cfg)
         new = []
         for ra, rb, o, s in runs:

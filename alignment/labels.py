@@ -37,8 +37,9 @@ __all__ = ["LABEL_FORMAT_VERSION", "raw_grid", "snap_plan", "plan_actions", "pla
 log = logging.getLogger(__name__)
 
 LABEL_FORMAT_VERSION = 1
-#: A gain change smaller than half the smallest GAIN step (1.5 dB) is no change.
-GAIN_DEADBAND_DB = 0.75
+#: A gain change smaller than this is no change: two thirds of the smallest GAIN step
+#: (1.5 dB), because a mastering compressor leaves +-1 dB of level noise per segment.
+GAIN_DEADBAND_DB = 1.0
 #: Shelf changes below half the smallest EQ step (3 dB) are no change.
 EQ_DEADBAND_DB = 1.5
 
@@ -192,7 +193,7 @@ def plan_fidelity(*, raw: Audio, edited: Audio, plan: EditPlan) -> dict:
     out = render(y=raw.y, sr=raw.sr, plan=plan)
     y = resample(to_mono(out.y), sr_in=out.sr, sr_out=ANALYSIS_SR)
     fr = frame_features(y=y)
-    fe = frame_features(y=edited.y_mono)
+    fe = frame_features(y=edited.y_mono, base=fr.base)
     path, _ = viterbi_path(fr.feat, fe.feat, tau=0.7, switch_pen=4.0, enter_pen=2.0, leave_pen=2.0, e_silent=fr.silent)
     loud = ~fr.silent
     ok = loud & (path >= 0)

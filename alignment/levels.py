@@ -20,8 +20,12 @@ __all__ = ["Levels", "measure", "fade_curve", "reconstruction_distance", "ENV_HO
 ENV_HOP = 128
 _ENV_WIN = 512
 #: Fades shorter than this are not reported: a join crossfade (<= 50 ms) dips the
-#: level briefly at both sides of every join and must not read as a fade.
-MIN_FADE_S = 0.12
+#: level briefly at both sides of every join, and a codec's or compressor's onset
+#: shapes the first 100-200 ms; neither is a fade an editor made.
+MIN_FADE_S = 0.3
+#: A fade must lower the mean absolute residual of the level fit by this much (dB):
+#: compressor release and codec ripple make short dips that a fade would "explain".
+FADE_PENALTY_DB = 0.25
 #: EQ bands (Ops: low shelf below ~200 Hz, high shelf above ~4 kHz).
 LOW_HZ, HIGH_HZ = 200.0, 4000.0
 
@@ -33,6 +37,9 @@ class Levels:
     fade_out_s: float
     eq_low_db: float
     eq_high_db: float
+    #: mean absolute residual (dB) of the gain + fades fit: how well they explain the
+    #: segment's level (used to decide whether a level step was really a fade)
+    fit_cost: float = 0.0
 
 
 def fade_curve(x: np.ndarray) -> np.ndarray:
@@ -72,12 +79,22 @@ def _raw_span(y_raw: np.ndarray, r0: float, r1: float, n_out: int, reversed: boo
 
 
 def measure(
-    *, y_edit: np.ndarray, y_raw: np.ndarray, edit_span: tuple[float, float], raw_span: tuple[float, float], reversed: bool = False
+    *,
+    y_edit: np.ndarray,
+    y_raw: np.ndarray,
+    edit_span: tuple[float, float],
+    raw_span: tuple[float, float],
+    reversed: bool = False,
+    curve=None,
 ) -> Levels:
     """Gain (dB), fades (s) and low/high band change (dB) of one segment.
 
     y_edit, y_raw : mono signals at 22050 Hz [shape=(n,)]
     edit_span, raw_span : seconds
+    curve : the file's compressor curve (``level_curve``) or None; with it the gain and
+        fades are fitted to the level changes before the compressor (a compressor
+        shrinks a -3 dB edit to ~-1.5 dB and flattens the top of a fade), and the
+        reported gain is that change plus the curve's median ratio over the segment
     """
     e0, e1 = edit_span
     a, b = int(round(e0 * SR)), int(round(e1 * SR))
@@ -91,21 +108,74 @@ def measure(
     ratio = 10 * np.log10((pe + 1e-12) / (px + 1e-12))
     if ok.sum() < 4:
         return Levels(0.0, 0.0, 0.0, 0.0, 0.0)
+    t = np.arange(len(ratio)) * ENV_HOP / SR
+    # digital silence at the segment's ends (an MP3 decoder's delay before the first
+    # segment, padding after the last) is no fade: fit between the first and last
+    # frames within 60 dB of the segment's loudest
+    audible = np.flatnonzero(pe > pe.max() * 1e-6)
+    lead, tail = (int(audible[0]), int(audible[-1])) if len(audible) else (0, len(pe) - 1)
+    ok[:lead] = False
+    ok[tail + 1 :] = False
+    # and the first/last 70 ms: an MP3 delay (25-50 ms) smeared by the 23 ms window
+    edge = int(0.07 * SR / ENV_HOP)
+    if len(ok) > 6 * edge:
+        ok[: lead + edge] = False
+        ok[max(tail - edge + 1, 0) :] = False
+    if ok.sum() < 4:
+        return Levels(0.0, 0.0, 0.0, 0.0, 0.0)
+    t0 = t[lead]
+    dur = max(t[tail] - t0, ENV_HOP / SR)
     r = ratio[ok]
-    # Gain: median over the frames near the top of the ratio (fades pull the ratio
-    # down over up to ~70 % of a segment; compression and codec noise scatter +-1 dB).
-    top = np.percentile(r, 80)
-    gain_db = float(np.median(r[r >= top - 3.0]))
-    amp = np.where(ok, 10 ** ((ratio - gain_db) / 20), np.nan)
-    t = np.arange(len(amp)) * ENV_HOP / SR
-    dur = n / SR
-    fade_in = _fit_fade(t, amp, dur)
-    fade_out = _fit_fade(t, amp[::-1], dur)
-    if fade_in + fade_out > dur:
-        s = dur / (fade_in + fade_out)
-        fade_in, fade_out = fade_in * s, fade_out * s
+    offset = 0.0
+    if curve is not None:
+        lvl = 10 * np.log10(px[ok] + 1e-12)
+        offset = float(np.median(curve(lvl)))
+        r = invert_curve(curve, lvl, r)
+    gain_db, fade_in, fade_out, cost = _fit_gain_fades(t[ok] - t0, r, dur)
+    gain_db += offset
     lo, hi = _band_change(e, x, gain_db)
-    return Levels(round(gain_db, 2), round(fade_in, 3), round(fade_out, 3), lo, hi)
+    return Levels(round(gain_db, 2), round(fade_in, 3), round(fade_out, 3), lo, hi, cost)
+
+
+def _fit_gain_fades(t: np.ndarray, ratio: np.ndarray, dur: float) -> tuple[float, float, float, float]:
+    """Gain (dB) and fade-in / fade-out lengths (s) that best explain the edited/raw
+    ratio (dB) along a segment: ratio ~ gain + 20 log10(fade_curve(t / L_in) *
+    fade_curve((dur - t) / L_out)), robust (L1) fit, both clipped at -30 dB where the
+    raw's own noise decides. Coordinate search over lengths; a fade must lower the
+    cost by FADE_PENALTY_DB to be kept (no fade is the simpler answer)."""
+    step = max(1, len(t) // 400)
+    t, ratio = t[::step], ratio[::step]
+    cands = np.r_[0.0, np.geomspace(MIN_FADE_S, max(dur, MIN_FADE_S * 1.01), 28)]
+
+    def model(l_in: float, l_out: float) -> np.ndarray:
+        g = np.ones_like(t)
+        if l_in > 0:
+            g = g * fade_curve(t / l_in)
+        if l_out > 0:
+            g = g * fade_curve((dur - t) / l_out)
+        return 20 * np.log10(np.maximum(g, 10 ** (-30 / 20)))
+
+    def cost(l_in: float, l_out: float) -> tuple[float, float]:
+        m = model(l_in, l_out)
+        sel = m > -20.0
+        if sel.sum() < 3:
+            return np.inf, 0.0
+        g = float(np.median(ratio[sel] - m[sel]))
+        c = float(np.mean(np.abs(np.maximum(ratio - g, -30.0) - m)))
+        return c + FADE_PENALTY_DB * ((l_in > 0) + (l_out > 0)), g
+
+    best_in, best_out = 0.0, 0.0
+    best_c, best_g = cost(0.0, 0.0)
+    for _ in range(2):
+        for which in ("out", "in"):
+            for L in cands:
+                li, lo_ = (L, best_out) if which == "in" else (best_in, L)
+                if li + lo_ > dur * 1.001:
+                    continue
+                c, g = cost(li, lo_)
+                if c < best_c - 1e-9:
+                    best_c, best_g, best_in, best_out = c, g, li, lo_
+    return float(best_g), float(best_in), float(best_out), float(best_c)
 
 
 def _fit_fade(t: np.ndarray, amp: np.ndarray, dur: float) -> float:
@@ -166,7 +236,7 @@ def _band_change(e: np.ndarray, x: np.ndarray, gain_db: float) -> tuple[float, f
     return out[0], out[1]
 
 
-def reconstruction_distance(*, y_edit: np.ndarray, y_raw: np.ndarray, segments, effects) -> float:
+def reconstruction_distance(*, y_edit: np.ndarray, y_raw: np.ndarray, segments, effects, edit_features=None) -> float:
     """Log-mel distance (dB) between the edited file and the raw re-assembled from
     ``segments`` (gains, fades, reversal; stretch by index resampling), over the
     edited file's loud frames. 0 = identical; ~1-2 dB = an MP3 of the same edit."""
@@ -190,7 +260,7 @@ def reconstruction_distance(*, y_edit: np.ndarray, y_raw: np.ndarray, segments, 
             w[:k] = np.linspace(0, 1, k)
             w[-k:] = np.linspace(1, 0, k)
         rec[a:b] += x * w
-    fe = frame_features(y=y_edit)
+    fe = edit_features if edit_features is not None else frame_features(y=y_edit)
     fr = frame_features(y=rec)
     loud = ~fe.silent
     if not loud.any():
@@ -210,19 +280,18 @@ MIN_STEP_SIDE_S = 0.4
 MAX_SIDE_STD_DB = 1.5
 
 
-def gain_steps(*, y_edit: np.ndarray, y_raw: np.ndarray, edit_span: tuple[float, float], offset_s: float) -> list[float]:
-    """Edited times (s) inside a contiguous segment where its level steps.
+def ratio_frames(*, y_edit: np.ndarray, y_raw: np.ndarray, edit_span: tuple[float, float], offset_s: float):
+    """Edited/raw power ratio of a forward segment on 46 ms frames every 23 ms.
 
-    A gain change on a span that continues the raw leaves the frame features (gain
-    invariant) untouched, so it shows only in the edited/raw power ratio: a piecewise
-    constant fit by binary segmentation, keeping splits between two flat sides that
-    differ by >= MIN_STEP_DB.
+    Returns (t [edited seconds], raw level [dB re full scale], ratio [dB]) over frames
+    where the raw is not near silent; empty arrays when the span leaves the raw.
     """
     e0, e1 = edit_span
     a, b = int(round(e0 * SR)), min(int(round(e1 * SR)), len(y_edit))
     ra = a + int(round(offset_s * SR))
-    if ra < 0 or ra + (b - a) > len(y_raw) or b - a < 2 * int(MIN_STEP_SIDE_S * SR):
-        return []
+    empty = (np.zeros(0), np.zeros(0), np.zeros(0))
+    if ra < 0 or ra + (b - a) > len(y_raw) or b - a < _STEP_WIN * 2:
+        return empty
     e = y_edit[a:b].astype(np.float64)
     x = y_raw[ra : ra + (b - a)].astype(np.float64)
 
@@ -232,12 +301,68 @@ def gain_steps(*, y_edit: np.ndarray, y_raw: np.ndarray, edit_span: tuple[float,
         return (c[st + _STEP_WIN] - c[st]) / _STEP_WIN
 
     pe, px = env(e), env(x)
-    if len(pe) < 4:
-        return []
-    ok = px > px.max() * 1e-4
+    ok = px > max(px.max() * 1e-4, 1e-10)
     r = 10 * np.log10((pe + 1e-12) / (px + 1e-12))
-    t = (np.arange(len(r)) * _STEP_HOP + _STEP_WIN / 2) / SR
-    r, t = r[ok], t[ok]
+    lvl = 10 * np.log10(px + 1e-12)
+    t = (np.arange(len(r)) * _STEP_HOP + _STEP_WIN / 2) / SR + e0
+    return t[ok], lvl[ok], r[ok]
+
+
+def level_curve(levels_db: np.ndarray, ratios_db: np.ndarray):
+    """The file-wide static curve of a mastering compressor, or None.
+
+    Fits ratio(L) = G - s * max(L - T, 0) (a hard-knee compressor above threshold T
+    with slope s = 1 - 1/ratio; L = raw frame level, dB) by least absolute deviations
+    over a grid of T (level percentiles) and s. Gain edits and fades only lower a
+    minority of frames and the L1 fit ignores them. Returns the curve (callable,
+    dB -> dB) only when s >= 0.15 and it explains the ratios at least 0.2 dB better
+    (mean absolute) than a constant: otherwise there is no compressor to undo.
+    """
+    if len(levels_db) < 50:
+        return None
+    step = max(1, len(levels_db) // 5000)
+    L, r = levels_db[::step], ratios_db[::step]
+    G0 = float(np.median(r))
+    c0 = float(np.mean(np.abs(r - G0)))
+    best = (c0, G0, 0.0, 0.0)
+    for T in np.percentile(L, np.arange(10, 91, 10)):
+        over = np.maximum(L - T, 0.0)
+        for sl in np.arange(0.1, 0.81, 0.1):
+            G = float(np.median(r + sl * over))
+            c = float(np.mean(np.abs(r - (G - sl * over))))
+            if c < best[0]:
+                best = (c, G, float(T), float(sl))
+    c, G, T, sl = best
+    if sl < 0.15 or c0 - c < 0.2:
+        return None
+    return lambda x: G - sl * np.maximum(np.asarray(x) - T, 0.0)
+
+
+#: Pre-compression level changes searched when inverting a compressor curve (dB).
+_H_GRID = np.arange(-45.0, 15.01, 0.25)
+
+
+def invert_curve(curve, levels_db: np.ndarray, ratios_db: np.ndarray) -> np.ndarray:
+    """Level change h (dB) applied *before* a compressor with static curve ``curve``
+    (ratio of an unedited frame at raw level L) that gives the observed ratio r:
+    h + curve(L + h) = r, solved on a 0.25 dB grid (monotonic in h for a compressor)."""
+    H = _H_GRID[None, :]
+    pred = H + curve(levels_db[:, None] + H)  # (frames, grid)
+    return _H_GRID[np.argmin(np.abs(pred - ratios_db[:, None]), axis=1)]
+
+
+def gain_steps(*, y_edit: np.ndarray, y_raw: np.ndarray, edit_span: tuple[float, float], offset_s: float, curve=None) -> list[float]:
+    """Edited times (s) inside a contiguous segment where its level steps.
+
+    A gain change on a span that continues the raw leaves the frame features (gain
+    invariant) untouched, so it shows only in the edited/raw power ratio: steps
+    between two flat, drift-free windows that differ by >= MIN_STEP_DB. ``curve``
+    (``level_curve``) removes a mastering compressor's level-dependent ratio first.
+    """
+    t, lvl, r = ratio_frames(y_edit=y_edit, y_raw=y_raw, edit_span=edit_span, offset_s=offset_s)
+    if curve is not None and len(r):
+        r = r - curve(lvl)
+    e0 = 0.0
     w = max(3, int(MIN_STEP_SIDE_S * SR / _STEP_HOP))
     if len(r) < 2 * w + 1:
         return []
@@ -259,6 +384,6 @@ def gain_steps(*, y_edit: np.ndarray, y_raw: np.ndarray, edit_span: tuple[float,
     while score.max() > 0:
         j = int(np.argmax(score))
         k = int(ks[j])
-        out.append(float(0.5 * (t[k - 1] + t[k])) + e0)
+        out.append(float(0.5 * (t[k - 1] + t[k])))
         score[max(0, j - w) : j + w + 1] = 0.0
     return sorted(out)

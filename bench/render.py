@@ -3,9 +3,9 @@
     .venv/bin/python bench/render.py [--song ../shared/data/music/spunkyrace-ks.ogg] [--repeats 5]
 
 A real song is looped to 3 minutes (stereo, 44.1 kHz), beat-tracked, and cut into a plan
-of 41 segments (40 joins) drawn at random with a few effects (EQ, gain, distortion,
+of 41 segments (40 joins, about 3 minutes of output) drawn at random with a few effects (EQ, gain, distortion,
 reverb, double time, reverse, fades). Reported per song:
-- render time (median of ``--repeats``) on one core, with the layout-only helpers
+- render CPU time (median of ``--repeats``) on one core and thread, with the layout-only helpers
   (``output_duration``, ``join_positions``) and the reward's local check
   (``local_join_quality``) beside it;
 - clicks found at the joins (``envs.quality.detect_clicks``) in our render and in a naive
@@ -25,6 +25,7 @@ import argparse
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -67,8 +68,10 @@ def make_plan(grid, rng: np.random.Generator) -> EditPlan:
     segs = []
     n = grid.n_beats
     prev_end = -1
+    # segment lengths around the mean that makes the edit last about TARGET_S too
+    mean = max(3, int(round(TARGET_S / grid.beat_period / (N_JOINS + 1))))
     while len(segs) < N_JOINS + 1:
-        length = int(rng.integers(4, 13))
+        length = int(rng.integers(mean - 2, mean + 3))
         a = int(rng.integers(0, n - length))
         if a == prev_end:  # keep every join a real cut
             continue
@@ -84,11 +87,18 @@ def naive_concat(y: np.ndarray, sr: int, plan: EditPlan) -> tuple[np.ndarray, np
 
 
 def timed(fn, repeats: int) -> tuple[float, object]:
-    times, out = [], None
+    """Median CPU seconds of this (single-threaded) process per call, and the last result.
+
+    CPU time, not wall time: the benchmark machines are shared, and a busy neighbour
+    would otherwise inflate the numbers; ``wall`` numbers are printed beside them.
+    """
+    times, walls, out = [], [], None
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0, w0 = time.process_time(), time.perf_counter()
         out = fn()
-        times.append(time.perf_counter() - t0)
+        times.append(time.process_time() - t0)
+        walls.append(time.perf_counter() - w0)
+    timed.last_wall = statistics.median(walls)
     return statistics.median(times), out
 
 
@@ -114,6 +124,9 @@ def main() -> int:
         plan = make_plan(grid, np.random.default_rng(args.seed))
         render(y=y, sr=sr, plan=plan)  # warm-up (imports, pedalboard init)
         t_render, res = timed(lambda: render(y=y, sr=sr, plan=plan), args.repeats)
+        w_render = timed.last_wall
+        flat = EditPlan(tuple(replace(sg, ops=replace(sg.ops, time_factor=1.0)) for sg in plan.segments), grid, "")
+        t_flat, _ = timed(lambda: render(y=y, sr=sr, plan=flat), args.repeats)
         t_layout, _ = timed(lambda: (output_duration(plan, sr), join_positions(plan, sr)), args.repeats)
         t_local, q = timed(lambda: local_join_quality(y=y, sr=sr, plan=plan), args.repeats)
         t_naive, (naive, npos) = timed(lambda: naive_concat(y, sr, plan), args.repeats)
@@ -121,21 +134,26 @@ def main() -> int:
         base, _ = click_scores(y=naive, sr=sr, positions=npos)
         rows.append(
             dict(song=song.name, raw_s=y.shape[1] / sr, out_s=res.duration, joins=len(res.cut_positions),
-                 t_render=t_render, t_layout=t_layout, t_local=t_local, t_naive=t_naive,
+                 t_render=t_render, w_render=w_render, t_flat=t_flat, t_layout=t_layout, t_local=t_local, t_naive=t_naive,
                  clicks=int((ours > 3.0).sum()), clicks_local=len(q.clicks), clicks_naive=int((base > 3.0).sum()),
                  max_ours=float(ours.max()), med_naive=float(np.median(base)), safety=res.safety_gain_db)
         )
     print(f"render benchmark: raw looped to {TARGET_S:.0f} s, stereo, {N_JOINS} joins, {len(EFFECTS)} effects, "
           f"1 thread, 1 core, median of {args.repeats}")
-    hdr = (f"{'song':<20}{'raw s':>7}{'out s':>7}{'joins':>6}{'render s':>10}{'layout ms':>10}{'local ms':>9}"
+    hdr = (f"{'song':<20}{'raw s':>7}{'out s':>7}{'joins':>6}{'render s':>10}{'wall s':>8}{'no-tf s':>8}"
+           f"{'layout ms':>10}{'local ms':>9}"
            f"{'naive ms':>9}{'clicks':>7}{'local':>6}{'naive':>6}{'max score':>10}{'naive med':>10}{'safety dB':>10}")
     print(hdr)
     print("-" * len(hdr))
     for r in rows:
         print(f"{r['song']:<20}{r['raw_s']:>7.1f}{r['out_s']:>7.1f}{r['joins']:>6}{r['t_render']:>10.3f}"
+              f"{r['w_render']:>8.3f}{r['t_flat']:>8.3f}"
               f"{r['t_layout'] * 1e3:>10.2f}{r['t_local'] * 1e3:>9.1f}{r['t_naive'] * 1e3:>9.1f}{r['clicks']:>7}"
               f"{r['clicks_local']:>6}{r['clicks_naive']:>6}{r['max_ours']:>10.2f}{r['med_naive']:>10.1f}"
               f"{r['safety']:>10.2f}")
+    print("times: CPU seconds (one thread, pinned to one core), median; 'wall s' = wall-clock render; 'no-tf s' = "
+          "the same plan with time factors set to 1 (the time stretcher's share); 'layout' = output_duration + "
+          "join_positions; 'local' = envs.quality.local_join_quality (the reward's check).")
     print("clicks: joins scoring > 3 (envs.quality); 'local' = the reward's +-50 ms check; 'naive' = the same raw "
           "spans concatenated without crossfades (baseline, same run). Goal: render <= 1 s, 0 clicks.")
     return 0

@@ -110,7 +110,7 @@ import os
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -218,7 +218,6 @@ class BeatFeatures:
     grid: BeatGrid
     stem_method: str
     sha256: str = ""
-    extra: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         assert self.values.shape == (self.grid.n_beats, len(self.names)), (self.values.shape, self.grid.n_beats)
@@ -378,18 +377,36 @@ def _db(a: np.ndarray) -> np.ndarray:
     return np.maximum(20.0 * np.log10(np.maximum(a, 1e-12)), DB_FLOOR)
 
 
-def _frame_rms(S: np.ndarray, n_fft: int) -> np.ndarray:
-    """Frame RMS from a magnitude spectrogram (Parseval, as librosa.feature.rms(S=))."""
-    x = S * S
-    p = 2.0 * x.sum(axis=0) - x[0] - (x[-1] if n_fft % 2 == 0 else 0.0)
+def _frame_rms(power: np.ndarray, n_fft: int) -> np.ndarray:
+    """Frame RMS from a power spectrogram |X|^2 (Parseval, as librosa.feature.rms(S=))."""
+    p = 2.0 * power.sum(axis=0, dtype=np.float64) - power[0] - (power[-1] if n_fft % 2 == 0 else 0.0)
     return np.sqrt(np.maximum(p, 0.0) / n_fft**2)
+
+
+def _moments(S: np.ndarray, freqs: np.ndarray, order: int = 2) -> np.ndarray:
+    """Magnitude sum and frequency moments sum(S), sum(f S), ... per frame
+    [shape=(order + 1, frames), float64], from one float32 matrix product (converting the
+    spectrogram itself to float64 would cost more than the product)."""
+    W = np.stack([freqs**k for k in range(order + 1)]).astype(np.float32)
+    return (W @ S).astype(np.float64)
 
 
 def _centroid(S: np.ndarray, freqs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(centroid Hz, magnitude sum) per frame; centroid 0 where the frame is silent."""
-    tot = S.sum(axis=0)
-    c = (freqs @ S) / np.where(tot > 0, tot, 1.0)
-    return np.where(tot > 0, c, 0.0), tot
+    tot, first = _moments(S, freqs, order=1)
+    return np.where(tot > 0, first / np.where(tot > 0, tot, 1.0), 0.0), tot
+
+
+def _zero_crossing_rate(y: np.ndarray, n_frames: int, cfg: FeatureConfig) -> np.ndarray:
+    """Fraction of sign changes per sample in the n_fft-long window centred on each frame
+    (librosa's definition: |y| <= 1e-10 counts as 0, and 0 as positive), from one
+    cumulative sum instead of a framed copy of the signal."""
+    neg = y < -1e-10
+    cs = np.concatenate([[0], np.cumsum(neg[1:] != neg[:-1])])
+    centre = np.arange(n_frames) * cfg.hop_length
+    lo = np.clip(centre - cfg.n_fft // 2, 0, len(cs) - 1)
+    hi = np.clip(centre + cfg.n_fft // 2, 0, len(cs) - 1)
+    return (cs[hi] - cs[lo]) / float(cfg.n_fft)
 
 
 # =========================================================================== features
@@ -413,23 +430,26 @@ def _spectral(a: _Analysis, y: np.ndarray, grid: BeatGrid, bf: _BeatFrames, cfg:
     # reduceat over [s0[i], s0[i+1]) equals [s0, s1) because beats tile the signal.
     out["rms"] = rms
     out["rms_db"] = _db(rms)
-    out["rms_std"] = bf.std(_frame_rms(S, cfg.n_fft))
+    out["rms_std"] = bf.std(_frame_rms(power, cfg.n_fft))
     out["peak"] = peak.astype(np.float64)
     out["crest_db"] = np.where(rms > 1e-9, _db(peak) - _db(rms), 0.0)
 
-    centroid, tot = _centroid(S, freqs)
+    # Centroid and bandwidth from the first two moments of one matrix product.
+    tot, first, second = _moments(S, freqs, order=2)
     safe = np.where(tot > 0, tot, 1.0)
-    second = (freqs * freqs) @ S / safe
-    bandwidth = np.sqrt(np.maximum(second - centroid * centroid, 0.0))
+    centroid = np.where(tot > 0, first / safe, 0.0)
+    bandwidth = np.sqrt(np.maximum(second / safe - centroid * centroid, 0.0))
     cum = np.cumsum(S, axis=0)
-    idx = np.minimum((cum < cfg.rolloff * tot[None, :]).sum(axis=0), len(freqs) - 1)
+    idx = np.minimum((cum < (cfg.rolloff * tot[None, :]).astype(np.float32)).sum(axis=0), len(freqs) - 1)
     rolloff = np.where(tot > 0, freqs[idx], 0.0)
-    pw = np.maximum(power, 1e-10)  # librosa's amin for flatness
-    flatness = np.exp(np.mean(np.log(pw), axis=0)) / np.mean(pw, axis=0)
-    unit = S / safe[None, :]
-    flux = np.r_[0.0, np.sqrt(np.sum(np.diff(unit, axis=1) ** 2, axis=0))]
-    zcr = librosa.feature.zero_crossing_rate(y, frame_length=cfg.n_fft, hop_length=cfg.hop_length)[0]
-    zcr = _fit_frames(zcr, S.shape[1])
+    pw = np.maximum(power, np.float32(1e-10))  # librosa's amin for flatness
+    flatness = np.exp(np.mean(np.log(pw), axis=0, dtype=np.float64)) / np.mean(pw, axis=0, dtype=np.float64)
+    # Flux of unit-sum spectra u_t = S_t / sum(S_t): |u_t - u_t-1|^2 expanded into norms and
+    # one dot product per frame pair, so no (bins, frames) temporaries are built.
+    norm2 = power.sum(axis=0, dtype=np.float64) / (safe * safe)
+    cross = np.einsum("ft,ft->t", S[:, 1:], S[:, :-1]).astype(np.float64) / (safe[1:] * safe[:-1])
+    flux = np.r_[0.0, np.sqrt(np.maximum(norm2[1:] + norm2[:-1] - 2.0 * cross, 0.0))]
+    zcr = _zero_crossing_rate(y, S.shape[1], cfg)
     # Contrast: the sorted-quantile peak/valley per octave band (librosa's definition).
     contrast = librosa.feature.spectral_contrast(S=S, sr=cfg.sr, n_fft=cfg.n_fft, n_bands=cfg.n_contrast_bands)
     out["spectral_centroid"] = bf.mean(centroid)
@@ -455,10 +475,6 @@ def _spectral(a: _Analysis, y: np.ndarray, grid: BeatGrid, bf: _BeatFrames, cfg:
     for name, row in zip(FEATURE_GROUPS["bands"], mean_pow):
         out[name] = np.maximum(10.0 * np.log10(np.maximum(row, 1e-30)), DB_FLOOR)
     return out
-
-
-def _fit_frames(x: np.ndarray, n: int) -> np.ndarray:
-    return x[:n] if len(x) >= n else np.pad(x, (0, n - len(x)), mode="edge")
 
 
 def _timbre_harmony(a: _Analysis, bf: _BeatFrames) -> dict:
@@ -548,7 +564,8 @@ def _structure(a: _Analysis, grid: BeatGrid, bf: _BeatFrames, f: dict, cfg: Feat
     X = np.concatenate([mfcc, chroma], axis=1)
     X = (X - X.mean(0)) / np.where(X.std(0) > 1e-9, X.std(0), 1.0)
     Xn = X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-9)
-    ssm = Xn @ Xn.T  # (n, n) cosine similarity
+    # Nothing below builds the full (n, n) similarity matrix: an hour-long rehearsal has
+    # ~8000 beats, and 8000^2 doubles are half a gigabyte per matrix.
 
     def window_mean(x: np.ndarray, lo: int, hi: int) -> np.ndarray:
         cs = np.r_[0.0, np.cumsum(x)]
@@ -561,21 +578,28 @@ def _structure(a: _Analysis, grid: BeatGrid, bf: _BeatFrames, f: dict, cfg: Feat
     nxt, prv = window_mean(rms_db, 1, bpb + 1), window_mean(rms_db, -bpb, 0)
     slope = np.where(np.isnan(nxt) | np.isnan(prv), 0.0, np.nan_to_num(nxt) - np.nan_to_num(prv))
 
-    # Foote novelty: Gaussian-tapered checkerboard kernel of half-width L beats.
+    # Foote novelty: Gaussian-tapered checkerboard kernel of half-width L beats, applied
+    # along the diagonal of the self-similarity (beats outside the song count as 0).
     L = 2 * bpb
     g = np.exp(-0.5 * ((np.arange(-L, L) + 0.5) / (0.5 * L)) ** 2)
     sign = np.sign(np.arange(-L, L) + 0.5)
     K = np.outer(g * sign, g * sign)
     K /= np.abs(K).sum()
-    P = np.pad(ssm, L, mode="constant")
-    novelty = np.array([np.sum(P[i : i + 2 * L, i : i + 2 * L] * K) for i in range(n)])
+    Xp = np.pad(Xn, ((L, L), (0, 0)))
+    novelty = np.array([np.sum((Xp[i : i + 2 * L] @ Xp[i : i + 2 * L].T) * K) for i in range(n)])
 
-    # Repetition: bar-long contexts (beats i .. i+bpb-1, zero-padded at the end).
+    # Repetition: bar-long contexts (beats i .. i+bpb-1, zero-padded at the end), compared
+    # with every context at least one bar away, in row blocks.
     ctx = np.concatenate([np.pad(Xn, ((0, bpb), (0, 0)))[k : k + n] for k in range(bpb)], axis=1)
     ctx = ctx / np.maximum(np.linalg.norm(ctx, axis=1, keepdims=True), 1e-9)
-    sim = ctx @ ctx.T
-    far = np.abs(np.arange(n)[:, None] - np.arange(n)[None, :]) >= bpb
-    repetition = np.where(far.any(1), np.where(far, sim, -1.0).max(1), 0.0)
+    repetition = np.zeros(n)
+    cols = np.arange(n)
+    for r0 in range(0, n, 512):
+        rows = np.arange(r0, min(n, r0 + 512))
+        sim = ctx[rows] @ ctx.T
+        far = np.abs(rows[:, None] - cols[None, :]) >= bpb
+        has = far.any(1)
+        repetition[rows] = np.where(has, np.where(far, sim, -1.0).max(1), 0.0)
 
     def lag_sim(lag: int) -> np.ndarray:
         out = np.zeros(n)
@@ -647,9 +671,10 @@ def _stem_frame_features(
     out = np.zeros((4, 3, n_frames), dtype=np.float32)
     for k in range(4):
         Sk = mags[k]
-        out[k, 0] = _frame_rms(Sk, cfg.n_fft)
+        Pk = Sk * Sk
+        out[k, 0] = _frame_rms(Pk, cfg.n_fft)
         out[k, 1] = _centroid(Sk, a.freqs)[0]
-        out[k, 2] = np.sum(Sk * Sk, axis=0)
+        out[k, 2] = Pk.sum(axis=0, dtype=np.float64)
     if use_cache:
         _cache.save_arrays(key, {"frames": out})
     return out
@@ -827,18 +852,26 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --jobs must be >= 1, got {args.jobs}", file=sys.stderr)
         return 2
     outs = [str(Path(args.out) / (Path(f).stem + ".npz")) if args.out else None for f in files]
+    # Decide the stem method once here, so workers neither retry a missing model nor
+    # repeat the fallback warning once per process.
+    try:
+        label, _ = _stems.resolve_method(args.stems)
+    except EditorError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    method = "dsp" if label == "dsp" else args.stems
     from tqdm import tqdm
 
     results: list[dict] = []
     t0 = time.perf_counter()
     if args.jobs == 1:
         for f, o in tqdm(list(zip(files, outs)), desc="features", unit="file"):
-            results.append(_one(f, o, args.stems, not args.no_cache))
+            results.append(_one(f, o, method, not args.no_cache))
     else:
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
         with ProcessPoolExecutor(max_workers=args.jobs, initializer=_worker_init, initargs=(level,)) as ex:
-            futs = [ex.submit(_one, f, o, args.stems, not args.no_cache) for f, o in zip(files, outs)]
+            futs = [ex.submit(_one, f, o, method, not args.no_cache) for f, o in zip(files, outs)]
             for fut in tqdm(as_completed(futs), total=len(futs), desc="features", unit="file"):
                 results.append(fut.result())
     results.sort(key=lambda r: r["path"])

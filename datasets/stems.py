@@ -36,6 +36,8 @@ Two methods, one interface (``separate``), and the log says once which one ran:
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 import threading
@@ -58,6 +60,7 @@ __all__ = [
     "resolve_method",
     "DEFAULT_DEMUCS_MODEL",
     "N_FFT",
+    "stem_waveforms",
 ]
 
 log = logging.getLogger(__name__)
@@ -211,7 +214,7 @@ def _model_spec(model: Any) -> tuple[str, str, Path | None]:
     return (p.stem if p.is_file() else name), name, repo
 
 
-def _load_demucs(model: Any) -> tuple[Any, str]:
+def _load_demucs(model: Any, *, quiet_download: bool = False) -> tuple[Any, str]:
     """Build (model, label); raises EditorError with one line when it cannot."""
     if model is not None and not isinstance(model, (str, os.PathLike)):
         return model, type(model).__name__  # an nn.Module built by the caller
@@ -236,7 +239,13 @@ def _load_demucs(model: Any) -> tuple[Any, str]:
         else:
             if repo is not None and not repo.is_dir():
                 raise EditorError(f"EDITOR_DEMUCS_REPO={repo}: not a folder")
-            net = demucs.pretrained.get_model(name, repo=repo)
+            # demucs' legacy fallback prints "Downloading: URL" (torch.hub, on stdout)
+            # before failing offline; keep that out of the console in "auto" mode.
+            with contextlib.ExitStack() as quiet:
+                if quiet_download:
+                    quiet.enter_context(contextlib.redirect_stdout(io.StringIO()))
+                    quiet.enter_context(contextlib.redirect_stderr(io.StringIO()))
+                net = demucs.pretrained.get_model(name, repo=repo)
         net.eval()
     except EditorError as exc:
         _failures[key] = str(exc)
@@ -262,7 +271,7 @@ def _separate_demucs(audio: Audio, net: Any, label: str) -> np.ndarray:
     from demucs.apply import apply_model
 
     device = _device()
-    _log_once(logging.INFO, "stems: demucs model %s on %s", label, device)
+    _log_once(logging.INFO, "stems: %s on %s", label, device)
     y = audio.y
     n_ch = int(getattr(net, "audio_channels", 2))
     if y.shape[0] != n_ch:
@@ -309,7 +318,7 @@ def resolve_method(method: str = "auto", *, model: Any = None) -> tuple[str, Any
         _log_once(logging.INFO, "stems: DSP fallback (HPSS + band splits), as requested")
         return "dsp", None
     try:
-        net, label = _load_demucs(model)
+        net, label = _load_demucs(model, quiet_download=method == "auto")
     except EditorError as exc:
         if method == "demucs":
             raise

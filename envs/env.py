@@ -19,9 +19,9 @@ from gymnasium import spaces
 
 from datasets.beats import BeatGrid
 from datasets.errors import ParameterError
-from envs.actions import N_AMOUNTS, N_SIZES, N_TYPES, ActionType, Amount
-from envs.observation import HEAD_INDEX, N_BEAT_CHANNELS, N_GLOBALS, WINDOW, ObservationBuilder
-from envs.plan import EditPlan, Executor, Masks
+from envs.actions import N_AMOUNTS, N_SIZES, N_TYPES, ActionType
+from envs.observation import N_BEAT_CHANNELS, N_GLOBALS, WINDOW, ObservationBuilder
+from envs.plan import EditPlan, Executor, Masks, Ops
 from envs.reward import (
     CUTS_PER_EXTRA_LOOP,
     LOOP_BASE_ALLOWANCE,
@@ -37,7 +37,8 @@ __all__ = ["Song", "AudioEditEnv", "make_vector_env", "song_reward_context"]
 log = logging.getLogger(__name__)
 
 _SWAP, _REORDER = int(ActionType.SWAP_NEXT), int(ActionType.REORDER)
-_KEEP, _NEUTRAL = int(ActionType.KEEP), int(Amount.NEUTRAL)
+_KEEP = int(ActionType.KEEP)
+_IDENTITY = Ops()
 
 
 @dataclass(frozen=True, eq=False)
@@ -231,7 +232,8 @@ class AudioEditEnv(gym.Env):
         invalid_action_penalty: float = 0.0,
         render_mode: str | None = None,
     ) -> None:
-        if isinstance(songs, (Song, tuple)) or (hasattr(songs, "values") and hasattr(songs, "grid")):
+        single_pair = isinstance(songs, tuple) and len(songs) == 2 and isinstance(songs[1], BeatGrid)
+        if isinstance(songs, Song) or single_pair or (hasattr(songs, "values") and hasattr(songs, "grid")):
             songs = [songs]
         self.songs: list[Song] = [_as_song(s, i) for i, s in enumerate(songs)]
         if not self.songs:
@@ -249,6 +251,7 @@ class AudioEditEnv(gym.Env):
         self.reward_audio = reward_audio
         self.score_episodes = score_episodes
         self.invalid_action_penalty = float(invalid_action_penalty)
+        log.debug("AudioEditEnv: %d songs, target keep ratio %.3f", len(self.songs), self.target_keep)
 
         self.action_space = spaces.MultiDiscrete([N_TYPES, N_SIZES, N_AMOUNTS])
         self.observation_space = spaces.Dict(
@@ -262,6 +265,8 @@ class AudioEditEnv(gym.Env):
             }
         )
         self._states: dict[int, _SongState] = {}
+        self._mask_cache: dict[int, tuple] = {}
+        self._valid_cache: dict[int, tuple] = {}
         self._st: _SongState | None = None
         self._song_index = -1
         self.last_plan: EditPlan | None = None
@@ -308,15 +313,33 @@ class AudioEditEnv(gym.Env):
             jumps_left=ex.jumps_left / ex.jump_budget if ex.jump_budget > 0 else 0.0,
             steps_used=ex.n_steps / ex.max_steps,
         )
-        m = ex.masks()
-        return {
-            "beats": beats,
-            "beat_mask": mask,
-            "globals": g,
-            "type_mask": m.type.astype(np.int8),
-            "size_mask": m.size.astype(np.int8),
-            "amount_mask": m.amount.astype(np.int8),
-        }
+        self._masks = m = ex.masks()
+        tm, sm, am = self._int8_masks(m)
+        # fresh arrays every call: gymnasium's contract (callers keep observations)
+        return {"beats": beats, "beat_mask": mask, "globals": g, "type_mask": tm.copy(), "size_mask": sm.copy(), "amount_mask": am.copy()}
+
+    def _valid_set(self, ex: Executor) -> frozenset:
+        """The executor's valid actions as a set, cached per state like its masks."""
+        m = self._masks  # the masks of the last observation: the state has not moved since
+        hit = self._valid_cache.get(id(m))
+        if hit is None or hit[0] is not m:
+            if len(self._valid_cache) > 100_000:
+                self._valid_cache.clear()
+            hit = self._valid_cache[id(m)] = (m, frozenset(ex.valid_actions()))
+        return hit[1]
+
+    def _int8_masks(self, m: Masks) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """int8 versions of the executor's masks, cached per Masks object (the executor
+        caches one per state) and read-only, so no step pays for the conversion twice."""
+        hit = self._mask_cache.get(id(m))
+        if hit is None or hit[0] is not m:
+            arrs = tuple(x.astype(np.int8) for x in (m.type, m.size, m.amount))
+            for x in arrs:
+                x.flags.writeable = False
+            if len(self._mask_cache) > 100_000:
+                self._mask_cache.clear()
+            hit = self._mask_cache[id(m)] = (m, *arrs)
+        return hit[1], hit[2], hit[3]
 
     @staticmethod
     def _nearest(row: np.ndarray, i: int) -> int:
@@ -361,10 +384,7 @@ class AudioEditEnv(gym.Env):
         ex = st.executor
         assert not ex.done, "episode is over; call reset()"
         t, s, a = int(action[0]), int(action[1]), int(action[2])
-        m = ex.masks()
-        invalid = not (0 <= t < N_TYPES and 0 <= s < N_SIZES and 0 <= a < N_AMOUNTS) or not (
-            m.type[t] and m.size[t, s] and m.amount[t, a]
-        )
+        invalid = (t, s, a) not in self._valid_set(ex)
         if invalid:
             t, s, a = self.project_action(t, s, a)
             self._n_invalid += 1
@@ -401,9 +421,16 @@ class AudioEditEnv(gym.Env):
             return
         seg = ex.last_segment  # KEEP-like, LOOP, REPEAT_PREV append n copies of one segment
         o = seg.ops
-        for _ in range(n_appended):
+        if o is _IDENTITY or o == _IDENTITY:
+            self._kept_s += b.add_played(seg.raw_start, seg.raw_end, times=n_appended, gain_db=0.0, effect=False, fade=False)
+        else:
             self._kept_s += b.add_played(
-                seg.raw_start, seg.raw_end, gain_db=o.gain_db, effect=o.has_effect, fade=o.fade_in_s > 0 or o.fade_out_s > 0
+                seg.raw_start,
+                seg.raw_end,
+                times=n_appended,
+                gain_db=o.gain_db,
+                effect=o.has_effect,
+                fade=o.fade_in_s > 0 or o.fade_out_s > 0,
             )
 
     def plan(self) -> EditPlan:
@@ -411,7 +438,7 @@ class AudioEditEnv(gym.Env):
         return self.executor.plan()
 
 
-def make_vector_env(songs, n_envs: int = 2, *, asynchronous: bool = False, seed_songs: bool = False, **env_kwargs):
+def make_vector_env(songs, n_envs: int = 2, *, asynchronous: bool = False, copy_obs: bool = True, **env_kwargs):
     """A ``SyncVectorEnv`` or ``AsyncVectorEnv`` (subprocesses) of ``AudioEditEnv``.
 
     Autoreset is ``SAME_STEP``: when a sub-env's episode ends, the step returns its
@@ -419,17 +446,22 @@ def make_vector_env(songs, n_envs: int = 2, *, asynchronous: bool = False, seed_
     (the last one is in ``info["final_obs"]``), so every buffer row is a real transition
     (``envs.returns.monte_carlo_returns`` needs no reset rows dropped).
     Each sub-env draws its songs with its own ``np_random`` (seed with ``reset(seed=)``).
+    ``copy_obs=False`` skips gymnasium's copy of the batched observation (faster; the
+    arrays are then overwritten by the next step, so copy what you keep). ``env_kwargs``
+    go to ``AudioEditEnv``. With ``asynchronous`` the songs (features and audio) are
+    pickled to each worker once, at start.
     """
     from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv
 
     if n_envs < 1:
         raise ParameterError(f"n_envs must be >= 1, got {n_envs}")
-    songs = list(songs) if isinstance(songs, Sequence) and not isinstance(songs, tuple) else [songs]
+    single_pair = isinstance(songs, tuple) and len(songs) == 2 and isinstance(songs[1], BeatGrid)
+    songs = [songs] if single_pair or not isinstance(songs, Sequence) else list(songs)
 
     def thunk():
         return AudioEditEnv(songs, **env_kwargs)
 
     fns = [thunk] * n_envs
     if asynchronous:
-        return AsyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP)
-    return SyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP)
+        return AsyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP, copy=copy_obs)
+    return SyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP, copy=copy_obs)

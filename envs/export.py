@@ -19,14 +19,17 @@ Every format places the (merged) segments where ``envs.render`` puts them
   with ``SMPTE_Dissolve`` transitions at joins, ``LinearTimeWarp`` for time factor and
   reverse, and the ops in each clip's metadata.
 
-All files are written atomically (temp file + rename).
+All files are written atomically (temp file + rename). CLI:
+``python -m envs.export RAW PLAN.json OUT_DIR [--stem NAME] [--crossfade-ms 10]``.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
+import sys
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
@@ -46,6 +49,7 @@ __all__ = [
     "write_reaper_project",
     "write_otio",
     "export_all",
+    "main",
     "HAVE_OTIO",
 ]
 
@@ -317,3 +321,40 @@ def export_all(
     if HAVE_OTIO:
         files["otio"] = write_otio(d / f"{stem}.otio", plan, raw_path=raw_path, sr=sr, crossfade_ms=crossfade_ms)
     return files
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m envs.export",
+        description="Write a plan as JSON, Audacity labels, a Reaper project (and OTIO) next to each other.",
+    )
+    ap.add_argument("raw", help="the raw recording the plan edits (the DAW projects reference it)")
+    ap.add_argument("plan", help="plan JSON")
+    ap.add_argument("out_dir", help="folder for the exported files")
+    ap.add_argument("--stem", default=None, help="file name stem (default: the raw file's)")
+    ap.add_argument("--crossfade-ms", type=float, default=DEFAULT_CROSSFADE_MS)
+    args = ap.parse_args(argv)
+    from datasets.audio import load_audio
+    from datasets.errors import EditorError, ParameterError
+
+    try:
+        audio = load_audio(args.raw)
+        p = Path(args.plan)
+        if not p.is_file():
+            raise ParameterError(f"{p}: plan file not found")
+        plan = EditPlan.from_json(p.read_text()).validate(source_sha256=audio.sha256)
+        files = export_all(plan, raw_path=args.raw, sr=audio.sr, out_dir=args.out_dir,
+                           stem=args.stem or Path(args.raw).stem, crossfade_ms=args.crossfade_ms)
+    except (EditorError, KeyError, TypeError) as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+    for kind, path in files.items():
+        print(f"{kind:<9} {path}")
+    if not HAVE_OTIO:
+        print("otio      skipped (pip install opentimelineio==0.18.1)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -6,20 +6,21 @@ Layout (the agent's contract; every column is named, never indexed by hope):
 ``HEAD_INDEX`` = W // 4 = 16: 16 beats of context behind the head, 48 ahead. The
 decision at the head is about the material that follows (how much to keep, where the
 next phrase starts, whether to loop what comes), and what was already decided is
-summarised by the edit-history channels, so the window looks mostly forward. 64 beats
-= 16 bars of 4/4 = 4 phrases: two phrases ahead of the largest action (TWO_PHRASES).
+summarised by the edit-history channels, so the window looks mostly forward. In 4/4 the
+48 beats ahead are 12 bars: the largest chunk (TWO_PHRASES, 8 bars) plus the phrase
+after it, so the policy sees where any action would land.
 Columns: the 121 raw (unnormalised) features of ``datasets.features.FEATURE_NAMES``,
 then ``HISTORY_CHANNELS``:
 
 =====================  ==============================================================
 ``hist_decided``       1 for raw beats the head has passed (their fate is decided)
-``hist_kept``          1 if the beat is played at least once in the plan so far
-``hist_cut``           1 if decided and not played
-``hist_looped``        1 if played more than once
 ``hist_times_used``    how many times the beat is played
 ``hist_effect``        1 if played with any effect (EQ, distortion, reverb, time, reverse)
 ``hist_gain_db``       gain of the last segment that plays the beat, dB (0 if none)
 ``hist_fade``          1 if played inside a segment with a fade in or out
+``hist_kept``          1 if the beat is played at least once in the plan so far
+``hist_cut``           1 if decided and not played
+``hist_looped``        1 if played more than once
 ``is_head``            1 on the read-head row
 ``rel_pos``            (row - HEAD_INDEX) / W
 =====================  ==============================================================
@@ -34,9 +35,11 @@ already feature columns (``bar_phase``, ``is_downbeat``, ``is_phrase_start``,
 ``"globals"`` float32 [G], ``GLOBAL_NAMES``: head phase in its bar, bar in its phrase and
 beat in its phrase, position in the
 song, target keep ratio, keep ratio so far (of the whole song and of the decided part),
-raw duration remaining and output duration so far (both / song duration), loop and jump
-budgets left (fraction of the executor's budgets), fraction of the step cap used,
-tempo / 200 BPM, beats per bar / 4, log2(n_beats) / 10.
+raw duration remaining and output duration so far (both / song duration), loops left
+before the reward's loop penalty ((2 + cuts // 3 - loops) / 2; negative = over budget),
+JUMP_BACKs left (fraction of the executor's jump budget), fraction of the step cap used,
+tempo / 200 BPM, beats per bar / 4, log2(n_beats) / 10. The env fills them
+(``envs.env.AudioEditEnv._obs``); this module holds their order.
 
 ``"type_mask"`` int8 [18], ``"size_mask"`` int8 [18, 5], ``"amount_mask"`` int8 [18, 5]:
 the executor's masks (size and amount given the type).
@@ -71,14 +74,16 @@ WINDOW = 64
 HEAD_INDEX = WINDOW // 4
 
 HISTORY_CHANNELS: tuple[str, ...] = (
+    # stored per raw beat and updated when the plan grows
     "hist_decided",
-    "hist_kept",
-    "hist_cut",
-    "hist_looped",
     "hist_times_used",
     "hist_effect",
     "hist_gain_db",
     "hist_fade",
+    # derived from the above when a window is cut
+    "hist_kept",
+    "hist_cut",
+    "hist_looped",
     "is_head",
     "rel_pos",
 )
@@ -119,12 +124,14 @@ def global_index(name: str) -> int:
 
 
 # Column numbers used on the hot path (resolved once, by name).
-_DECIDED, _KEPT, _CUT, _LOOPED, _USED = (_CH[c] for c in ("hist_decided", "hist_kept", "hist_cut", "hist_looped", "hist_times_used"))
-_EFFECT, _GAIN, _FADE, _IS_HEAD, _REL = (_CH[c] for c in ("hist_effect", "hist_gain_db", "hist_fade", "is_head", "rel_pos"))
+_DECIDED, _USED, _EFFECT, _GAIN, _FADE = (_CH[c] for c in ("hist_decided", "hist_times_used", "hist_effect", "hist_gain_db", "hist_fade"))
+_KEPT, _CUT, _LOOPED, _IS_HEAD, _REL = (_CH[c] for c in ("hist_kept", "hist_cut", "hist_looped", "is_head", "rel_pos"))
+assert (_USED, _EFFECT, _GAIN, _FADE) == (_DECIDED + 1, _DECIDED + 2, _DECIDED + 3, _DECIDED + 4)
 # ``ObservationBuilder.globals`` fills the vector positionally in this order.
-assert GLOBAL_NAMES[:12] == (
+assert GLOBAL_NAMES == (
     "head_beat_phase", "head_bar_phase", "head_phrase_phase", "position", "target_keep", "keep_ratio",
     "keep_ratio_decided", "raw_remaining", "output_so_far", "loops_left", "jumps_left", "steps_used",
+    "tempo", "beats_per_bar", "log_n_beats",
 )
 _REL_COLUMN = ((np.arange(WINDOW) - HEAD_INDEX) / WINDOW).astype(np.float32)
 
@@ -143,7 +150,7 @@ class ObservationBuilder:
         assert values.shape == (n, N_FEATURES), f"features {values.shape} do not match grid ({n} beats x {N_FEATURES})"
         self.n_beats = n
         self.grid = grid
-        self._widths = np.diff(grid.bounds)
+        self._widths = np.diff(grid.bounds).astype(np.float32)
         # rows [HEAD_INDEX, HEAD_INDEX + n) hold the song; the window for head h is rows
         # [h, h + WINDOW), so heads 0..n all slice inside without bounds checks
         self._beats = np.zeros((n + WINDOW, N_BEAT_CHANNELS), dtype=np.float32)
@@ -152,7 +159,6 @@ class ObservationBuilder:
         self._beats[song, :N_FEATURES] = values
         self._mask[song] = 1.0
         bpb = grid.beats_per_bar
-        self._hist = self._beats[song, N_FEATURES : N_FEATURES + 8]  # view on the history block
         self._head_phase = np.stack(
             [
                 grid.beat_in_bar / bpb,
@@ -161,38 +167,31 @@ class ObservationBuilder:
             ],
             axis=1,
         ).astype(np.float32)
-        self._globals = np.zeros(N_GLOBALS, dtype=np.float32)
-        self._globals[_GL["tempo"]] = grid.tempo / 200.0
-        self._globals[_GL["beats_per_bar"]] = bpb / 4.0
-        self._globals[_GL["log_n_beats"]] = np.log2(max(n, 1)) / 10.0
+        # the last three globals, in GLOBAL_NAMES order
+        self._static_globals = (grid.tempo / 200.0, bpb / 4.0, float(np.log2(max(n, 1))) / 10.0)
 
     def reset(self) -> None:
         """Clear the edit history (a new episode on the same song)."""
-        self._hist[:] = 0.0
+        self._beats[:, _DECIDED : _FADE + 1] = 0.0
 
-    # -- history updates (the env calls these when the plan changes) ---------------------
+    # -- history updates (the env calls these when the plan grows) ----------------------
     def set_decided(self, start: int, end: int) -> None:
         """Raw beats [start, end) were passed by the head."""
-        h = self._hist[start:end]
-        h[:, _DECIDED - N_FEATURES] = 1.0
-        h[:, _CUT - N_FEATURES] = h[:, _USED - N_FEATURES] == 0
+        self._beats[HEAD_INDEX + start : HEAD_INDEX + end, _DECIDED] = 1.0
 
-    def add_played(self, start: int, end: int, *, gain_db: float, effect: bool, fade: bool) -> float:
-        """Raw beats [start, end) are played once more (a segment was appended).
+    def add_played(self, start: int, end: int, *, times: int = 1, gain_db: float, effect: bool, fade: bool) -> float:
+        """Raw beats [start, end) are played ``times`` more (segments were appended).
 
         Returns the seconds of raw audio played for the first time (for the keep ratio)."""
-        h = self._hist[start:end]
-        new = h[:, _USED - N_FEATURES] == 0
-        newly_kept = float(self._widths[start:end][new].sum()) if new.any() else 0.0
-        h[:, _USED - N_FEATURES] += 1.0
-        h[:, _KEPT - N_FEATURES] = 1.0
-        h[:, _CUT - N_FEATURES] = 0.0
-        h[:, _LOOPED - N_FEATURES] = h[:, _USED - N_FEATURES] > 1
+        rows = self._beats[HEAD_INDEX + start : HEAD_INDEX + end]
+        used = rows[:, _USED]
+        newly_kept = float(np.dot(self._widths[start:end], used == 0))
+        used += times
+        rows[:, _GAIN] = gain_db
         if effect:
-            h[:, _EFFECT - N_FEATURES] = 1.0
-        h[:, _GAIN - N_FEATURES] = gain_db
+            rows[:, _EFFECT] = 1.0
         if fade:
-            h[:, _FADE - N_FEATURES] = 1.0
+            rows[:, _FADE] = 1.0
         return newly_kept
 
     # -- the observation ------------------------------------------------------------------
@@ -201,6 +200,10 @@ class ObservationBuilder:
         h = min(max(head, 0), self.n_beats)
         beats = self._beats[h : h + WINDOW].copy()
         mask = self._mask[h : h + WINDOW].copy()
+        used = beats[:, _USED]
+        beats[:, _KEPT] = used > 0
+        beats[:, _CUT] = beats[:, _DECIDED] * (used == 0)
+        beats[:, _LOOPED] = used > 1
         beats[:, _REL] = _REL_COLUMN * mask  # padding rows stay all-zero
         beats[HEAD_INDEX, _IS_HEAD] = mask[HEAD_INDEX]
         return beats, mask
@@ -219,18 +222,23 @@ class ObservationBuilder:
         steps_used: float,
     ) -> np.ndarray:
         """The globals vector [G] float32 (all arguments are fractions in about [0, 1])."""
-        g = self._globals.copy()
-        if head < self.n_beats:
-            g[0:3] = self._head_phase[head]
-        g[3:12] = (
-            head / self.n_beats,
-            target_keep,
-            keep_ratio,
-            keep_ratio_decided,
-            raw_remaining,
-            output_so_far,
-            loops_left,
-            jumps_left,
-            steps_used,
+        ph = self._head_phase[head] if head < self.n_beats else (0.0, 0.0, 0.0)
+        g = np.array(
+            (
+                ph[0],
+                ph[1],
+                ph[2],
+                head / self.n_beats,
+                target_keep,
+                keep_ratio,
+                keep_ratio_decided,
+                raw_remaining,
+                output_so_far,
+                loops_left,
+                jumps_left,
+                steps_used,
+                *self._static_globals,
+            ),
+            dtype=np.float32,
         )
         return g

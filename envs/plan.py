@@ -223,7 +223,7 @@ from typing import NamedTuple  # noqa: E402
 
 from envs import actions as _act  # noqa: E402
 
-__all__ += ["Masks", "Executor", "execute", "oracle", "oracle_actions", "OracleResult"]
+__all__ += ["Masks", "Executor", "StepResult", "execute", "oracle", "oracle_actions", "OracleResult"]
 
 _T = _act.ActionType
 _NT, _NS, _NA = _act.N_TYPES, _act.N_SIZES, _act.N_AMOUNTS
@@ -369,6 +369,10 @@ class Executor:
     loop_budget : int >= 0 or None, LOOP + REPEAT_PREV steps allowed per episode
         (default None = unlimited; SPEC.md's loop budget is a reward penalty, the
         reward reads ``n_loops``)
+    max_output_ratio : float > 0, output length cap as a multiple of the raw duration
+        (default 1.5): once reached, LOOP, REPEAT_PREV and JUMP_BACK are masked. Without
+        it a policy could REPEAT_PREV until the step cap and turn a 3-minute song into an
+        hour (an untrained policy did exactly that).
 
     State read by the environment (all per episode, reset by ``reset``)
     --------------------------------------------------------------------
@@ -392,6 +396,7 @@ class Executor:
         max_steps: int | None = None,
         jump_budget: int | None = None,
         loop_budget: int | None = None,
+        max_output_ratio: float = 1.5,
     ) -> None:
         self.grid = grid
         self.source_sha256 = source_sha256
@@ -401,6 +406,10 @@ class Executor:
         self.max_steps = _act.default_max_steps(n) if max_steps is None else int(max_steps)
         self.jump_budget = _act.default_jump_budget(n) if jump_budget is None else int(jump_budget)
         self.loop_budget = None if loop_budget is None else int(loop_budget)
+        if not max_output_ratio > 0:
+            raise ParameterError(f"max_output_ratio must be > 0, got {max_output_ratio}")
+        self.max_output_ratio = float(max_output_ratio)
+        self._out_cap = self.max_output_ratio * grid.duration
         if self.max_steps <= 0 or self.jump_budget < 0 or (self.loop_budget is not None and self.loop_budget < 0):
             raise ParameterError(
                 f"executor budgets must be positive (max_steps={max_steps}, jump_budget={jump_budget}, loop_budget={loop_budget})"
@@ -458,11 +467,12 @@ class Executor:
 
     # -- masks --------------------------------------------------------------------------
     def _key(self) -> int:
+        room = self.out_seconds < self._out_cap  # repeats stop at the output length cap
         return (
             (self.head << 3)
             | (4 if self._segs else 0)
-            | (2 if self.jumps_left > 0 else 0)
-            | (1 if self.loops_left is None or self.loops_left > 0 else 0)
+            | (2 if room and self.jumps_left > 0 else 0)
+            | (1 if room and (self.loops_left is None or self.loops_left > 0) else 0)
         )
 
     def _entry(self):
@@ -719,7 +729,7 @@ class OracleResult:
 
 def _treatment(ops: Ops) -> tuple[int, int] | None:
     """(type, amount) of a keep-like type whose ops are exactly ``ops``; fades excluded."""
-    for t in _KEEP_LIKE:
+    for t in sorted(_KEEP_LIKE):
         if t in (_FADE_IN, _FADE_OUT):
             continue
         for a in range(_NA):
@@ -758,7 +768,8 @@ class _Oracle:
     """Greedy decomposition of a merged plan into actions, simulated on an Executor so
     every emitted action is checked against the masks as it is chosen."""
 
-    def __init__(self, plan: EditPlan, kw: dict) -> None:
+    def __init__(self, plan: EditPlan, kw: dict, *, protect_end: bool) -> None:
+        self.protect_end = protect_end
         self.target = plan.merged()
         self.ex = Executor(plan.grid, source_sha256=plan.source_sha256, **kw)
         self.tab = self.ex._tab
@@ -945,11 +956,16 @@ class _Oracle:
             return True  # emitted (inexactly); the caller moves on
         reps, j, trim = 0, i + 1, None
         while j < len(work) and work[j][0] == c and work[j][2] == ops and work[j][1] >= b0 and reps < 3:
-            reps += 1
             if work[j][1] > b0:
+                if self.protect_end and work[j][1] == tab.n and j + 1 < len(work):
+                    break  # keep a span reaching the end whole: SWAP/REORDER may need it
+                reps += 1
                 trim = j
                 break
+            reps += 1
             j += 1
+        if reps == 0:
+            return False
         s_loop = self.best_size(_LOOP, c, b0, exact_end=True)
         if ops == _IDENTITY and s_loop is not None:
             self.do(_LOOP, s_loop, {1: 2, 2: 3, 3: 4}[reps])
@@ -1011,7 +1027,8 @@ def oracle(plan: EditPlan, **kw) -> OracleResult:
     nearest allowed landing point at or before it, then forward), and the segment is
     appended in the largest allowed chunks of the one type whose treatment equals its
     ops; a tail repeated by the next segment becomes LOOP (unchanged chunks) or the
-    treatment + REPEAT_PREV. Ends with the cuts to the end of the song.
+    treatment + REPEAT_PREV. Ends with the cuts to the end of the song. Two variants of
+    this greedy pass are tried (see the code); the first exact one is returned.
 
     Not every plan is expressible: ops that are no single action's treatment (several
     effects, other dB values), fades that are no chunk fraction, reversed spans that
@@ -1019,7 +1036,14 @@ def oracle(plan: EditPlan, **kw) -> OracleResult:
     Then the closest actions are returned with ``exact=False`` and the reasons in
     ``notes``. ``kw`` go to ``Executor`` (use the environment's budgets).
     """
-    return _Oracle(plan, kw).run()
+    # Two greedy variants differ only in whether a repeat may eat into a span that
+    # reaches the song's end (needed by LOOPs at the end, fatal before a final SWAP /
+    # REORDER); the first exact one wins.
+    first = _Oracle(plan, kw, protect_end=False).run()
+    if first.exact:
+        return first
+    second = _Oracle(plan, kw, protect_end=True).run()
+    return second if second.exact else first
 
 
 def oracle_actions(plan: EditPlan, *, strict: bool = True, **kw) -> list[tuple[int, int, int]]:

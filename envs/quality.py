@@ -34,7 +34,6 @@ from functools import lru_cache
 
 import numpy as np
 from scipy.linalg import solve_toeplitz
-from scipy.signal import lfilter
 
 from datasets.errors import ParameterError
 
@@ -81,8 +80,9 @@ def _hann(n: int) -> np.ndarray:
 def _ar(x: np.ndarray) -> np.ndarray | None:
     """AR polynomial [1, -a1, ..., -ap] of x (autocorrelation method), or None when flat."""
     x = x * _hann(len(x))
-    n = len(x)
-    r = np.array([x[: n - k] @ x[k:] for k in range(_ORDER + 1)])  # lags 0..p only
+    nfft = 1 << int(np.ceil(np.log2(len(x) + _ORDER + 1)))  # no circular wrap for lags <= p
+    spec = np.fft.rfft(x, nfft)
+    r = np.fft.irfft(spec.real**2 + spec.imag**2, nfft)[: _ORDER + 1]
     if r[0] <= 1e-12:
         return None
     r[0] *= 1.0 + 1e-6  # white-noise correction keeps the system well conditioned
@@ -97,7 +97,7 @@ def _side(seg: np.ndarray, fit: int, s: int) -> tuple[float, float]:
         # silence before the join: any jump out of it is all surprise
         peak = float(np.abs(seg[fit : fit + 2 * s]).max(initial=0.0))
         return (np.inf if peak > _MIN_PEAK else 0.0), peak
-    res = lfilter(a, [1.0], seg)
+    res = np.convolve(seg, a)[: len(seg)]  # the whitening (FIR) filter A(z) applied to seg
     base = np.abs(res[_ORDER:fit])
     k = int(round(0.99 * (len(base) - 1)))
     scale = max(float(np.partition(base, k)[k]), _SCALE_FLOOR)  # 99th percentile

@@ -52,7 +52,8 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -101,6 +102,9 @@ SAFETY_CEILING = 10 ** (-0.1 / 20)
 #: Safety limiter window: gain reduction ramps in and out over 20 ms (slow enough not to
 #: distort a 50 Hz bass cycle much, fast enough to leave the rest of a bar untouched).
 LIMITER_WINDOW_MS = 20.0
+#: Raw samples fed to the time stretcher beyond each end of a segment (93 ms at 44.1 kHz),
+#: so its ramp-in and flush-out fall outside the kept audio.
+_STRETCH_PAD = 4096
 #: Context processed on each side of an excerpt so filters and the time stretcher have
 #: settled by the first sample returned (46 ms at 44.1 kHz).
 _EXCERPT_MARGIN = 2048
@@ -304,16 +308,22 @@ def join_positions(
 # ---------------------------------------------------------------------------------------
 # Per-segment processing
 # ---------------------------------------------------------------------------------------
+@lru_cache(maxsize=256)
 def _equal_power(n: int) -> np.ndarray:
-    """Rising equal-power curve sin(pi/2 t) on n samples (sample centres), float32."""
+    """Rising equal-power curve sin(pi/2 t) on n samples (sample centres), float32, read-only."""
     t = (np.arange(n, dtype=np.float64) + 0.5) / n
-    return np.sin(0.5 * np.pi * t).astype(np.float32)
+    c = np.sin(0.5 * np.pi * t).astype(np.float32)
+    c.flags.writeable = False
+    return c
 
 
+@lru_cache(maxsize=256)
 def _raised_cosine(n: int) -> np.ndarray:
-    """Rising sin^2(pi/2 t): with its mirror it sums to exactly 1 (for correlated audio)."""
+    """Rising sin^2(pi/2 t): with its mirror it sums to 1 (for correlated audio), read-only."""
     t = (np.arange(n, dtype=np.float64) + 0.5) / n
-    return (np.sin(0.5 * np.pi * t) ** 2).astype(np.float32)
+    c = (np.sin(0.5 * np.pi * t) ** 2).astype(np.float32)
+    c.flags.writeable = False
+    return c
 
 
 def _apply_effects(x: np.ndarray, sr: int, ops: Ops, *, with_tail: bool) -> tuple[np.ndarray, np.ndarray | None]:
@@ -347,7 +357,7 @@ def _apply_effects(x: np.ndarray, sr: int, ops: Ops, *, with_tail: bool) -> tupl
         )(padded, sr)
         x = rv[:, :n]
         if t:
-            tail = rv[:, n:] * _equal_power(t)[::-1]
+            tail = rv[:, n:] * _equal_power(t)[::-1]  # new array: the cache stays intact
     if ops.gain_db != 0.0:
         g = np.float32(10 ** (ops.gain_db / 20))
         x = x * g
@@ -394,19 +404,29 @@ def _piece_audio(
 
     import pedalboard
 
+    def play_ext(r0: int, r1: int) -> np.ndarray:
+        """Like play() but reaching past the piece into the raw (zeros beyond the raw)."""
+        a, b = (hi - r1, hi - r0) if ops.reversed else (lo + r0, lo + r1)
+        x = np.zeros((y.shape[0], b - a), np.float32)
+        ca, cb = max(a, 0), min(b, y.shape[1])
+        if cb > ca:
+            x[:, ca - a : cb - a] = y[:, ca:cb]
+        return np.ascontiguousarray(x[:, ::-1]) if ops.reversed else x
+
     # stretched index s of piece sample p: s = p - head + round(rh / tf)
     off = int(round(rh / tf)) - piece.head
     s0, s1 = q0 + off, q1 + off
-    if margin == 0:  # full render: stretch the whole piece in one go
-        r0, r1 = 0, n_play
+    # The stretcher's first and last ~50 ms are unreliable (it ramps in and flushes out):
+    # feed it raw audio beyond what is kept, from the piece's neighbourhood in the raw.
+    pad = _STRETCH_PAD if margin == 0 else margin
+    if margin == 0:  # full render: the whole piece in one go
+        r0, r1 = -pad, n_play + pad
     else:
-        r0 = max(0, int(math.floor(s0 * tf)) - margin)
-        r1 = min(n_play, int(math.ceil(s1 * tf)) + margin)
-    full = r0 == 0 and r1 == n_play
-    x = np.ascontiguousarray(play(r0, r1), dtype=np.float32)
+        r0, r1 = int(math.floor(s0 * tf)) - pad, int(math.ceil(s1 * tf)) + pad
+    x = play_ext(r0, r1)
     if margin == 0:
         st = pedalboard.time_stretch(x, sr, stretch_factor=float(tf))
-    else:  # excerpts: the fast mode (8 ms instead of 45 ms for 0.2 s), waveform differs anyway
+    else:  # excerpts: the fast mode (8 ms instead of 20-45 ms), the waveform differs anyway
         st = pedalboard.time_stretch(x, sr, stretch_factor=float(tf), high_quality=False, use_long_fft_window=False)
     k0 = s0 - int(round(r0 / tf))
     need = q1 - q0
@@ -415,7 +435,7 @@ def _piece_audio(
         seg = np.concatenate([np.zeros((y.shape[0], -k0), np.float32), seg], axis=1)[:, :need]
     if seg.shape[1] < need:
         seg = np.concatenate([seg, np.zeros((y.shape[0], need - seg.shape[1]), np.float32)], axis=1)
-    return _apply_effects(np.ascontiguousarray(seg), sr, ops, with_tail=with_tail and full)
+    return _apply_effects(np.ascontiguousarray(seg), sr, ops, with_tail=with_tail and margin == 0)
 
 
 def _envelope(lay: Layout, i: int, q0: int, q1: int) -> np.ndarray | None:
@@ -451,9 +471,9 @@ def _envelope(lay: Layout, i: int, q0: int, q1: int) -> np.ndarray | None:
         j = lay.joins[i]
         w = j.end - j.start
         if j.kind in ("crossfade", "overlap"):
-            mul(_equal_power(w)[::-1].copy(), total - w)
+            mul(_equal_power(w)[::-1], total - w)
         elif j.kind == "blend":
-            mul(_raised_cosine(w)[::-1].copy(), total - w)
+            mul(_raised_cosine(w)[::-1], total - w)
     ops = piece.ops
     fi = min(int(round(ops.fade_in_s * lay.sr)), piece.length)
     fo = min(int(round(ops.fade_out_s * lay.sr)), piece.length)
@@ -461,7 +481,7 @@ def _envelope(lay: Layout, i: int, q0: int, q1: int) -> np.ndarray | None:
         zero(0, piece.head)  # silence before a fade-in starts
         mul(_equal_power(fi), piece.head)
     if fo > 0:
-        mul(_equal_power(fo)[::-1].copy(), piece.head + piece.length - fo)
+        mul(_equal_power(fo)[::-1], piece.head + piece.length - fo)
         zero(piece.head + piece.length, total)
     return env
 
@@ -571,19 +591,32 @@ def _limit(out: np.ndarray, sr: int) -> tuple[float, int]:
 
     need[t] = min(1, ceiling / peak[t]); g = moving average (w) of the moving minimum (w)
     of need, so g <= need everywhere (every average window lies inside each of its
-    minimum windows) and g moves smoothly over ``w`` = LIMITER_WINDOW_MS. Samples farther
-    than w from any over are not touched at all (bit-exact). Returns (largest reduction
-    in dB, samples touched).
+    minimum windows) and g moves smoothly over ``w`` = LIMITER_WINDOW_MS. Only regions
+    within 2w of an over are processed; there, g rounds to exactly 1.0 (float32) away
+    from the overs, so everything else stays bit-exact. Returns (largest reduction in dB,
+    samples touched).
     """
-    from scipy.ndimage import minimum_filter1d, uniform_filter1d
+    from scipy.ndimage import minimum_filter1d
 
     w = max(3, int(round(LIMITER_WINDOW_MS * sr / 1000)) | 1)
-    need = np.minimum(1.0, SAFETY_CEILING / np.maximum(np.abs(out).max(axis=0), 1e-12))
-    floor = minimum_filter1d(need, size=w)
-    idx = np.flatnonzero(minimum_filter1d(floor, size=w) < 1.0)
-    g = np.minimum(uniform_filter1d(floor.astype(np.float64), size=w)[idx], need[idx])  # min() fixes rounding
-    out[:, idx] *= g.astype(np.float32)
-    return 20 * math.log10(float(g.min())), len(idx)
+    n = out.shape[1]
+    pk = np.abs(out).max(axis=0)
+    over = np.flatnonzero(pk > 1.0)
+    if len(over) == 0:
+        return 0.0, 0
+    brk = np.flatnonzero(np.diff(over) > 4 * w)
+    starts = np.maximum(over[np.concatenate([[0], brk + 1])] - 2 * w, 0)
+    ends = np.minimum(over[np.concatenate([brk, [len(over) - 1]])] + 2 * w + 1, n)
+    worst, touched = 1.0, 0
+    for a, b in zip(starts, ends):
+        need = np.minimum(1.0, SAFETY_CEILING / np.maximum(pk[a:b].astype(np.float64), 1e-12))
+        floor = minimum_filter1d(need, size=w, mode="nearest")
+        c = np.concatenate([[0.0], np.cumsum(np.pad(floor, (w // 2, w // 2), mode="edge"))])
+        g = np.minimum((c[w:] - c[:-w]) / w, need).astype(np.float32)  # min() fixes rounding
+        out[:, a:b] *= g
+        worst = min(worst, float(g.min()))
+        touched += int(np.count_nonzero(g < 1.0))
+    return 20 * math.log10(worst), touched
 
 
 def render_excerpt(

@@ -10,10 +10,12 @@ Components (unweighted score, what it measures):
 
 Penalties (SPEC "Penalty Components")
 - ``keep_ratio_penalty``: 0 while 20% <= keep <= 70% (cut at least 30%, at most 80%),
-  then -1 per 5 points outside, down to -3. The guard against keep-all and cut-all.
+  then -1 per 5 points outside, down to -3. The guard against keep-all and cut-all. The
+  band is widened to contain the target +- 10 points (``keep_band``): a user whose
+  aligned edits keep 85 % sets that style.
 - ``loop_budget``: -0.5 per loop beyond 2 + 1 per 3 cuts (LOOP and REPEAT_PREV are
-  loops, CUT actions are cuts), down to -2.
-- ``excessive_jumps``: 0 up to 25% of actions being jumps (JUMP_BACK, SKIP), then
+  loops, CUT and SKIP are cuts), down to -2.
+- ``excessive_jumps``: 0 up to 25% of actions being jumps (JUMP_BACK; our SKIP is a cut), then
   -4 per unit fraction above, down to -2 (at 75%).
 - ``diversity_penalty``: -(4 - k) / 3 for k < 4 distinct action types (mild: small weight).
 
@@ -23,9 +25,11 @@ Rewards (SPEC "Reward Components")
   log2(run bars) / 2 clipped to [-1, 1] (1 beat = -1, 1 bar = 0, a phrase = +1), averaged.
 - ``phrase_alignment``: every edit point (start/end of a kept run inside the song)
   scores +1 on a phrase boundary, +0.25 on a bar line, -1 elsewhere; averaged.
-- ``edit_structure``: runs and the cut gaps between them are whole bars (+1) or not (-1),
-  averaged (catches 3-beat cuts that break the meter even when runs are long); minus
-  2 x the share of played beats with effects beyond 25 % (effects are spice).
+- ``edit_structure``: each kept run and each dropped span between runs is whole bars:
+  both ends on bar lines (the song's own start and end count as bar lines) and at least
+  a bar long (+1), or not (-1); averaged (catches 3-beat cuts and 1-beat slivers that
+  break the meter even when runs are long); minus 2 x the share of played beats with
+  effects beyond 25 % (effects are spice).
 - ``audio_clicks``: fraction of cuts where ``envs.quality.local_join_quality`` hears no
   click in a +-50 ms local render of the plan (never the whole song), mapped to [-1, 1].
   Without audio, 0 (no evidence).
@@ -37,7 +41,9 @@ Rewards (SPEC "Reward Components")
 - ``flow``: section-level transitions: level of the last bar of a kept section vs the
   first bar of the next, judged against the raw's own bar-to-bar change (9 dB scale),
   and continuity: cosine similarity (z-scored chroma + MFCC, bar means) of the bar after
-  the join to the bar that followed the out point in the raw. Averaged over joins.
+  the join to the bar that followed the out point in the raw. Averaged over joins, with
+  the ending as one more item: an edit that stops more than a bar before the song's end
+  scores +1 with a fade-out, -1 without (else "keep the first 45 % and stop" is perfect).
 - ``reorder_quality``: for each join that goes back (loop, jump back, reorder, repeat):
   +-0.5 for "moved material is at least a bar and both edit points are on bar lines",
   plus 0.5 x the same continuity; minus the fraction of raw beats played more than twice.
@@ -72,6 +78,7 @@ __all__ = [
     "RewardResult",
     "episode_reward",
     "default_target_keep",
+    "keep_band",
     "plan_usage_iou",
     "COMPONENTS",
     "DEFAULT_TARGET_KEEP",
@@ -91,17 +98,20 @@ LOOP_BASE_ALLOWANCE = 2
 CUTS_PER_EXTRA_LOOP = 3
 #: SPEC: "Only penalize if >25-30% of actions are jumps": we start at the lower end.
 JUMP_FRACTION_FREE = 0.25
-#: Cuts checked for clicks per episode (evenly spread): bounds the reward's cost (~3 ms
-#: per cut) to the issue's 50 ms budget.
-MAX_CLICK_JOINS = 12
+#: Cuts checked for clicks per episode (evenly spread): bounds the reward's cost (~2.5 ms
+#: per cut on 2 busy cores) well inside the issue's 50 ms budget.
+MAX_CLICK_JOINS = 8
 #: Share of played beats that may carry effects before ``edit_structure`` objects.
 EFFECT_FRACTION_FREE = 0.25
 #: SPEC: "Mild penalties for using <4 action types".
 MIN_DIVERSE_TYPES = 4
 
 LOOP_TYPES = (ActionType.LOOP, ActionType.REPEAT_PREV)
-JUMP_TYPES = (ActionType.JUMP_BACK, ActionType.SKIP)
-CUT_TYPES = (ActionType.CUT,)
+#: SPEC files SKIP under navigation, but our SKIP drops k chunks (envs.actions): it is a
+#: cut, and the oracle encodes long cuts with it, so only JUMP_BACK counts as a jump.
+JUMP_TYPES = (ActionType.JUMP_BACK,)
+#: SKIP drops several chunks: a cut too (the executor's ``n_cuts`` counts both).
+CUT_TYPES = (ActionType.CUT, ActionType.SKIP)
 
 COMPONENTS = (
     "keep_ratio_penalty",
@@ -248,8 +258,15 @@ def plan_usage_iou(plan: EditPlan, other: EditPlan) -> float:
 
 
 # -- components ------------------------------------------------------------------------
-def _keep_ratio_penalty(keep: float) -> float:
-    dist = max(0.0, KEEP_RATIO_MIN - keep, keep - KEEP_RATIO_MAX)
+def keep_band(target_keep: float) -> tuple[float, float]:
+    """The keep ratios ``keep_ratio_penalty`` leaves alone: SPEC's [20 %, 70 %], widened to
+    contain target +- 10 points (a user whose edits keep 85 % is not punished for it)."""
+    return min(KEEP_RATIO_MIN, target_keep - 0.10), max(KEEP_RATIO_MAX, target_keep + 0.10)
+
+
+def _keep_ratio_penalty(keep: float, target_keep: float) -> float:
+    lo, hi = keep_band(target_keep)
+    dist = max(0.0, lo - keep, keep - hi)
     return -min(3.0, dist / 0.05)
 
 
@@ -290,15 +307,14 @@ def _edit_structure(runs: list[tuple[int, int]], segments: Sequence[Segment], gr
     if not runs:
         return -1.0
     bpb = grid.beats_per_bar
-    n = grid.n_beats
+    bar = _bar_start(grid)  # the song's start and end count as bar lines (pickups, tails)
+    bar[0] = True
     items = []
     for a, b in runs:
-        # a run reaching the song's end may end on a partial bar: the song ends there
-        items.append((b - a) % bpb == 0 or b == n)
+        items.append(bar[a] and bar[b] and b - a >= bpb)
     for (_, b0), (a1, _) in zip(runs[:-1], runs[1:]):
-        gap = a1 - b0
-        if gap > 0:
-            items.append(gap % bpb == 0)
+        if a1 > b0:  # a forward cut: the dropped span is whole bars too
+            items.append(bar[b0] and bar[a1] and a1 - b0 >= bpb)
     score = float(np.mean([1.0 if ok else -1.0 for ok in items]))
     # effects (EQ, distortion, reverb, time, reverse) are spice: past a quarter of the
     # played beats they stop being an edit and become a different piece
@@ -362,16 +378,21 @@ def _continuation(a_end: int, b_start: int, ctx: RewardContext) -> float:
 def _flow(runs: list[tuple[int, int]], segments: Sequence[Segment], ctx: RewardContext) -> float:
     """Section-level transitions: level of the last bar of one kept section vs the first
     bar of the next (judged against the raw's own change, as ``_join_levels``), and
-    continuity of the music across the join (``_continuation``)."""
-    if len(runs) < 2:
-        return 1.0 if runs else -1.0
-    e, bpb = ctx.energy_db, ctx.grid.beats_per_bar
+    continuity of the music across the join (``_continuation``); plus the ending: an
+    edit that stops more than a bar before the song's end must fade out (+1) or it
+    stops dead (-1). Otherwise "keep the first 45 % and stop" would be a perfect edit."""
+    if not runs:
+        return -1.0
+    e, bpb, n = ctx.energy_db, ctx.grid.beats_per_bar, ctx.grid.n_beats
+    scores = []
+    last = segments[-1]
+    if last.raw_end < n - bpb:
+        scores.append(1.0 if last.ops.fade_out_s > 0 else -1.0)
     gain_in = {}
     gain_out = {}
     for s in segments:
         gain_in.setdefault(s.raw_start, s.ops.gain_db)
         gain_out[s.raw_end] = s.ops.gain_db
-    scores = []
     for (a0, b0), (a1, b1) in zip(runs[:-1], runs[1:]):
         lvl0 = e[max(a0, b0 - bpb) : b0].mean() + gain_out.get(b0, 0.0)
         lvl1 = e[a1 : min(b1, a1 + bpb)].mean() + gain_in.get(a1, 0.0)
@@ -381,7 +402,7 @@ def _flow(runs: list[tuple[int, int]], segments: Sequence[Segment], ctx: RewardC
             nat.append(e[a1 : a1 + bpb].mean() - e[max(0, a1 - bpb) : a1].mean())
         excess = min([abs(jump)] + [abs(jump - x) for x in nat])
         scores.append(0.5 * _level_score(excess, 9.0) + 0.5 * _continuation(b0, a1, ctx))
-    return float(np.mean(scores))
+    return float(np.mean(scores)) if scores else 1.0
 
 
 def _reorder_quality(joins, plan: EditPlan, ctx: RewardContext) -> float:
@@ -461,7 +482,7 @@ def episode_reward(
     keep = plan.keep_ratio if segs else 0.0
     k = len(np.unique(types))
     s: dict[str, float] = {
-        "keep_ratio_penalty": _keep_ratio_penalty(keep),
+        "keep_ratio_penalty": _keep_ratio_penalty(keep, ctx.target_keep),
         "loop_budget": _loop_budget(types),
         "excessive_jumps": _excessive_jumps(types),
         "diversity_penalty": -max(0, MIN_DIVERSE_TYPES - k) / (MIN_DIVERSE_TYPES - 1),
@@ -485,8 +506,9 @@ def episode_reward(
 def default_target_keep(run_dir: str | Path | None) -> float:
     """Median keep ratio of the user's aligned pairs (``RUN/labels/index.json``), or 45%.
 
-    The index is the align worker's: a list (or ``{"pairs": [...]}``) of entries that carry
-    ``keep_ratio`` directly or name a label file whose ``plan`` has one.
+    The index is ``alignment.run``'s ``{pair name: entry}`` (also accepted: a list, or
+    ``{"pairs": [...]}``); an entry carries ``keep_ratio`` or names a ``label`` file whose
+    record (or its ``plan``) has one. Clipped to the keep band's floor (20 %).
     """
     if run_dir is None:
         return DEFAULT_TARGET_KEEP
@@ -497,9 +519,11 @@ def default_target_keep(run_dir: str | Path | None) -> float:
         data = json.loads(index.read_text())
     except json.JSONDecodeError as exc:
         raise ParameterError(f"{index}: not valid JSON ({exc})") from None
-    entries = data.get("pairs", data.get("labels", [])) if isinstance(data, dict) else data
-    if isinstance(entries, dict):
-        entries = list(entries.values())
+    if isinstance(data, dict):  # the align worker's {pair name: entry}, or {"pairs": [...]}
+        entries = data.get("pairs", data)
+        entries = list(entries.values()) if isinstance(entries, dict) else entries
+    else:
+        entries = data
     ratios = []
     for e in entries:
         if not isinstance(e, dict):

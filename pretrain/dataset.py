@@ -31,7 +31,7 @@ import torch
 from datasets.errors import EditorError, ParameterError
 from pretrain.augment import IDENTITY, Augmentation, augment_audio
 
-__all__ = ["LabeledPair", "BCData", "load_labels", "replay_episode", "build_bc_data", "split_by_song", "song_for"]
+__all__ = ["LabeledPair", "BCData", "load_labels", "default_target_keep", "replay_episode", "build_bc_data", "split_by_song", "song_for"]
 
 log = logging.getLogger(__name__)
 
@@ -220,21 +220,31 @@ def replay_episode(env, song_index: int, actions: Sequence[Sequence[int]], *, pl
     return {k: np.asarray(v, dtype=dtypes[k]) for k, v in rows.items()}, bool(exact)
 
 
+def default_target_keep(pairs: Sequence[LabeledPair]) -> float:
+    """The keep ratio the env is told to aim at: the median over the labelled pairs (as
+    ``envs.reward.default_target_keep`` does for a run). One value for every song: a
+    per-song value would hand the policy each label's own answer."""
+    return float(np.median([p.plan.keep_ratio for p in pairs])) if pairs else 0.45
+
+
 def build_bc_data(pairs: Sequence[LabeledPair], *, augmentations: Sequence[Augmentation] = (IDENTITY,),
-                  songs: dict | None = None, stems: str = "auto") -> BCData:
+                  songs: dict | None = None, stems: str = "auto", target_keep: float | None = None) -> BCData:
     """Replay every pair (x every augmentation) in the env and stack the samples.
 
     songs : optional {(pair.name, aug.key()): envs.env.Song} to skip feature extraction
         (tests, benchmarks that already hold features).
+    target_keep : the env's target keep ratio (a global of the observation); None =
+        ``default_target_keep(pairs)``. Use the same value at inference.
     Pairs whose replay fails are skipped with a warning; none left raises EditorError.
     """
     from envs.env import AudioEditEnv
 
+    target_keep = default_target_keep(pairs) if target_keep is None else float(target_keep)
     parts = []
     for pair in pairs:
         for aug in augmentations:
             song = (songs or {}).get((pair.name, aug.key())) or song_for(pair, aug, stems=stems)
-            env = AudioEditEnv([song], score_episodes=False, reward_audio=False, target_keep=pair.plan.keep_ratio)
+            env = AudioEditEnv([song], score_episodes=False, reward_audio=False, target_keep=target_keep)
             try:
                 arr, exact = replay_episode(env, 0, pair.actions, plan=pair.plan, confidence=pair.confidence)
             except EditorError as exc:

@@ -20,7 +20,7 @@ import logging
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -83,6 +83,8 @@ class PretrainConfig:
     """continue from runs/RUN/checkpoints/bc_last.pt when it exists"""
     threads: int = 0
     """torch CPU threads (0 = torch's default)"""
+    figure_every: int = 10
+    """epochs between confusion-matrix images and action histograms in TensorBoard"""
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.accum_steps < 1 or self.epochs < 0:
@@ -92,7 +94,7 @@ class PretrainConfig:
 
 
 # Fields that may change between a run and its resumption without changing the run.
-_RESUMABLE_CHANGES = {"epochs", "resume", "max_minutes", "device", "threads", "patience"}
+_RESUMABLE_CHANGES = {"epochs", "resume", "max_minutes", "device", "threads", "patience", "figure_every"}
 
 
 def _seed_everything(seed: int) -> None:
@@ -211,12 +213,17 @@ def train(cfg: PretrainConfig, data: BCData | None = None) -> dict:
     t_start = time.perf_counter()
 
     # 1. data: replay the labels in the env, split by song
+    target_keep = None
     if data is None:
         from pretrain.augment import IDENTITY, random_augmentations
 
+        from envs.reward import default_target_keep
+
         pairs = load_labels(run_dir)
         augs = [IDENTITY] + random_augmentations(cfg.augment, seed=cfg.seed)
-        data = build_bc_data(pairs, augmentations=augs, stems=cfg.stems)
+        # the env's target keep ratio as fine-tuning and inference will set it for this run
+        target_keep = default_target_keep(run_dir)
+        data = build_bc_data(pairs, augmentations=augs, stems=cfg.stems, target_keep=target_keep)
         log.info("replayed %d pairs x %d versions: %d samples", len(pairs), len(augs), len(data))
     train_idx, val_idx = split_by_song(data, val_fraction=cfg.val_fraction, seed=cfg.seed)
     if len(train_idx) == 0:
@@ -329,12 +336,13 @@ def train(cfg: PretrainConfig, data: BCData | None = None) -> dict:
         else:
             bad_epochs += 1
         extra = {"epoch": epoch, "best": best, "bad_epochs": bad_epochs, "torch_rng": torch.get_rng_state(),
-                 "val_songs": [data.song_keys[s] for s in np.unique(data.song[val_idx])], "metrics": _plain_metrics(m)}
+                 "val_songs": [data.song_keys[s] for s in np.unique(data.song[val_idx])], "metrics": _plain_metrics(m),
+                 "target_keep": target_keep}
         common = dict(model=model, optimizer=opt, step=global_step, stage="pretrain", stage_config=cfg, layout=layout, extra=extra)
         if improved:
             save_checkpoint(best_path, **common)
         save_checkpoint(last_path, **common)
-        if epoch % 5 == 0 or improved:
+        if epoch % cfg.figure_every == 0 or epoch == cfg.epochs - 1:
             writer.add_figure("charts/confusion", _confusion_figure(m["confusion"]), global_step)
             writer.add_histogram("charts/pred_types", m["pred_types"], global_step, bins=np.arange(N_TYPES + 1) - 0.5)
             writer.add_histogram("charts/label_types", data.actions[eval_idx, 0], global_step, bins=np.arange(N_TYPES + 1) - 0.5)

@@ -76,6 +76,7 @@ __all__ = [
     "compute_advantages",
     "explained_variance",
     "head_entropies",
+    "evaluate_actions",
     "save_checkpoint",
     "load_checkpoint",
     "train",
@@ -286,6 +287,39 @@ def head_entropies(ent: Any) -> torch.Tensor:
         ent = torch.stack(list(ent), dim=-1)
     assert ent.ndim == 2 and ent.shape[-1] == 3, f"entropies must be [B, 3], got {tuple(ent.shape)}"
     return ent
+
+
+def _safe_entropy(logp: torch.Tensor) -> torch.Tensor:
+    """Entropy over the last dim of log-probs holding -inf (masked), with finite gradients.
+
+    ``-(p * logp)`` behind a ``torch.where`` still back-propagates ``0 * -inf = nan`` into
+    every parameter; filling the masked log-probs with 0 first keeps the gradient 0 there.
+    """
+    finite = torch.isfinite(logp)
+    lp = logp.masked_fill(~finite, 0.0)
+    return -(lp.exp() * lp * finite).sum(-1)
+
+
+def evaluate_actions(policy: nn.Module, obs: Mapping[str, torch.Tensor], actions: torch.Tensor):
+    """(logp [B], entropies [B, 3], value [B]) of ``actions`` under ``policy``.
+
+    For agent/model.py's Policy the entropies are recomputed from its public
+    ``forward`` + ``log_probs`` with ``_safe_entropy``: its own ``evaluate`` entropies
+    give NaN gradients wherever a choice is masked (reported to the agent's owner).
+    Any other policy goes through its ``evaluate``.
+    """
+    if hasattr(policy, "log_probs"):
+        out = policy(obs)
+        lt, ls, la = policy.log_probs(out, obs)  # (B, 18), (B, 18, 5), (B, 18, 5)
+        actions = actions.long()
+        t, s, a = actions[:, 0], actions[:, 1], actions[:, 2]
+        ar = torch.arange(actions.shape[0], device=actions.device)
+        ls_t, la_t = ls[ar, t], la[ar, t]  # (B, 5) conditionals of the taken type
+        logp = lt[ar, t] + ls_t[ar, s] + la_t[ar, a]
+        ent = torch.stack([_safe_entropy(lt), _safe_entropy(ls_t), _safe_entropy(la_t)], dim=-1)
+        return logp, ent, out.value
+    logp, ent, value = policy.evaluate(obs, actions)
+    return logp, head_entropies(ent), value
 
 
 def _index_obs(obs: Mapping[str, torch.Tensor], idx: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -500,8 +534,10 @@ def train(
     writer: Any = None,
     device: torch.device | str = "cpu",
     save_path: str | Path | None = None,
+    save_fn: Callable[[Path, dict[str, Any]], None] | None = None,
     resume: str | Path | Mapping[str, Any] | None = None,
     subprocess: bool = False,
+    stop_after: int = 0,
     greedy_eval: Callable[[nn.Module, int, int], None] | None = None,
     extra_state: Mapping[str, Any] | None = None,
     log: Callable[[str], None] = print,
@@ -513,8 +549,13 @@ def train(
     demos : human-plan transitions, required for ``anchor="bc"``
     writer : a TensorBoard SummaryWriter (or None)
     save_path : atomic checkpoint written every ``save_every`` epochs and at the end
+    save_fn : ``f(path, state)`` writes the state dict (default ``save_checkpoint``);
+        rl/train.py passes one that writes agent/checkpoint.py's format, so inference
+        reads fine-tuned checkpoints like pretrained ones
     resume : a checkpoint path or loaded dict; restores weights, optimizer, scheduler,
         running stats, RNG states, epoch and global step
+    stop_after : end this session after so many epochs (0 = run to ``cfg.epochs``), with
+        a checkpoint, so that a time-boxed run resumes later exactly where it stopped
     greedy_eval : ``f(policy, epoch, global_step)`` called every ``eval_every`` epochs
     extra_state : stored verbatim in each checkpoint (e.g. the model's config)
     """
@@ -547,7 +588,7 @@ def train(
     if resume is not None:
         ck = resume if isinstance(resume, Mapping) else load_checkpoint(resume, map_location=device)
         policy.load_state_dict(ck["policy"])
-        if reference is not None and "reference" in ck:
+        if reference is not None and ck.get("reference"):
             reference.load_state_dict(ck["reference"])
         optimizer.load_state_dict(ck["optimizer"])
         scheduler.load_state_dict(ck["scheduler"])
@@ -580,7 +621,7 @@ def train(
         f"{sum(p.numel() for p in policy.parameters()):,} parameters, anchor={cfg.anchor}, baseline={cfg.baseline}")
     try:
         for epoch in range(start_epoch, cfg.epochs):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             ent_coef = entropy_coef_at(cfg, epoch)
             lr_now = optimizer.param_groups[0]["lr"]
 
@@ -636,8 +677,7 @@ def train(
                     mb_kl = 0.0
                     for idx in mb.split(micro):
                         w = idx.numel() / mb.numel()
-                        logp, ent, value = policy.evaluate(_index_obs(obs_d, idx), actions_d[idx])
-                        ent3 = head_entropies(ent)
+                        logp, ent3, value = evaluate_actions(policy, _index_obs(obs_d, idx), actions_d[idx])
                         log_ratio = logp - old_logp[idx]
                         ratio = log_ratio.exp()
                         a = adv[idx]
@@ -649,7 +689,8 @@ def train(
                             anchor_loss = (lr_ref.exp() - 1 - lr_ref).mean()  # k3 estimate of KL(pi||ref)
                         elif cfg.anchor == "bc" and demos is not None:
                             j = torch.randint(len(demos), (cfg.bc_batch_size,), generator=generator)
-                            d_logp = policy.evaluate(
+                            d_logp = evaluate_actions(
+                                policy,
                                 {k: v[j].to(device) for k, v in demos.obs.items()}, demos.actions[j].to(device)
                             )[0]
                             anchor_loss = -d_logp.mean()
@@ -668,6 +709,11 @@ def train(
                             for h, name in enumerate(HEADS):
                                 stats[f"entropy_{name}"] += ent3[:, h].mean().item() * w
                     grad_norm = nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
+                    if not torch.isfinite(grad_norm):
+                        # never let one bad batch poison the weights; counted and logged
+                        optimizer.zero_grad(set_to_none=True)
+                        stats["nonfinite_updates"] += 1
+                        continue
                     stats["grad_norm"] += float(grad_norm)
                     optimizer.step()
                     n_mb += 1
@@ -706,6 +752,8 @@ def train(
                 time_rollout=t_rollout,
                 time_update=t_update,
                 sps=ro.env_steps / max(elapsed, 1e-9),
+                # CPU seconds of this process: on a shared machine wall time measures the load
+                cpu_time=time.process_time() - c0,
             )
             comp_names = sorted({k for e in ro.episodes for k in e["components"]})
             for k in comp_names:
@@ -723,14 +771,15 @@ def train(
                 f"sps {row['sps']:.0f} (rollout {t_rollout:.2f}s update {t_update:.2f}s)"
             )
             done_epochs = epoch + 1
-            if save_path is not None and (
-                (cfg.save_every and done_epochs % cfg.save_every == 0) or done_epochs == cfg.epochs
-            ):
-                save_checkpoint(save_path, checkpoint_state(done_epochs))
+            last = done_epochs == cfg.epochs or (stop_after > 0 and done_epochs - start_epoch >= stop_after)
+            if save_path is not None and ((cfg.save_every and done_epochs % cfg.save_every == 0) or last):
+                (save_fn or save_checkpoint)(Path(save_path), checkpoint_state(done_epochs))
             if greedy_eval is not None and cfg.eval_every and (
-                done_epochs % cfg.eval_every == 0 or done_epochs == cfg.epochs
+                done_epochs % cfg.eval_every == 0 or last
             ):
                 greedy_eval(policy, done_epochs, global_step)
+            if last:
+                break
     finally:
         envs.close()
     return history

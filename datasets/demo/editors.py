@@ -15,16 +15,16 @@ Personas (keep ratio = fraction of the raw duration that is played at least once
 =========  =================================================================  ===========
 persona    style                                                              keep ratio
 =========  =================================================================  ===========
-tight      cuts the quietest and most repetitive phrases until ~45 % is cut   0.48 - 0.64
-           (then 2-bar halves to get close), fades out over the last 2 bars
-extended   cuts the quiet intro, plays the loudest phrase twice (the repeat   0.70 - 1.00
+tight      cuts the quietest and most repetitive phrases until 42-52 % is    0.48 - 0.64
+           cut (then 2-bar halves or bars to get there), 2-bar fade-out
+extended   cuts the quiet intro, plays the loudest phrase twice (the repeat   0.75 - 1.00
            +1.5 dB), no fade
 radio      drops the second verse and the bridge (by section labels), then    0.45 - 0.72
            the outro and intro while more than 65 % remains, fades out over
            the last 4 bars
 =========  =================================================================  ===========
 
-Cuts fall on unit (phrase) boundaries, or on bar boundaries for tight's 2-bar halves.
+Cuts fall on unit (phrase) boundaries, or on bar lines for tight's 2-bar / 1-bar trims.
 """
 
 from __future__ import annotations
@@ -108,19 +108,28 @@ def analyse(features) -> SongView:
     n = grid.n_beats
     widths = np.diff(grid.bounds)
     rms_db = features.column("rms_db").astype(np.float64)
-    novelty = features.column("structure_novelty").astype(np.float64)
     chroma = np.stack([features.column(f"chroma_{p}") for p in ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")], 1)
     mfcc = np.stack([features.column(f"mfcc_{k}") for k in range(1, 13)], 1).astype(np.float64)
 
-    # 1. Bars start on downbeats; which bar starts a phrase is the offset whose bars carry
-    #    the most structure novelty (sections start there).
+    # 1. Bars start on downbeats. Sections change instrumentation and level, so a bar
+    #    whose sound (loudness, timbre) differs from the previous bar's likely starts a
+    #    section. Units are phrases of 4 bars, or 2 bars when 2-bar units catch clearly
+    #    more of those changes (short sections), aligned to the offset that catches most.
     downbeats = np.flatnonzero(grid.beat_in_bar == 0)
     if len(downbeats) == 0:
         downbeats = np.array([0])
-    bar_nov = np.array([novelty[max(d - 1, 0) : d + 2].max() for d in downbeats])
-    offsets = range(min(UNIT_BARS, len(downbeats)))
-    offset = max(offsets, key=lambda o: (bar_nov[o::UNIT_BARS].mean(), -o))
-    starts = list(downbeats[offset::UNIT_BARS])
+    bar_of = np.searchsorted(downbeats, np.arange(n), side="right") - 1  # -1 = pickup
+    timbre = np.concatenate([rms_db[:, None] / 3.0, _zscore_cols(mfcc)], axis=1)
+    bar_desc = np.stack([timbre[bar_of == k].mean(axis=0) for k in range(len(downbeats))])
+    bar_nov = np.r_[0.0, np.linalg.norm(np.diff(bar_desc, axis=0), axis=1)]
+    best = (-np.inf, UNIT_BARS, 0)
+    for size, prefer in ((UNIT_BARS, 1.15), (UNIT_BARS // 2, 1.0)):
+        for o in range(min(size, len(downbeats))):
+            score = prefer * bar_nov[o::size].mean()
+            if score > best[0] + 1e-12:
+                best = (score, size, o)
+    _, size, offset = best
+    starts = list(downbeats[offset::size])
     bounds = sorted(set([0] + [int(s) for s in starts] + [n]))
     # A leading/trailing sliver shorter than one bar joins its neighbour: nobody keeps
     # or cuts half a bar of pickup on its own.
@@ -196,57 +205,53 @@ def _kept_fraction(view: SongView, keep: np.ndarray) -> float:
 
 
 def _tight(view: SongView) -> list[Segment]:
-    """Cut ~45 %: quietest / most repetitive phrases first, then 2-bar halves."""
-    target_cut = 0.45
+    """Cut ~45 %: quietest / most repetitive phrases first, then 2-bar halves, then bars.
+
+    A cut is taken only while the total stays <= 52 %; cutting stops once >= 42 % is cut.
+    """
+    lo, hi = 0.42, 0.52
     m = view.n_units
+    g = view.grid
     off = view.similarity - np.eye(m) * 2.0
     redundancy = off.max(axis=1) if m > 1 else np.zeros(m)
     # Cuttable = quiet and repeated elsewhere. Energy dominates: a quiet intro goes first.
     e = view.energy_db
     score = -(e - e.mean()) / (e.std() + 1e-9) + 0.7 * (redundancy - redundancy.mean()) / (redundancy.std() + 1e-9)
-    keep = np.ones(m, dtype=bool)
-    for i in np.argsort(-score, kind="stable"):
-        cut_now = 1.0 - _kept_fraction(view, keep)
-        trial = keep.copy()
-        trial[i] = False
-        if not trial.any():
-            continue
-        if abs(1.0 - _kept_fraction(view, trial) - target_cut) < abs(cut_now - target_cut):
-            keep = trial
-    segs = _segments(view, keep)
-    # 2. Finer: cut the second half (2 bars) of the most cuttable kept phrase while that
-    #    brings the cut closer to the target.
-    g = view.grid
-    cut = 1.0 - _kept_fraction(view, keep)
-    if cut < target_cut - 0.03:
-        for i in np.argsort(-score, kind="stable"):
-            if not keep[i]:
-                continue
+    order = np.argsort(-score, kind="stable")
+    widths = np.diff(g.bounds)
+    cut_beats = np.zeros(g.n_beats, dtype=bool)
+
+    def cut_frac(mask: np.ndarray) -> float:
+        return float(widths[mask].sum() / widths.sum())
+
+    # Candidate spans, coarse to fine: whole units, then the second half (2 bars) of each
+    # unit, then its last bar; within a size, the most cuttable unit first.
+    spans: list[tuple[int, int]] = []
+    for bars in (None, UNIT_BARS // 2, 1):
+        for i in order:
             a, b = int(view.units[i]), int(view.units[i + 1])
-            bars = np.unique(g.bar[a:b])
-            if len(bars) < 4:
+            if bars is None:
+                spans.append((a, b))
                 continue
-            mid = a + int(np.flatnonzero(g.bar[a:b] == bars[len(bars) // 2])[0])
-            half_s = float(g.bounds[b] - g.bounds[mid])
-            new_cut = cut + half_s / view.total_s
-            if abs(new_cut - target_cut) < abs(cut - target_cut):
-                segs = _remove_span(segs, mid, b)
-                cut = new_cut
-                break
+            ub = np.unique(g.bar[a:b])
+            if len(ub) <= bars:
+                continue
+            start = a + int(np.flatnonzero(g.bar[a:b] == ub[len(ub) - bars])[0])
+            spans.append((start, b))
+    for a, b in spans:
+        if cut_frac(cut_beats) >= lo:
+            break
+        trial = cut_beats.copy()
+        trial[a:b] = True
+        if cut_frac(trial) <= hi and not trial.all():
+            cut_beats = trial
+    segs: list[Segment] = []
+    for i in np.flatnonzero(~cut_beats):
+        if segs and segs[-1].raw_end == i:
+            segs[-1] = Segment(segs[-1].raw_start, int(i) + 1)
+        else:
+            segs.append(Segment(int(i), int(i) + 1))
     return _fade_out(view, segs, bars=2)
-
-
-def _remove_span(segs: list[Segment], a: int, b: int) -> list[Segment]:
-    out: list[Segment] = []
-    for s in segs:
-        if s.raw_end <= a or s.raw_start >= b:
-            out.append(s)
-            continue
-        if s.raw_start < a:
-            out.append(Segment(s.raw_start, a, s.ops))
-        if s.raw_end > b:
-            out.append(Segment(b, s.raw_end, s.ops))
-    return out
 
 
 def _extended(view: SongView) -> list[Segment]:
@@ -348,7 +353,7 @@ PERSONAS: dict[str, Persona] = {
         "tight", "cuts the quietest/most repetitive phrases to ~45 % cut, 2-bar fade-out", (0.48, 0.64), _tight
     ),
     "extended": Persona(
-        "extended", "cuts the quiet intro, loops the loudest phrase once (+1.5 dB)", (0.70, 1.0), _extended
+        "extended", "cuts the quiet intro, loops the loudest phrase once (+1.5 dB)", (0.75, 1.0), _extended
     ),
     "radio": Persona(
         "radio", "drops the second verse and the bridge (then outro/intro), 4-bar fade-out", (0.45, 0.72), _radio

@@ -77,12 +77,12 @@ _DRUMS: dict[tuple[str, int], dict[str, list[tuple[float, float]]]] = {
     ("verse", 4): {
         "kick": [(0, 1.0), (2, 0.9), (2.5, 0.5)],
         "snare": [(1, 0.8), (3, 0.8)],
-        "hat": [(b / 2, 0.45 if b % 2 == 0 else 0.28) for b in range(8)],
+        "hat": [(b / 2, 0.6 if b % 2 == 0 else 0.25) for b in range(8)],
     },
     ("chorus", 4): {
         "kick": [(0, 1.0), (1.5, 0.6), (2, 0.95), (3.5, 0.5)],
         "snare": [(1, 1.0), (3, 1.0)],
-        "hat": [(b / 2, 0.55 if b % 2 == 0 else 0.35) for b in range(7)],
+        "hat": [(b / 2, 0.7 if b % 2 == 0 else 0.3) for b in range(7)],
         "open_hat": [(3.5, 0.45)],
     },
     ("bridge", 4): {"kick": [(0, 0.9)], "snare": [(2, 0.7)], "hat": [(b, 0.45) for b in range(4)], "tom": [(3.5, 0.4)]},
@@ -91,18 +91,18 @@ _DRUMS: dict[tuple[str, int], dict[str, list[tuple[float, float]]]] = {
     ("verse", 3): {
         "kick": [(0, 1.0)],
         "snare": [(1, 0.55), (2, 0.6)],
-        "hat": [(b / 2, 0.45 if b % 2 == 0 else 0.28) for b in range(6)],
+        "hat": [(b / 2, 0.6 if b % 2 == 0 else 0.25) for b in range(6)],
     },
     ("chorus", 3): {
         "kick": [(0, 1.0), (1.5, 0.55)],
         "snare": [(1, 0.8), (2, 0.85)],
-        "hat": [(b / 2, 0.55 if b % 2 == 0 else 0.35) for b in range(5)],
+        "hat": [(b / 2, 0.7 if b % 2 == 0 else 0.3) for b in range(5)],
         "open_hat": [(2.5, 0.45)],
     },
     ("bridge", 3): {"kick": [(0, 0.9)], "snare": [(2, 0.6)], "hat": [(b, 0.45) for b in range(3)]},
     ("outro", 3): {"kick": [(0, 0.8)], "hat": [(b, 0.45) for b in range(3)]},
 }
-_DRUM_GAIN = {"kick": 0.9, "snare": 0.55, "hat": 0.22, "open_hat": 0.2, "crash": 0.3, "tom": 0.4}
+_DRUM_GAIN = {"kick": 0.9, "snare": 0.75, "hat": 0.25, "open_hat": 0.2, "crash": 0.3, "tom": 0.4}
 _DRUM_PAN = {"kick": 0.0, "snare": -0.1, "hat": 0.35, "open_hat": 0.35, "crash": -0.3, "tom": 0.2}
 
 
@@ -224,9 +224,25 @@ def generate_song(
 
     # 1. Form: section lengths in bars.
     bar_s = bpb * 60.0 / p.tempo
-    per_weight = (seconds - 2.0) / bar_s / sum(w for _, w in FORM)
-    unit = 4 if per_weight >= 2.0 else 2
-    bars_per_section = [max(unit, int(round(w * per_weight / unit)) * unit) for _, w in FORM]
+    target_bars = (seconds - 2.0) / bar_s
+    kinds = sorted({lab for lab, _ in FORM}, key=[lab for lab, _ in FORM].index)
+    count = {k: sum(1 for lab, _ in FORM if lab == k) for k in kinds}
+    weight = {k: next(w for lab, w in FORM if lab == k) for k in kinds}
+    per_weight = target_bars / sum(w for _, w in FORM)
+    # Sections are whole 4-bar phrases, unless even one phrase each is far too long
+    # (very slow tempo, short song): then 2-bar units.
+    unit = 4 if len(FORM) * 4 <= 1.3 * target_bars else 2
+    # Every occurrence of a section type has the same length (verse 2 = verse 1): start
+    # from each type's share, then add/remove units while that brings the total closer.
+    length = {k: max(unit, int(round(weight[k] * per_weight / unit)) * unit) for k in kinds}
+    while True:
+        total = sum(count[k] * length[k] for k in kinds)
+        moves = [(k, d) for k in kinds for d in (unit, -unit) if length[k] + d >= unit]
+        best = min(moves, key=lambda m: (abs(total + count[m[0]] * m[1] - target_bars), abs(length[m[0]] + m[1] - weight[m[0]] * per_weight)))
+        if abs(total + count[best[0]] * best[1] - target_bars) >= abs(total - target_bars):
+            break
+        length[best[0]] += best[1]
+    bars_per_section = [length[lab] for lab, _ in FORM]
     labels = [lab for lab, _ in FORM]
     n_bars = sum(bars_per_section)
     bar_label = np.repeat(np.arange(len(FORM)), bars_per_section)  # section index per bar

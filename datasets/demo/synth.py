@@ -2,8 +2,8 @@
 
 Two building blocks, both O(samples) numpy with no per-sample Python:
 
-- one-shot hits (kick, snare, hats, crash, toms) are short templates placed at many onsets
-  with one ``np.bincount`` (``place``);
+- one-shot hits (kick, snare, hats, crash, toms) are short templates added at their
+  onsets (``place``, one vector slice per hit);
 - pitched parts are monophonic *voices*: a sequence of non-overlapping notes turned into
   per-sample frequency/amplitude tracks with ``np.repeat``, a phase accumulator
   (``cumsum``) and a waveform; chords are several voices.
@@ -24,7 +24,7 @@ def midi_to_hz(m: np.ndarray | float) -> np.ndarray:
 def drum_kit(*, sr: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Synthesised one-shot templates (float32, peak ~1).
 
-    kick: sine swept 140 -> 48 Hz (the "thump" decays in ~0.3 s) plus a 2 ms click;
+    kick: sine swept 140 -> 48 Hz (the "thump" decays in ~0.3 s) plus a beater click;
     snare: 190 Hz body + high-passed noise; hats: high-passed noise, 45 ms (closed) /
     300 ms (open); crash: 1.4 s noise; tom: a slower, higher kick.
     """
@@ -35,7 +35,11 @@ def drum_kit(*, sr: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     t = t_of(0.35)
     f = 48.0 + 92.0 * np.exp(-t / 0.035)
     kick = np.sin(2 * np.pi * np.cumsum(f) / sr) * np.exp(-t / 0.12)
-    kick[: int(0.002 * sr)] += 0.6 * rng.standard_normal(int(0.002 * sr))
+    # The beater's click: a broadband 4 ms burst. Without it a kick lives below 150 Hz
+    # only, and onset detectors (median over mel bands) hear the snare alone, i.e.
+    # every other beat.
+    n_click = int(0.015 * sr)
+    kick[:n_click] += 0.7 * rng.standard_normal(n_click) * np.exp(-np.arange(n_click) / (0.004 * sr))
 
     hp = signal.butter(2, 6000, "highpass", fs=sr, output="sos")
     bp = signal.butter(2, [1200, 8000], "bandpass", fs=sr, output="sos")
@@ -61,19 +65,18 @@ def drum_kit(*, sr: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
 def place(*, n: int, onsets: np.ndarray, gains: np.ndarray, template: np.ndarray) -> np.ndarray:
     """Sum ``gains[i] * template`` starting at sample ``onsets[i]`` into a length-``n`` signal.
 
-    One ``bincount`` over (hits x template) indices: overlapping hits add up, hits that run
-    past the end are cut. Returns float64 [shape=(n,)].
+    Overlapping hits add up; hits that run past the end are cut. One vector slice-add per
+    hit (a song has a few hundred hits of a few thousand samples each: ~1 ms), which
+    beats an (hits x template) bincount or an FFT convolution of the whole song.
+    Returns float32 [shape=(n,)].
     """
-    onsets = np.asarray(onsets, dtype=np.int64)
-    gains = np.asarray(gains, dtype=np.float64)
-    ok = (onsets >= 0) & (onsets < n)
-    onsets, gains = onsets[ok], gains[ok]
-    if len(onsets) == 0:
-        return np.zeros(n, dtype=np.float32)
-    idx = onsets[:, None] + np.arange(len(template))[None, :]
-    w = gains[:, None] * template[None, :].astype(np.float64)
-    keep = idx < n
-    return np.bincount(idx[keep], weights=w[keep], minlength=n)[:n].astype(np.float32)
+    out = np.zeros(n, dtype=np.float32)
+    tpl = np.asarray(template, dtype=np.float32)
+    for o, g in zip(np.asarray(onsets, dtype=np.int64), np.asarray(gains, dtype=np.float32)):
+        if 0 <= o < n:
+            k = min(len(tpl), n - o)
+            out[o : o + k] += g * tpl[:k]
+    return out
 
 
 def voice_tracks(

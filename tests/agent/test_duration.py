@@ -39,3 +39,10 @@ def test_quiet_bars_go_first(plan):
 def test_already_fitting_plan_is_unchanged(plan):
     out = fit_duration(plan, target_s=_seconds(plan) + 0.3, energy=np.ones(64), output_seconds=_seconds)
     assert out == plan.merged()
+
+
+def test_runaway_repeats_are_dropped_first(plan):
+    """An untrained policy once repeated one segment 250 times: fitting must undo that."""
+    rep = EditPlan(segments=(Segment(0, 8),) + (Segment(8, 16, Ops(time_factor=0.5)),) * 40, grid=plan.grid)
+    out = fit_duration(rep, target_s=20.0, energy=np.ones(64), output_seconds=_seconds)
+    assert abs(_seconds(out) - 20.0) <= 1.0 + 1e-9

@@ -144,6 +144,19 @@ def test_onset_envelope_is_shared_with_the_beat_tracker(race1_path):
     np.testing.assert_allclose(an.onset_env, onset_envelope(y=y, sr=ANALYSIS_SR), rtol=1e-4, atol=1e-4)
 
 
+def test_beat_tracker_gets_the_shared_onset_envelope_and_chroma(monkeypatch):
+    seen = {}
+
+    def spy(**kw):
+        seen.update(kw)
+        return track_beats(**kw)
+
+    monkeypatch.setattr(F, "track_beats", spy)
+    f = extract_features(_audio(_song(sr=ANALYSIS_SR)), stems="dsp", use_cache=False)
+    assert seen["onset_env"] is not None and seen["chroma"].shape == (12, len(seen["onset_env"]))
+    assert abs(f.grid.tempo - 120.0) < 3.0
+
+
 def test_real_song_tracks_its_own_grid(race1_path):
     a = load_audio(race1_path)
     n = 20 * a.sr

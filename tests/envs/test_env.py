@@ -128,6 +128,20 @@ def test_episode_end_reward_and_truncation(songs):
     assert env.executor.head == env.executor.n_beats  # terminated at the song's end
 
 
+def test_human_plan_enables_imitation(songs):
+    from dataclasses import replace
+
+    from envs.plan import EditPlan, Segment
+
+    song = songs[0]
+    human = EditPlan((Segment(0, 32), Segment(64, 96)), song.grid)
+    env = AudioEditEnv(replace(song, human_plan=human))
+    _, info, _ = run_episode(env, lambda e: (ActionType.KEEP, int(np.flatnonzero(e.action_masks().size[0])[-1]), 2))
+    assert info["reward_scores"]["imitation"] == pytest.approx(2 * (64 / 96) - 1, abs=0.02)  # IoU of keep-all vs human
+    _, info, _ = run_episode(AudioEditEnv(song), lambda e: (ActionType.KEEP, 0, 2))
+    assert "imitation" not in info["reward_components"]
+
+
 def test_seeded_reproducibility(songs):
     def rollout(seed):
         env = AudioEditEnv(songs)
@@ -149,7 +163,7 @@ def test_seeded_reproducibility(songs):
 
 
 def test_real_song_episode():
-    song = real_song("race1-jt.ogg", 30.0)
+    song = real_song("race1-jt.ogg", 40.0)
     env = AudioEditEnv(song, target_keep=0.5)
     check_env(env, skip_render_check=True)
     total, info, _ = run_episode(env, lambda e: random_action(e.action_masks(), np.random.default_rng(0)), seed=0)
@@ -162,6 +176,9 @@ def test_vector_envs_autoreset(songs, asynchronous):
     try:
         obs, infos = venv.reset(seed=0)
         assert obs["beats"].shape == (2, WINDOW, N_BEAT_CHANNELS) and obs["type_mask"].shape == (2, 18)
+        per_env = venv.call("action_masks")  # masks per sub-env, also in the batched observation
+        for i in range(2):
+            np.testing.assert_array_equal(per_env[i].size, obs["size_mask"][i] > 0)
         rng = np.random.default_rng(0)
         from envs.plan import Masks
 

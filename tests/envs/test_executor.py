@@ -278,8 +278,8 @@ def test_round_trips_on_random_episodes(name):
         assert execute(grid, acts, source_sha256="abc") == plan
         if not plan.segments:
             continue  # the step cap ended an episode that kept nothing
-        # plan -> oracle -> execute -> the same (merged) plan
-        again = oracle_actions(plan)
+        # plan -> JSON -> plan -> oracle -> execute -> the same (merged) plan
+        again = oracle_actions(EditPlan.from_json(plan.to_json()))
         assert execute(grid, again, source_sha256="abc") == plan.merged() == plan
         # the oracle's own episode ends (its last cuts reach the end of the song)
         ex = Executor(grid)
@@ -311,6 +311,33 @@ def test_oracle_uses_loop_swap_repeat_and_jump_labels():
         assert execute(grid, acts) == plan.merged()
 
 
+@pytest.mark.parametrize("kw", [dict(jump_budget=0), dict(jump_budget=3, loop_budget=1)])
+def test_round_trips_with_small_budgets(kw):
+    grid = waltz_grid()
+    rng = random.Random(5)
+    for _ in range(60):
+        acts, plan = _random_episode(grid, rng, **kw)
+        if plan.segments:
+            assert execute(grid, oracle_actions(plan, **kw), source_sha256="abc", **kw) == plan
+
+
+def test_oracle_ends_with_the_actions_that_append_behind_the_end():
+    # REORDER / SWAP_NEXT / LOOP as the last action append material after a span that
+    # reaches the song's end; the oracle must find them (no other action can)
+    grid = _real()
+    last_bar = int(grid.bar[-1])
+    for t, bar, amount in ((T.REORDER, last_bar - 2, N), (T.SWAP_NEXT, last_bar - 1, N), (T.LOOP, last_bar, Amount.POS_LARGE)):
+        ex = Executor(grid)
+        _go_to(ex, _bar_span(grid, bar - 1)[0])
+        ex.step(T.KEEP, Size.BAR, N)
+        # the largest allowed size reaches the end (the last bar may be a single beat)
+        ex.step(t, Size.BAR if t != T.LOOP else int(np.flatnonzero(ex.masks().size[t])[-1]), amount)
+        assert ex.done
+        acts = oracle_actions(ex.plan())
+        assert acts[-1][0] == t
+        assert execute(grid, acts) == ex.plan()
+
+
 def test_oracle_flags_plans_the_vocabulary_cannot_express():
     grid = waltz_grid()
     plan = EditPlan(segments=(Segment(0, 5, Ops(gain_db=2.0, eq_low_db=4.0)), Segment(8, 14)), grid=grid)
@@ -330,3 +357,25 @@ def test_oracle_flags_plans_the_vocabulary_cannot_express():
     assert oracle(plan).exact
     res = oracle(plan, jump_budget=1)
     assert not res.exact and any("jump" in n for n in res.notes)
+
+
+def test_output_length_cap_masks_repeats():
+    """REPEAT_PREV / LOOP / JUMP_BACK stop once the output reaches 1.5x the raw."""
+    import numpy as np
+
+    from datasets.beats import BeatGrid
+    from envs.actions import ActionType, Amount, Size
+    from envs.plan import Executor
+
+    grid = BeatGrid.from_beat_times(np.arange(0, 32, 0.5), duration=32.0, beats_per_bar=4)
+    ex = Executor(grid)
+    ex.step(int(ActionType.KEEP), int(Size.PHRASE), int(Amount.NEUTRAL))  # 8 s kept
+    repeats = 0
+    while ex.masks().type[int(ActionType.REPEAT_PREV)]:
+        ex.step(int(ActionType.REPEAT_PREV), int(Size.BEAT), int(Amount.NEUTRAL))
+        repeats += 1
+    assert ex.out_seconds >= 1.5 * grid.duration
+    assert repeats == 5  # 8 s + 5 x 8 s = 48 s = 1.5 x 32 s
+    m = ex.masks()
+    assert not m.type[int(ActionType.LOOP)] and not m.type[int(ActionType.JUMP_BACK)]
+    assert m.type[int(ActionType.KEEP)] and m.type[int(ActionType.CUT)]

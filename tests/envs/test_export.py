@@ -138,3 +138,23 @@ def test_otio_clips_line_up(plan, tmp_path):
     assert round(end) == lay.n_out
     transitions = [t for t in track if isinstance(t, otio.schema.Transition)]
     assert [t.name for t in transitions] == ["blend", "crossfade", "crossfade", "crossfade", "overlap"]
+
+
+def test_cli_exports_next_to_each_other(tmp_path, capsys):
+    from datasets.audio import load_audio
+    from envs.export import main
+    from tests.conftest import music_file
+
+    raw = music_file("raceintro-ks.ogg")
+    a = load_audio(raw)
+    grid = BeatGrid.from_beat_times(np.arange(0.1, a.duration - 0.1, 0.4), duration=a.duration, beats_per_bar=4)
+    plan = EditPlan((Segment(0, 4), Segment(8, 12, Ops(gain_db=-2.0))), grid, a.sha256)
+    (tmp_path / "p.json").write_text(plan.to_json())
+    assert main([str(raw), str(tmp_path / "p.json"), str(tmp_path / "out"), "--stem", "x"]) == 0
+    assert (tmp_path / "out" / "x.rpp").exists() and (tmp_path / "out" / "x.labels.txt").exists()
+    assert EditPlan.from_json((tmp_path / "out" / "x.plan.json").read_text()) == plan
+    bad = EditPlan(plan.segments, grid, "f" * 64)
+    (tmp_path / "p.json").write_text(bad.to_json())
+    assert main([str(raw), str(tmp_path / "p.json"), str(tmp_path / "out2")]) == 2
+    assert capsys.readouterr().err.startswith("error: plan was made for audio")
+    assert not (tmp_path / "out2").exists()

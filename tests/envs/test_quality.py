@@ -106,3 +106,18 @@ def test_local_quality_agrees_with_the_full_render(song):
     # the same spans cut naively: the local check of a 0 ms crossfade plan flags clicks
     hard = local_join_quality(y=y, sr=sr, plan=plan, crossfade_ms=0.0)
     assert len(hard.clicks) >= 3
+
+
+def test_time_stretched_and_reversed_joins_pass(song):
+    """Regression: the stretcher's flush-out used to fall inside the crossfade (a click)."""
+    y, sr, grid = song
+    rng = np.random.default_rng(7)
+    segs = []
+    for k in range(16):
+        a = int(rng.integers(0, grid.n_beats - 6))
+        ops = (Ops(time_factor=2.0), Ops(time_factor=0.5), Ops(reversed=True), Ops(time_factor=1.5, reversed=True))[k % 4]
+        segs.append(Segment(a, a + int(rng.integers(2, 6)), ops))
+    plan = EditPlan(tuple(segs), grid, "")
+    res = render(y=y, sr=sr, plan=plan)
+    scores, _ = click_scores(y=res.y, sr=sr, positions=res.cut_positions)
+    assert len(scores) == 15 and scores.max() < 3.0

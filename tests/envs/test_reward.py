@@ -126,6 +126,13 @@ def test_flow(grid, ctx):
     assert similar > different
 
 
+def test_flow_wants_a_fade_when_the_edit_stops_early(grid, ctx):
+    stop_dead = score(plan(grid, (0, 64)), ctx).scores["flow"]
+    fade = EditPlan((Segment(0, 60), Segment(60, 64, Ops(fade_out_s=2.0))), grid)
+    assert score(fade, ctx).scores["flow"] > stop_dead
+    assert score(plan(grid, (0, 32), (96, 128)), ctx).scores["flow"] > stop_dead  # keeps the real ending
+
+
 def test_reorder_quality(grid, ctx):
     none = score(plan(grid, (0, 64)), ctx).scores["reorder_quality"]
     bar_loop = score(plan(grid, (0, 32), (16, 32), (32, 48)), ctx).scores["reorder_quality"]
@@ -170,9 +177,13 @@ def test_default_target_keep(tmp_path):
     index = [{"keep_ratio": 0.5}, {"keep_ratio": 0.6}, {"label": "a.json"}]
     (tmp_path / "labels" / "index.json").write_text(json.dumps({"pairs": index}))
     assert default_target_keep(tmp_path) == pytest.approx(0.5)
+    # alignment.run's format: {pair name: entry}
+    index = {"x": {"name": "x", "keep_ratio": 0.3}, "y": {"name": "y", "label": str(tmp_path / "labels" / "a.json")}}
+    (tmp_path / "labels" / "index.json").write_text(json.dumps(index))
+    assert default_target_keep(tmp_path) == pytest.approx(0.3)
 
 
-# -- real songs: degenerate edits lose, a sensible edit beats random policies -------------
+# -- real songs: degenerate edits lose, sensible and persona edits beat random policies --
 @pytest.mark.parametrize("name", ["race1-jt.ogg", "credits1-cp.ogg"])
 def test_sensible_beats_degenerate_and_random(name):
     env = AudioEditEnv(real_song(name, 40.0))
@@ -184,3 +195,22 @@ def test_sensible_beats_degenerate_and_random(name):
     assert 0.2 <= info["keep_ratio"] <= 0.7
     assert keep_all < 0 and cut_all < 0 < sensible
     assert sensible > max(random)
+
+
+@pytest.mark.parametrize("persona", ["tight", "radio", "extended"])
+def test_persona_plan_beats_random(persona):
+    from datasets.demo.editors import plan_edit
+    from envs.plan import oracle
+
+    song = real_song("credits1-cp.ogg", 40.0)
+    from datasets.features import FEATURE_NAMES, BeatFeatures
+
+    feats = BeatFeatures(values=song.values, names=FEATURE_NAMES, grid=song.grid, stem_method="dsp", sha256=song.sha256)
+    truth = plan_edit(feats, persona, source_sha256=song.sha256)
+    actions = list(oracle(truth).actions)  # the closest actions when a fade is no chunk fraction
+    # the user's target is their own style (the median keep ratio of their aligned pairs)
+    env = AudioEditEnv(song, target_keep=truth.keep_ratio)
+    r_truth, info, _ = run_episode(env, lambda e: actions[e.executor.n_steps])
+    rng = np.random.default_rng(1)
+    random = [run_episode(env, lambda e: random_action(e.action_masks(), rng), seed=i)[0] for i in range(8)]
+    assert r_truth > max(random), (r_truth, random, info["reward_scores"])

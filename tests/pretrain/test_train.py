@@ -22,7 +22,7 @@ def data():
 
 
 def test_overfits_tiny_dataset(tmp_path, data):
-    cfg = PretrainConfig(run="t", runs_dir=str(tmp_path), epochs=150, lr=5e-3, val_fraction=0.0, patience=1000, **SMALL)
+    cfg = PretrainConfig(run="t", runs_dir=str(tmp_path), epochs=60, lr=1e-2, val_fraction=0.0, patience=1000, figure_every=100, **SMALL)
     summary = train(cfg, data)
     ck = load_checkpoint(summary["last_path"], expect_layout=None)
     model = policy_from_checkpoint(ck)
@@ -30,7 +30,7 @@ def test_overfits_tiny_dataset(tmp_path, data):
     assert m["action_acc"] == 1.0, m
     assert m["type_acc"] == 1.0 and m["macro_f1"] == 1.0
     # checkpoint carries the stage config and the normaliser fitted on the data
-    assert ck["stage"] == "pretrain" and ck["stage_config"]["epochs"] == 150
+    assert ck["stage"] == "pretrain" and ck["stage_config"]["epochs"] == 60
     feats = data.beats[..., : model.cfg.n_features][data.beat_mask > 0.5]
     np.testing.assert_allclose(ck["normalizer"]["mean"].numpy(), feats.mean(0), rtol=1e-4, atol=1e-4)
     tb = list((tmp_path / "t" / "tb" / "pretrain_seed1").iterdir())

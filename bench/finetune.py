@@ -1,0 +1,155 @@
+"""PPO fine-tuning benchmark: BC vs BC + PPO vs PPO alone, and throughput.
+
+    python bench/finetune.py                                  # runs/demo (make demo)
+    python bench/finetune.py --run demo --runs_dir runs --epochs 30
+
+Needs a run with labels and a pretrained policy (``make demo``, or ``make align`` +
+``make pretrain``). The songs are split by song exactly as rl/train.py splits them
+(same seed, same held-out fraction); the policies are trained on the training songs
+only and measured on the held-out ones:
+
+(a) the BC policy (runs/RUN/checkpoints/bc_best.pt) vs the same after PPO fine-tuning:
+    mean greedy episode reward and plan IoU (raw-usage IoU against the human plan,
+    ``envs.reward.plan_usage_iou``). Goal: reward +10 % while IoU drops <= 0.02.
+(b) PPO from scratch (no BC, same budget) for comparison.
+(c) throughput: environment steps per second including the updates (rollout + update
+    time of the fine-tuning run's epochs), with the model size.
+
+Every method is measured in this run, on this machine; ratios are against the BC policy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from datasets.errors import EditorError  # noqa: E402
+
+
+def _evaluate(policy, envs) -> dict:
+    """Greedy edits of the held-out songs: mean reward, mean IoU, type distribution."""
+    from rl.train import greedy_edit
+
+    policy.eval()
+    res = [greedy_edit(policy, env) for env in envs]
+    acts = np.concatenate([r["actions"] for r in res])
+    return {
+        "reward": float(np.mean([r["reward"] for r in res])),
+        "iou": float(np.nanmean([r["iou"] for r in res])),
+        "types": np.bincount(acts[:, 0], minlength=18) / max(1, len(acts)),
+        "steps": float(np.mean([len(r["actions"]) for r in res])),
+    }
+
+
+def _top_types(p: np.ndarray, k: int = 4) -> str:
+    from envs.actions import ActionType
+
+    order = np.argsort(-p)[:k]
+    return ", ".join(f"{ActionType(int(t)).name} {p[t]:.0%}" for t in order if p[t] > 0)
+
+
+def _throughput(history: list[dict]) -> float:
+    """Env steps per second of a fresh run, counting data sampling, rollouts and updates."""
+    secs = sum(h["time_data"] + h["time_rollout"] + h["time_update"] for h in history)
+    return history[-1]["global_step"] / max(secs, 1e-9)
+
+
+def _throughput_cpu(history: list[dict]) -> float:
+    """Env steps per CPU-second of this process (what a dedicated core would give)."""
+    return history[-1]["global_step"] / max(sum(h["cpu_time"] for h in history), 1e-9)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--run", default="demo")
+    p.add_argument("--runs_dir", default="runs")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--steps", type=int, default=64)
+    p.add_argument("--n_envs", type=int, default=8)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--heldout_fraction", type=float, default=0.2)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--extra", default="", help="more rl.train flags for both PPO runs, e.g. '--ent_coef 0.1'")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+
+    from agent.checkpoint import load_checkpoint, policy_from_checkpoint
+    from envs.env import AudioEditEnv
+    from rl.train import TrainArgs, load_run_songs, run, split_songs
+
+    import tyro
+
+    torch.set_num_threads(args.threads)
+    run_dir = Path(args.runs_dir) / args.run
+    bc_path = run_dir / "checkpoints" / "bc_best.pt"
+    if not bc_path.is_file():
+        print(f"error: {bc_path} not found; run `make demo` (or make align + make pretrain RUN={args.run}) first",
+              file=sys.stderr)
+        return 2
+    pairs_songs = load_run_songs(run_dir)
+    _, held = split_songs(len(pairs_songs), fraction=args.heldout_fraction, seed=args.seed)
+    if not held:
+        print("error: need at least 2 songs to hold one out", file=sys.stderr)
+        return 2
+    eval_envs = [AudioEditEnv([pairs_songs[i][1]], run_dir=run_dir) for i in held]
+
+    rows = {}
+    bc = policy_from_checkpoint(load_checkpoint(bc_path))
+    rows["BC (pretrained)"] = {**_evaluate(bc, eval_envs), "params": bc.n_parameters(), "train_s": 0.0, "sps": float("nan"),
+                                 "sps_cpu": float("nan")}
+
+    common = ["--run", args.run, "--runs_dir", args.runs_dir, "--epochs", str(args.epochs), "--steps", str(args.steps),
+              "--n_envs", str(args.n_envs), "--seed", str(args.seed), "--heldout_fraction", str(args.heldout_fraction),
+              "--threads", str(args.threads), "--eval_every", "0", *args.extra.split()]
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, extra in (("BC + PPO", []), ("PPO from scratch", ["--from_scratch"])):
+            targs = tyro.cli(TrainArgs, args=[*common, "--save_dir", os.path.join(tmp, name.replace(" ", "_")), *extra],
+                             use_underscores=True)
+            t0 = time.perf_counter()
+            out = run(targs, log_fn=lambda s: None)
+            train_s = time.perf_counter() - t0
+            pol = out["policy"]
+            rows[name] = {**_evaluate(pol, eval_envs), "params": pol.n_parameters(), "train_s": train_s,
+                          "sps": _throughput(out["history"]), "sps_cpu": _throughput_cpu(out["history"]), "train_reward": out["history"][-1]["episode_reward"],
+                          "first_reward": out["history"][0]["episode_reward"]}
+
+    base = rows["BC (pretrained)"]
+    print(f"\nPPO fine-tuning benchmark: run {args.run}, {len(pairs_songs) - len(held)} training songs, "
+          f"{len(held)} held out; {args.epochs} epochs x {args.n_envs} envs x >= {args.steps} steps; "
+          f"torch threads {args.threads}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    hdr = f"{'method':<18} {'reward':>8} {'vs BC':>7} {'IoU':>6} {'dIoU':>6} {'steps':>6} {'params':>8} {'train s':>8} {'steps/s':>8} {'steps/cpu-s':>11}  top types"
+    print(hdr)
+    print("-" * len(hdr))
+    for name, r in rows.items():
+        rel = (r["reward"] - base["reward"]) / abs(base["reward"]) if base["reward"] else float("nan")
+        print(f"{name:<18} {r['reward']:>8.3f} {rel:>+7.1%} {r['iou']:>6.3f} {r['iou'] - base['iou']:>+6.3f} "
+              f"{r['steps']:>6.1f} {r['params']:>8,} {r['train_s']:>8.1f} {r['sps']:>8.0f} {r['sps_cpu']:>11.0f}  {_top_types(r['types'])}")
+    ft = rows["BC + PPO"]
+    ok_reward = ft["reward"] >= base["reward"] + 0.1 * abs(base["reward"])
+    ok_iou = ft["iou"] >= base["iou"] - 0.02
+    print(f"\ngoal (a) reward +10% with IoU drop <= 0.02: {'met' if ok_reward and ok_iou else 'NOT met'} "
+          f"(reward {'ok' if ok_reward else 'short'}, IoU {'ok' if ok_iou else 'dropped'})")
+    print(f"goal (c) >= 2,000 env steps/s incl. updates: {'met' if ft['sps'] >= 2000 else 'NOT met'} "
+          f"({ft['sps']:.0f}/s wall, {ft['sps_cpu']:.0f} per CPU-second of one thread; model {ft['params']:,} parameters)")
+    print(f"training-episode reward (BC + PPO): first epoch {ft['first_reward']:.3f} -> last {ft['train_reward']:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except EditorError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)

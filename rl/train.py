@@ -1,0 +1,359 @@
+"""Fine-tune the pretrained policy with Monte Carlo PPO on the run's songs (``make finetune``).
+
+    python -m rl.train --run demo                                   # from runs/demo/checkpoints/bc_best.pt
+    python -m rl.train --run demo --epochs 200 --steps 128 --n_envs 8 --lr 5e-5 --subprocess
+    python -m rl.train --run demo --checkpoint runs/demo/checkpoints/ppo_last.pt   # resume
+    python -m rl.train --run demo --from_scratch                    # PPO without behaviour cloning
+
+Songs: every labelled pair of runs/RUN/labels/index.json (``make align``): the raw
+recording, its features on the label's beat grid, and the human plan (the reward's
+imitation term and, with ``--anchor bc``, the anchor's demonstrations). A fraction of the
+songs (``--heldout_fraction``, whole songs) is never trained on: every ``--eval_every``
+epochs the policy edits the first of them greedily and TensorBoard gets its reward, plan
+IoU against the human plan, action distribution and the edited audio.
+
+Writes runs/RUN/checkpoints/ppo_last.pt (``--save_dir`` to change the folder), in
+agent/checkpoint.py's format (``stage="finetune"``): ``python -m agent.infer`` reads it
+like a pretrained one, and ``--checkpoint`` resumes from it exactly (optimizer,
+scheduler, running return statistics, RNG states, epoch). ``--checkpoint`` naming a
+pretrained (BC) checkpoint starts from that policy instead. TensorBoard:
+runs/RUN/tb/ppo_seedS/ (``ppo_scratch_seedS`` with ``--from_scratch``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import torch
+import tyro
+
+from datasets.errors import EditorError, ParameterError
+from rl.ppo import HEADS, Demos, PPOConfig, train
+
+__all__ = ["TrainArgs", "load_run_songs", "greedy_edit", "run", "main"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainArgs:
+    """``python -m rl.train``: PPO fine-tuning of a run's pretrained policy."""
+
+    ppo: Annotated[PPOConfig, tyro.conf.OmitArgPrefixes] = field(default_factory=PPOConfig)
+    run: str = "default"
+    """run name: labels from runs/RUN/labels, pretrained policy runs/RUN/checkpoints/bc_best.pt"""
+    runs_dir: str = "runs"
+    """where runs live"""
+    save_dir: str | None = None
+    """checkpoint folder (default runs/RUN/checkpoints)"""
+    checkpoint: str | None = None
+    """resume from a fine-tuning checkpoint, or start from this pretrained checkpoint"""
+    pretrained: str | None = None
+    """pretrained checkpoint to start from (default runs/RUN/checkpoints/bc_best.pt)"""
+    from_scratch: bool = False
+    """ignore the pretrained policy: a fresh one (benchmark baseline 'PPO without BC')"""
+    hidden: int = 32
+    """width of a fresh policy (--from_scratch), as pretrain's default"""
+    subprocess: bool = False
+    """one process per env (gymnasium AsyncVectorEnv) instead of one process for all"""
+    device: str = "auto"
+    """auto (CUDA when available), cpu or cuda[:N]"""
+    heldout_fraction: float = 0.2
+    """fraction of songs never trained on (greedy evaluation); 0 = evaluate on a train song"""
+    reward_audio: bool = True
+    """the reward listens for clicks at the joins (local renders; slower)"""
+    stems: str = "auto"
+    """stem features: auto / demucs / dsp (datasets.features)"""
+    threads: int = 1
+    """torch CPU threads (0 = torch's default). 1 because PPO's batches are small: on a
+    busy 2-core machine two threads made each small matmul 100x slower (spin-waiting)"""
+    stop_after: int = 0
+    """end this session after so many epochs, with a checkpoint (0 = run all --epochs)"""
+    eval_seconds: float = 30.0
+    """seconds of the greedy edit logged as TensorBoard audio"""
+
+
+# ---------------------------------------------------------------------------- data
+
+
+def load_run_songs(run_dir: Path, *, stems: str = "auto", with_audio: bool = True) -> list[tuple[Any, Any]]:
+    """(LabeledPair, envs.env.Song) for every labelled pair, features on the label's grid."""
+    from datasets.audio import load_audio
+    from datasets.features import extract_features
+    from envs.env import Song
+    from pretrain.dataset import load_labels
+
+    out = []
+    for pair in load_labels(run_dir):
+        audio = load_audio(pair.raw_path)
+        feats = extract_features(audio, grid=pair.plan.grid, stems=stems)
+        song = Song.from_features(feats, audio=audio if with_audio else None, human_plan=pair.plan, name=pair.name)
+        out.append((pair, song))
+    return out
+
+
+def split_songs(n: int, *, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(train, held-out) song indices: whole songs, at least one of each when n >= 2."""
+    if not 0.0 <= fraction < 1.0:
+        raise ParameterError(f"heldout_fraction={fraction} must be in [0, 1)")
+    order = np.random.default_rng(seed).permutation(n).tolist()
+    k = 0 if n < 2 or fraction == 0 else min(n - 1, max(1, int(round(fraction * n))))
+    return sorted(order[k:]), sorted(order[:k])
+
+
+def demos_from_pairs(pairs_songs) -> Demos:
+    """The human plans replayed in the env: (observation, oracle action) pairs."""
+    from pretrain.augment import IDENTITY
+    from pretrain.dataset import build_bc_data
+
+    data = build_bc_data([p for p, _ in pairs_songs], songs={(p.name, IDENTITY.key()): s for p, s in pairs_songs})
+    return Demos(obs=data.obs(), actions=torch.as_tensor(data.actions))
+
+
+# ---------------------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def greedy_edit(policy, env, song_index: int = 0) -> dict:
+    """Edit song ``song_index`` of ``env`` (an AudioEditEnv) with the policy's
+    deterministic (joint-mode) actions.
+
+    Returns reward, components, plan, actions [n, 3] and plan IoU against the song's
+    human plan (nan without one).
+    """
+    from agent.model import obs_to_tensors
+    from envs.reward import plan_usage_iou
+
+    obs, _ = env.reset(seed=0, options={"song": song_index})
+    song = env.song
+    device = next(policy.parameters()).device
+    actions, reward, done, info = [], 0.0, False, {}
+    while not done:
+        act = policy.act(obs_to_tensors(obs, device=device), deterministic=True)[0][0].cpu().numpy()
+        obs, r, term, trunc, info = env.step(act)
+        reward += r
+        actions.append(act)
+        done = term or trunc
+    plan = env.last_plan
+    iou = plan_usage_iou(plan, song.human_plan) if song.human_plan is not None and plan.segments else float("nan")
+    return {
+        "reward": float(reward),
+        "components": dict(info.get("reward_components", {})),
+        "plan": plan,
+        "actions": np.asarray(actions, dtype=np.int64).reshape(-1, 3),
+        "iou": float(iou),
+    }
+
+
+def _action_table(actions: np.ndarray) -> str:
+    """Markdown table of the type distribution (names from envs.actions)."""
+    from envs.actions import ActionType
+
+    counts = np.bincount(actions[:, 0], minlength=len(ActionType))
+    rows = ["| type | count | share |", "|---|---|---|"]
+    for t in np.argsort(-counts):
+        if counts[t]:
+            rows.append(f"| {ActionType(int(t)).name} | {counts[t]} | {counts[t] / counts.sum():.0%} |")
+    return "\n".join(rows)
+
+
+def _log_greedy(writer, song, result: dict, step: int, *, seconds: float) -> None:
+    """Reward, IoU, action distribution and (when the song has audio) the edited audio."""
+    writer.add_scalar("eval/episode_reward", result["reward"], step)
+    if not np.isnan(result["iou"]):
+        writer.add_scalar("eval/plan_iou", result["iou"], step)
+    for k, v in result["components"].items():
+        writer.add_scalar(f"eval/reward/{k}", v, step)
+    acts = result["actions"]
+    for h, name in enumerate(HEADS):
+        writer.add_histogram(f"eval/actions_{name}", acts[:, h], step, bins=np.arange(-0.5, (18 if h == 0 else 5) + 0.5))
+    writer.add_text("eval/action_distribution", f"song {song.name}, {len(acts)} actions\n\n" + _action_table(acts), step)
+    if song.y is not None and result["plan"].segments:
+        from datasets.audio import resample, to_mono
+        from envs.render import render
+
+        out = render(y=song.y, sr=song.sr, plan=result["plan"]).y
+        mono = resample(to_mono(out), sr_in=song.sr, sr_out=22050)[: int(seconds * 22050)]
+        writer.add_audio("eval/edit", torch.as_tensor(np.clip(mono, -1, 1))[None], step, sample_rate=22050)
+
+
+# ---------------------------------------------------------------------------- main
+
+# PPO fields that define a run: a resumed run keeps the checkpoint's values; the others
+# (save_every, eval_every, ...) may change between sessions, and --epochs may extend a run
+# (the cosine schedules then stretch to the new length from where the run is).
+_RUN_DEFINING = {"seed", "steps", "n_envs", "lr", "lr_final_ratio", "update_epochs", "minibatch_size",
+                 "grad_accum", "clip_ratio", "ent_coef", "ent_coef_final", "ent_schedule", "ent_decay_frac",
+                 "vf_coef", "baseline", "gamma", "return_clip", "return_norm", "target_kl", "max_grad_norm",
+                 "anchor", "anchor_coef", "bc_batch_size"}
+
+
+def _agent_save_fn(policy, stage_config: dict, layout: dict):
+    """``save_fn`` for rl.ppo.train writing agent/checkpoint.py's format: the weights as
+    ``model``, the optimizer as ``optimizer``, the rest of PPO's state in ``extra["ppo"]``."""
+    from agent.checkpoint import save_checkpoint
+
+    def save(path: Path, state: dict) -> None:
+        state = dict(state)
+        state.pop("policy")  # == policy.state_dict(), stored as "model"
+        optimizer_state = state.pop("optimizer")
+
+        class _Optimizer:  # agent's save_checkpoint reads optimizer.state_dict()
+            @staticmethod
+            def state_dict():
+                return optimizer_state
+
+        save_checkpoint(path, model=policy, optimizer=_Optimizer(), step=int(state["global_step"]), stage="finetune",
+                        stage_config=stage_config, layout=layout, extra={"ppo": state})
+
+    return save
+
+
+def _resume_state(ckpt: dict) -> dict:
+    """agent-format fine-tuning checkpoint -> the flat dict rl.ppo.train resumes from."""
+    return {"policy": ckpt["model"], "optimizer": ckpt["optimizer"], **ckpt["extra"]["ppo"]}
+
+
+def run(args: TrainArgs, *, log_fn=print) -> dict:
+    """Load songs and policy, fine-tune, write checkpoints and logs; returns a summary."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from agent.checkpoint import load_checkpoint, policy_from_checkpoint
+    from agent.device import pick_device
+    from agent.layout import observation_layout
+    from agent.model import Policy, PolicyConfig
+    from envs.env import AudioEditEnv
+
+    cfg = args.ppo
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    run_dir = Path(args.runs_dir) / args.run
+    save_dir = Path(args.save_dir) if args.save_dir else run_dir / "checkpoints"
+    device = pick_device(args.device)
+    log_fn(f"finetune: device {device}")
+
+    # -- starting policy: a fine-tuning checkpoint resumes, a pretrained one starts
+    resume_ck = None
+    start_path: Path | None = None
+    if args.checkpoint:
+        ck = load_checkpoint(args.checkpoint)
+        if ck.get("stage") == "finetune" and "ppo" in ck.get("extra", {}):
+            resume_ck = ck
+            log_fn(f"finetune: resuming {args.checkpoint} at epoch {ck['extra']['ppo']['epoch']}")
+        else:
+            start_path = Path(args.checkpoint)
+    elif not args.from_scratch:
+        start_path = Path(args.pretrained) if args.pretrained else run_dir / "checkpoints" / "bc_best.pt"
+        if not start_path.is_file():
+            raise ParameterError(f"pretrained checkpoint not found: {start_path}; run `make pretrain RUN={args.run}` first")
+
+    # -- songs (data sample happens inside the envs at each reset)
+    t0 = time.perf_counter()
+    pairs_songs = load_run_songs(run_dir, stems=args.stems, with_audio=True)
+    train_idx, held_idx = split_songs(len(pairs_songs), fraction=args.heldout_fraction, seed=cfg.seed)
+    train_ps = [pairs_songs[i] for i in train_idx]
+    eval_song = pairs_songs[(held_idx or train_idx)[0]][1]
+    log_fn(f"finetune: {len(train_ps)} training songs, {len(held_idx)} held out "
+           f"(eval: {eval_song.name}), loaded in {time.perf_counter() - t0:.1f}s")
+    scratch = args.from_scratch and resume_ck is None
+    demos = demos_from_pairs(train_ps) if (cfg.anchor == "bc" or scratch) else None
+
+    reference = None
+    if resume_ck is not None:
+        # architecture from the checkpoint; weights, reference and state come from resume
+        policy = policy_from_checkpoint(resume_ck)
+        if resume_ck["extra"]["ppo"].get("reference"):
+            reference = policy_from_checkpoint(resume_ck)
+        cfg = PPOConfig(**{**dataclasses.asdict(cfg), **{k: v for k, v in resume_ck["extra"]["ppo"]["config"].items()
+                                                         if k in _RUN_DEFINING}})
+    elif scratch:
+        policy = Policy(PolicyConfig.from_layout(hidden=args.hidden))
+        # normalisers from the training songs' replayed states: the statistics BC would use
+        obs = demos.obs
+        policy.normalizer.fit(obs["beats"][..., : policy.cfg.n_features], obs["beat_mask"])
+        policy.global_normalizer.fit(obs["globals"])
+    else:
+        policy = policy_from_checkpoint(load_checkpoint(start_path))
+        reference = policy_from_checkpoint(load_checkpoint(start_path))
+    if reference is None and cfg.anchor != "none":
+        cfg = dataclasses.replace(cfg, anchor="none")
+        log_fn("finetune: no pretrained policy to anchor to; anchor=none")
+    if cfg.anchor != "bc":
+        demos = None
+    log_fn(f"finetune: policy {policy.n_parameters():,} parameters, start: "
+           f"{'resume' if resume_ck is not None else start_path or 'scratch'}")
+
+    songs = [s for _, s in train_ps]
+    env_kw = dict(run_dir=run_dir, reward_audio=args.reward_audio)
+
+    def make_env():
+        return AudioEditEnv(songs, **env_kw)
+
+    was_scratch = resume_ck["stage_config"].get("from_scratch", False) if resume_ck is not None else args.from_scratch
+    tag = "ppo_scratch" if was_scratch else "ppo"
+    writer = SummaryWriter(str(run_dir / "tb" / f"{tag}_seed{cfg.seed}"))
+    table = "\n".join(f"|{k}|{v}|" for k, v in {**dataclasses.asdict(cfg), "run": args.run, "songs": len(songs),
+                                                  "pretrained": str(start_path)}.items())
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + table)
+
+    eval_env = AudioEditEnv([eval_song], **env_kw)
+
+    def evaluate(pol, epoch: int, step: int) -> None:
+        res = greedy_edit(pol, eval_env)
+        _log_greedy(writer, eval_song, res, step, seconds=args.eval_seconds)
+        log_fn(f"finetune: greedy edit of {eval_song.name} at epoch {epoch}: reward {res['reward']:.3f}, "
+               f"IoU {res['iou']:.3f}, {len(res['actions'])} actions")
+
+    stage_config = {**dataclasses.asdict(cfg), "run": args.run, "from_scratch": was_scratch}
+    save = _agent_save_fn(policy, stage_config, observation_layout())
+    save_path = save_dir / (f"{tag}_last.pt")
+    try:
+        history = train(
+            cfg,
+            policy=policy,
+            env_fns=[make_env] * cfg.n_envs,
+            reference=reference,
+            demos=demos,
+            writer=writer,
+            device=device,
+            save_path=save_path,
+            save_fn=save,
+            resume=_resume_state(resume_ck) if resume_ck is not None else None,
+            subprocess=args.subprocess,
+            stop_after=args.stop_after,
+            greedy_eval=evaluate,
+            extra_state={"pretrained": str(start_path or "")},
+            log=log_fn,
+        )
+    finally:
+        writer.close()
+    final = greedy_edit(policy, eval_env)
+    return {"history": history, "checkpoint": str(save_path), "policy": policy, "eval_song": eval_song.name,
+            "eval_reward": final["reward"], "eval_iou": final["iou"]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = tyro.cli(TrainArgs, args=argv, use_underscores=True, description=__doc__)
+    try:
+        summary = run(args)
+    except EditorError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    h = summary["history"]
+    if h:
+        print(f"finetune: done, {len(h)} epochs, last mean episode reward {h[-1]['episode_reward']:.3f}; "
+              f"greedy edit of {summary['eval_song']}: reward {summary['eval_reward']:.3f}, IoU {summary['eval_iou']:.3f}; "
+              f"checkpoint {summary['checkpoint']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
