@@ -104,3 +104,28 @@ def test_run_over_a_folder(pair, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     assert main(["--data", str(empty), "--run", "t", "--runs-dir", str(runs)]) == 2
+
+
+def test_d3rlpy_export_replays_the_labels(pair, tmp_path):
+    from alignment.d3rlpy_export import build_dataset, main as export_main
+    from alignment.run import main as run_main
+    from envs.observation import N_BEAT_CHANNELS, N_GLOBALS, WINDOW
+
+    d, *_ = pair
+    data = tmp_path / "data"
+    (data / "raw").mkdir(parents=True)
+    (data / "edited").mkdir()
+    (data / "raw" / "p.wav").write_bytes((d / "raw.wav").read_bytes())
+    (data / "edited" / "p.wav").write_bytes((d / "edit.wav").read_bytes())
+    assert run_main(["--data", str(data), "--run", "x", "--runs-dir", str(tmp_path / "runs"), "--jobs", "1"]) == 0
+    labels = tmp_path / "runs" / "x" / "labels"
+    ds, names = build_dataset(labels)
+    rec = json.loads((labels / "p.json").read_text())
+    ep = ds.episodes[0]
+    assert names == ["p"] and len(ep.actions) == len(rec["actions"])
+    assert ep.observations.shape[1] == WINDOW * N_BEAT_CHANNELS + N_GLOBALS
+    assert set(ep.actions.ravel().tolist()) <= set(range(450))
+    assert ep.terminated
+    assert export_main(["--labels", str(labels), "--out", str(tmp_path / "o.h5")]) == 0
+    assert (tmp_path / "o.h5").stat().st_size > 0
+    assert export_main(["--labels", str(tmp_path / "none"), "--out", str(tmp_path / "o2.h5")]) == 2

@@ -211,7 +211,7 @@ def test_radio_drops_second_verse_and_bridge(song_features):
     view = analyse(feats)
     # Units are the song's 4-bar sections: intro verse chorus verse chorus bridge chorus outro.
     starts = feats.grid.bounds[view.units[:-1]]
-    np.testing.assert_allclose(starts[1:9], [x.start_s for x in song.sections][1:], atol=1e-6)
+    np.testing.assert_allclose(starts[1:8], [x.start_s for x in song.sections][1:], atol=1e-6)
     assert view.label[2] == view.label[4] == view.label[6]  # the three choruses
     assert view.label[1] == view.label[3]  # the two verses
     plan = plan_edit(feats, "radio")
@@ -244,8 +244,11 @@ def _digest(folder: Path) -> dict[str, str]:
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*.wav"))}
 
 
-def test_build_writes_pairs_skips_up_to_date_and_is_deterministic(tmp_path):
+def test_build_writes_pairs_skips_up_to_date_and_is_deterministic(tmp_path, monkeypatch):
     from datasets.pairs import find_pairs
+
+    # The code hash covers modules other people edit while this runs; pin it here.
+    monkeypatch.setattr(demo_build, "_code_hash", lambda: "pinned")
 
     midi_dir = MIDI if MIDI.is_dir() else tmp_path / "no-midi"
     kw = dict(n_songs=2, persona="tight", seed=3, jobs=1, min_seconds=30.0, max_seconds=34.0, midi_dir=str(midi_dir), delivery_fraction=0.5)
