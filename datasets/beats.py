@@ -209,9 +209,11 @@ def _estimate_meter(
     frames = np.clip(frames, 0, len(onset_env) - 1)
     if chroma is None:
         chroma = librosa.feature.chroma_stft(y=y, sr=sr, hop_length=HOP_LENGTH)
+    # sync pads: column 0 is [0, frame_0), column j + 1 is beat j
     sync = librosa.util.sync(chroma, frames, aggregate=np.median)  # (12, n_beats + 1)
     sync = sync / (np.linalg.norm(sync, axis=0, keepdims=True) + 1e-9)
-    novelty = np.r_[0.0, 1.0 - np.sum(sync[:, 1:] * sync[:, :-1], axis=0)][: len(frames)]
+    # novelty[i] = harmony change INTO beat i (columns i + 1 vs i)
+    novelty = np.r_[0.0, 1.0 - np.sum(sync[:, 2:] * sync[:, 1:-1], axis=0)][: len(frames)]
     strength = onset_env[frames]
     accent = _zscore(novelty) + 0.5 * _zscore(strength)
     n = len(accent)
