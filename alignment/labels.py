@@ -97,7 +97,10 @@ def _fade_chunk(grid: BeatGrid, units, a: int, b: int, length: float, at_start: 
             dur = grid.bounds[b] - grid.bounds[h]
             edge = h
         for frac in act.FADE_FRACTION.values():
-            err = abs(frac * dur - length)
+            # editors fade over whole units (a 2-bar fade-out); a part of a unit wins
+            # only when it fits clearly better (measured fades are +-10 % under a
+            # mastering compressor)
+            err = abs(frac * dur - length) + (0.0 if frac == 1.0 else 0.15 * length)
             if best is None or err < best[0]:
                 best = (err, edge, frac * dur)
     return None if best is None else (best[1], best[2])

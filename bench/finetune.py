@@ -71,6 +71,33 @@ def _throughput_cpu(history: list[dict]) -> float:
     return history[-1]["global_step"] / max(sum(h["cpu_time"] for h in history), 1e-9)
 
 
+def _breakdown(songs, policy, *, n_envs: int, steps: int, run_dir: Path) -> dict:
+    """Env steps per CPU-second: the env alone (random valid actions), and rollouts with
+    the policy acting (no update)."""
+    from envs.env import AudioEditEnv
+    from rl.ppo import collect_rollout, make_vector_env
+
+    envs = make_vector_env([lambda: AudioEditEnv(songs, run_dir=run_dir)] * n_envs)
+    obs, _ = envs.reset(seed=list(range(n_envs)))
+    rng = np.random.default_rng(0)
+    c0, n = time.process_time(), 0
+    while n < n_envs * steps:
+        acts = []
+        for i in range(n_envs):
+            t = rng.choice(np.flatnonzero(obs["type_mask"][i]))
+            acts.append((t, rng.choice(np.flatnonzero(obs["size_mask"][i, t])),
+                         rng.choice(np.flatnonzero(obs["amount_mask"][i, t]))))
+        obs, *_ = envs.step(np.asarray(acts))
+        n += n_envs
+    env_only = n / (time.process_time() - c0)
+    obs, _ = envs.reset(seed=list(range(n_envs)))
+    c0 = time.process_time()
+    ro = collect_rollout(envs, policy, obs=obs, steps=steps, generator=torch.Generator().manual_seed(0))
+    rollout = ro.env_steps / (time.process_time() - c0)
+    envs.close()
+    return {"env": env_only, "rollout": rollout}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run", default="demo")
@@ -125,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
                           "sps": _throughput(out["history"]), "sps_cpu": _throughput_cpu(out["history"]), "train_reward": out["history"][-1]["episode_reward"],
                           "first_reward": out["history"][0]["episode_reward"]}
 
+    train_songs = [pairs_songs[i][1] for i in range(len(pairs_songs)) if i not in held]
+    speed = _breakdown(train_songs, bc, n_envs=args.n_envs, steps=args.steps, run_dir=run_dir)
+
     base = rows["BC (pretrained)"]
     print(f"\nPPO fine-tuning benchmark: run {args.run}, {len(pairs_songs) - len(held)} training songs, "
           f"{len(held)} held out; {args.epochs} epochs x {args.n_envs} envs x >= {args.steps} steps; "
@@ -143,6 +173,9 @@ def main(argv: list[str] | None = None) -> int:
           f"(reward {'ok' if ok_reward else 'short'}, IoU {'ok' if ok_iou else 'dropped'})")
     print(f"goal (c) >= 2,000 env steps/s incl. updates: {'met' if ft['sps'] >= 2000 else 'NOT met'} "
           f"({ft['sps']:.0f}/s wall, {ft['sps_cpu']:.0f} per CPU-second of one thread; model {ft['params']:,} parameters)")
+    print(f"throughput breakdown per CPU-second of one thread ({args.n_envs} envs): env alone (random valid "
+          f"actions) {speed['env']:.0f} steps/s; rollout with the policy acting {speed['rollout']:.0f}; "
+          f"rollout + PPO update {ft['sps_cpu']:.0f}")
     print(f"training-episode reward (BC + PPO): first epoch {ft['first_reward']:.3f} -> last {ft['train_reward']:.3f}")
     return 0
 

@@ -34,7 +34,7 @@ __all__ = ["CODE_VERSION", "cache_dir", "make_key", "load_arrays", "save_arrays"
 log = logging.getLogger(__name__)
 
 #: Bump when a code change changes cached numbers (feature definitions, stem method).
-CODE_VERSION = "features-1"
+CODE_VERSION = "features-2"
 
 #: Default cache folder, relative to the working directory (runs/ is git-ignored).
 DEFAULT_DIR = Path("runs") / "cache" / "features"

@@ -214,7 +214,7 @@ def local_join_quality(
 
     xf = DEFAULT_CROSSFADE_MS if crossfade_ms is None else crossfade_ms
     y = np.atleast_2d(np.asarray(y, dtype=np.float32))
-    lay = layout(plan, sr, xf, n_raw=y.shape[1])
+    lay = layout(plan, sr, xf)
     half = int(round(window_ms * sr / 1000))
     pos = np.array([j.position for j in lay.joins if j.is_cut], dtype=np.int64)
     scores = np.zeros(len(pos))

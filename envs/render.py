@@ -33,13 +33,16 @@ Rules, in the order they are applied
 
    With ``x = round(crossfade_ms * sr / 1000)`` the crossfade length, ``h = min(x // 2,
    len_prev // 2, len_cur // 2)`` and ``L = min(2 * (x // 2), len_prev // 2, len_cur // 2)``
-   (segment lengths in output samples). So only ``"overlap"`` joins shorten the output.
+   (segment lengths in output samples). So only ``"overlap"`` joins shorten the output;
+   with ``crossfade_ms=0`` every cut is a hard cut (an "overlap" of 0 samples). The layout
+   follows the grid (``grid.samples(sr)``), not the audio's length, so that
+   ``output_duration`` needs no audio; audio a few samples shorter is zero-padded.
 4. **Ops**, per segment: reverse, time stretch (pedalboard.time_stretch, pitch kept), EQ
    (low shelf at 200 Hz, high shelf at 4 kHz), distortion (pedalboard Distortion, output
    level matched to its input so drive changes colour, not loudness), reverb (pedalboard
-   Reverb, dry kept at 1, ``wet_level = REVERB_WET_SCALE * ops.reverb``; the wet tail rings on for up to
-   ``REVERB_TAIL_S`` after the segment, mixed over what follows, faded out, cut at the
-   end of the output), gain in dB, then fades (equal-power quarter-sine curves over
+   Reverb, dry kept at 1, ``wet_level = REVERB_WET_SCALE * ops.reverb``; the wet tail
+   rings on for up to ``REVERB_TAIL_S`` after the segment, mixed over what follows, faded
+   out, cut at the end of the output), gain in dB, then fades (equal-power quarter-sine curves over
    ``fade_in_s``/``fade_out_s`` of the segment, clipped to its length).
 5. **Never clips.** Where the output goes above 1.0, a safety limiter brings it to -0.1
    dBFS with a smooth gain reduction over ``LIMITER_WINDOW_MS`` around each over, leaving
@@ -215,8 +218,8 @@ def _raw_continues(p: Segment, c: Segment) -> bool:
 def layout(plan: EditPlan, sr: int, crossfade_ms: float = DEFAULT_CROSSFADE_MS, *, n_raw: int | None = None) -> Layout:
     """Place every segment and join of ``plan`` in the output at rate ``sr``.
 
-    n_raw : raw length in samples (default: the grid's duration at ``sr``); handles are
-        only available inside [0, n_raw).
+    n_raw : raw length in samples (default, and what ``render`` uses: the grid's duration
+        at ``sr``); handles are only available inside [0, n_raw).
     """
     if crossfade_ms < 0:
         raise ParameterError(f"crossfade_ms must be >= 0, got {crossfade_ms}")
@@ -366,6 +369,18 @@ def _apply_effects(x: np.ndarray, sr: int, ops: Ops, *, with_tail: bool) -> tupl
     return np.ascontiguousarray(x, dtype=np.float32), tail
 
 
+def _read(y: np.ndarray, a: int, b: int) -> np.ndarray:
+    """Raw samples [a, b) [shape=(channels, b - a)]: a view when inside the audio, else
+    zero-padded (a grid may end a few samples after the decoded audio)."""
+    if a >= 0 and b <= y.shape[1]:
+        return y[:, a:b]
+    x = np.zeros((y.shape[0], b - a), np.float32)
+    ca, cb = max(a, 0), min(b, y.shape[1])
+    if cb > ca:
+        x[:, ca - a : cb - a] = y[:, ca:cb]
+    return x
+
+
 def _piece_audio(
     y: np.ndarray, sr: int, piece: Piece, q0: int, q1: int, *, margin: int, with_tail: bool
 ) -> tuple[np.ndarray, np.ndarray | None]:
@@ -388,8 +403,8 @@ def _piece_audio(
     def play(r0: int, r1: int) -> np.ndarray:
         """Raw play-order samples [r0, r1) of the piece."""
         if ops.reversed:
-            return np.ascontiguousarray(y[:, hi - r1 : hi - r0][:, ::-1])
-        return y[:, lo + r0 : lo + r1]
+            return np.ascontiguousarray(_read(y, hi - r1, hi - r0)[:, ::-1])
+        return _read(y, lo + r0, lo + r1)
 
     if tf == 1.0:
         m0, m1 = min(margin, q0), min(margin, n_play - q1)
@@ -399,19 +414,11 @@ def _piece_audio(
         )
         if identity:
             return x[:, m0 : m0 + q1 - q0], None
-        out, tail = _apply_effects(np.ascontiguousarray(x, dtype=np.float32), sr, ops, with_tail=with_tail and m1 == 0 and q1 == n_play)
+        whole_end = with_tail and m1 == 0 and q1 == n_play  # the tail starts where the piece ends
+        out, tail = _apply_effects(np.ascontiguousarray(x, dtype=np.float32), sr, ops, with_tail=whole_end)
         return out[:, m0 : m0 + q1 - q0], tail
 
     import pedalboard
-
-    def play_ext(r0: int, r1: int) -> np.ndarray:
-        """Like play() but reaching past the piece into the raw (zeros beyond the raw)."""
-        a, b = (hi - r1, hi - r0) if ops.reversed else (lo + r0, lo + r1)
-        x = np.zeros((y.shape[0], b - a), np.float32)
-        ca, cb = max(a, 0), min(b, y.shape[1])
-        if cb > ca:
-            x[:, ca - a : cb - a] = y[:, ca:cb]
-        return np.ascontiguousarray(x[:, ::-1]) if ops.reversed else x
 
     # stretched index s of piece sample p: s = p - head + round(rh / tf)
     off = int(round(rh / tf)) - piece.head
@@ -423,7 +430,7 @@ def _piece_audio(
         r0, r1 = -pad, n_play + pad
     else:
         r0, r1 = int(math.floor(s0 * tf)) - pad, int(math.ceil(s1 * tf)) + pad
-    x = play_ext(r0, r1)
+    x = np.ascontiguousarray(play(r0, r1), dtype=np.float32)  # may reach past the piece
     if margin == 0:
         st = pedalboard.time_stretch(x, sr, stretch_factor=float(tf))
     else:  # excerpts: the fast mode (8 ms instead of 20-45 ms), the waveform differs anyway
@@ -556,6 +563,16 @@ def _check_audio(y: np.ndarray, sr: int) -> np.ndarray:
     return y if y.dtype == np.float32 else y.astype(np.float32)
 
 
+def _check_length(y: np.ndarray, sr: int, plan: EditPlan) -> None:
+    """The layout follows the grid (so ``output_duration`` needs no audio); the audio must
+    be the grid's recording: a few samples of decoding difference are zero-padded."""
+    missing = int(plan.grid.samples(sr)[-1]) - y.shape[1]
+    if missing > 0.05 * sr:
+        raise ParameterError(
+            f"plan's grid lasts {plan.grid.duration:.3f} s but the audio lasts {y.shape[1] / sr:.3f} s"
+        )
+
+
 def render(
     *, y: np.ndarray, sr: int, plan: EditPlan, crossfade_ms: float = DEFAULT_CROSSFADE_MS, limit: bool = True
 ) -> RenderResult:
@@ -575,7 +592,8 @@ def render(
     """
     y = _check_audio(y, sr)
     plan.validate()
-    lay = layout(plan, sr, crossfade_ms, n_raw=y.shape[1])
+    _check_length(y, sr, plan)
+    lay = layout(plan, sr, crossfade_ms)
     out = _mix(y, sr, lay, 0, lay.n_out, margin=0, tails=True)
     peak = max(float(out.max()), -float(out.min())) if out.size else 0.0
     gain_db, limited = 0.0, 0
@@ -638,7 +656,7 @@ def render_excerpt(
     y = _check_audio(y, sr)
     if end < start:
         raise ParameterError(f"excerpt end {end} < start {start}")
-    lay = lay or layout(plan, sr, crossfade_ms, n_raw=y.shape[1])
+    lay = lay or layout(plan, sr, crossfade_ms)
     a, b = max(start, 0), min(end, lay.n_out)
     out = np.zeros((y.shape[0], end - start), np.float32)
     if b > a:
@@ -695,7 +713,10 @@ def main(argv: list[str] | None = None) -> int:
     print("joins: " + (", ".join(f"{k} {v}" for k, v in sorted(kinds.items())) or "none"))
     print(f"clicks at cuts: {len(clicks)} of {len(cuts)}")
     if res.safety_gain_db != 0.0:
-        print(f"safety limiter: {res.safety_gain_db:+.2f} dB at most, over {res.limited_s:.2f} s (peak was {res.peak:.3f})")
+        print(
+            f"safety limiter: {res.safety_gain_db:+.2f} dB at most, over {res.limited_s:.2f} s "
+            f"(peak was {res.peak:.3f})"
+        )
     return 0
 
 

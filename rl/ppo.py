@@ -477,7 +477,7 @@ def explained_variance(pred: torch.Tensor, target: torch.Tensor) -> float:
 # ---------------------------------------------------------------------------- checkpoint
 
 
-def _rng_state(generator: torch.Generator) -> dict[str, Any]:
+def _rng_state(generator: torch.Generator, sample_gen: torch.Generator) -> dict[str, Any]:
     np_state = np.random.get_state()
     return {
         "python": random.getstate(),
@@ -485,10 +485,11 @@ def _rng_state(generator: torch.Generator) -> dict[str, Any]:
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         "generator": generator.get_state(),
+        "sample_generator": sample_gen.get_state(),
     }
 
 
-def _set_rng_state(state: Mapping[str, Any], generator: torch.Generator) -> None:
+def _set_rng_state(state: Mapping[str, Any], generator: torch.Generator, sample_gen: torch.Generator) -> None:
     py = state["python"]
     random.setstate((py[0], tuple(py[1]), py[2]))
     name, keys, *rest = state["numpy"]
@@ -497,6 +498,7 @@ def _set_rng_state(state: Mapping[str, Any], generator: torch.Generator) -> None
     if torch.cuda.is_available() and state["cuda"]:
         torch.cuda.set_rng_state_all(state["cuda"])
     generator.set_state(state["generator"])
+    sample_gen.set_state(state["sample_generator"])
 
 
 def save_checkpoint(path: str | Path, state: Mapping[str, Any]) -> None:
@@ -583,17 +585,20 @@ def train(
     optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.lr, eps=1e-5)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine_lr_lambda(cfg))
     rms = RunningMeanStd()
+    # permutations / BC indices on the CPU; action sampling on the policy's device
+    # (torch.multinomial on CUDA needs a CUDA generator)
     generator = torch.Generator().manual_seed(cfg.seed)
+    sample_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
     start_epoch, global_step = 0, 0
     if resume is not None:
-        ck = resume if isinstance(resume, Mapping) else load_checkpoint(resume, map_location=device)
+        ck = resume if isinstance(resume, Mapping) else load_checkpoint(resume, map_location="cpu")
         policy.load_state_dict(ck["policy"])
         if reference is not None and ck.get("reference"):
             reference.load_state_dict(ck["reference"])
         optimizer.load_state_dict(ck["optimizer"])
         scheduler.load_state_dict(ck["scheduler"])
         rms.load_state_dict(ck["rms"])
-        _set_rng_state(ck["rng"], generator)
+        _set_rng_state(ck["rng"], generator, sample_gen)
         start_epoch, global_step = int(ck["epoch"]), int(ck["global_step"])
         log(f"ppo: resumed at epoch {start_epoch}, global step {global_step}")
 
@@ -606,7 +611,7 @@ def train(
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "rms": rms.state_dict(),
-            "rng": _rng_state(generator),
+            "rng": _rng_state(generator, sample_gen),
             "epoch": epoch,
             "global_step": global_step,
             "extra": dict(extra_state or {}),
@@ -632,7 +637,7 @@ def train(
 
             # -- rollout
             t1 = time.perf_counter()
-            ro = collect_rollout(envs, policy, obs=obs, steps=cfg.steps, generator=generator, device=device)
+            ro = collect_rollout(envs, policy, obs=obs, steps=cfg.steps, generator=sample_gen, device=device)
             global_step += ro.env_steps
             t_rollout = time.perf_counter() - t1
 

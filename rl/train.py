@@ -247,6 +247,8 @@ def run(args: TrainArgs, *, log_fn=print) -> dict:
         if ck.get("stage") == "finetune" and "ppo" in ck.get("extra", {}):
             resume_ck = ck
             log_fn(f"finetune: resuming {args.checkpoint} at epoch {ck['extra']['ppo']['epoch']}")
+            cfg = PPOConfig(**{**dataclasses.asdict(cfg),
+                               **{k: v for k, v in ck["extra"]["ppo"]["config"].items() if k in _RUN_DEFINING}})
         else:
             start_path = Path(args.checkpoint)
     elif not args.from_scratch:
@@ -271,8 +273,6 @@ def run(args: TrainArgs, *, log_fn=print) -> dict:
         policy = policy_from_checkpoint(resume_ck)
         if resume_ck["extra"]["ppo"].get("reference"):
             reference = policy_from_checkpoint(resume_ck)
-        cfg = PPOConfig(**{**dataclasses.asdict(cfg), **{k: v for k, v in resume_ck["extra"]["ppo"]["config"].items()
-                                                         if k in _RUN_DEFINING}})
     elif scratch:
         policy = Policy(PolicyConfig.from_layout(hidden=args.hidden))
         # normalisers from the training songs' replayed states: the statistics BC would use

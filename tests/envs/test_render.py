@@ -289,3 +289,18 @@ def test_cli_renders_a_hand_written_plan(tmp_path, capsys):
     assert main([str(raw), str(plan_path), str(tmp_path / "x.wav")]) == 2
     assert capsys.readouterr().err.count("error:") == 2
     assert not (tmp_path / "x.wav").exists()
+
+
+def test_length_follows_the_grid_when_the_audio_is_a_few_samples_off(song):
+    """Grids come from the 22050 Hz analysis copy: their end may miss the native length."""
+    y, sr, _ = song
+    for extra in (3, -3):
+        dur = (y.shape[1] + extra) / sr
+        grid = BeatGrid.from_beat_times(np.arange(0.25, dur - 0.1, 0.5), duration=dur, beats_per_bar=4)
+        n = grid.n_beats
+        plan = _plan(grid, (n - 6, n, None), (0, 4, Ops(gain_db=-1)), (n - 3, n, Ops(reversed=True)))
+        res = render(y=y, sr=sr, plan=plan)
+        assert res.y.shape[1] == layout(plan, sr).n_out == round(output_duration(plan, sr) * sr)
+    grid = BeatGrid.from_beat_times(np.arange(0.25, 25.0, 0.5), duration=25.0, beats_per_bar=4)
+    with pytest.raises(ParameterError, match="grid lasts"):
+        render(y=y, sr=sr, plan=_plan(grid, (0, 4, None)))
