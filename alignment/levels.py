@@ -212,8 +212,8 @@ def _fit_fade(t: np.ndarray, amp: np.ndarray, dur: float) -> float:
 
 
 def _band_change(e: np.ndarray, x: np.ndarray, gain_db: float) -> tuple[float, float]:
-    """Low/high band level change relative to the overall gain (dB), mean spectra over
-    up to 4 s of the segment's middle."""
+    """Low/high band level change relative to the mid band (200 Hz - 4 kHz) over the
+    same stretch (dB), mean spectra over up to 4 s of the segment's middle."""
     n = len(e)
     half = min(n // 2, 2 * SR)
     mid = n // 2
@@ -226,6 +226,10 @@ def _band_change(e: np.ndarray, x: np.ndarray, gain_db: float) -> tuple[float, f
     pe = (np.abs(np.fft.rfft(es[:m].reshape(-1, nfft) * win, axis=1)) ** 2).mean(axis=0)
     px = (np.abs(np.fft.rfft(xs[:m].reshape(-1, nfft) * win, axis=1)) ** 2).mean(axis=0)
     f = np.fft.rfftfreq(nfft, 1 / SR)
+    # relative to the whole spectrum's change over the same stretch (not the fitted
+    # gain): a fade or a compressor moves every band alike and must not read as EQ
+    mid_band = (f >= LOW_HZ) & (f < HIGH_HZ)
+    gain_db = 10 * np.log10((pe[mid_band].sum() + 1e-12) / (px[mid_band].sum() + 1e-12))
     out = []
     for band in ((f >= 30) & (f < LOW_HZ), (f >= HIGH_HZ) & (f < 10000)):
         if px[band].sum() <= px.sum() * 1e-6:

@@ -122,9 +122,10 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = Path(args.runs_dir) / args.run
     bc_path = run_dir / "checkpoints" / "bc_best.pt"
     if not bc_path.is_file():
-        print(f"error: {bc_path} not found; run `make demo` (or make align + make pretrain RUN={args.run}) first",
-              file=sys.stderr)
-        return 2
+        # `make bench` runs every benchmark: a missing demo run skips this one, loudly
+        print(f"bench/finetune.py: skipped: {bc_path} not found; run `make demo` "
+              f"(or make align + make pretrain RUN={args.run}) first")
+        return 0
     pairs_songs = load_run_songs(run_dir)
     _, held = split_songs(len(pairs_songs), fraction=args.heldout_fraction, seed=args.seed)
     if not held:

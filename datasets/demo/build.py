@@ -148,6 +148,8 @@ def plan_items(cfg: BuildConfig) -> list[Item]:
     chosen = [midis[i] for i in sorted(rng.permutation(len(midis))[:n_midi])]
     # Interleave MIDI and procedural songs so any prefix of the corpus is a mix.
     kinds = ["midi" if (i * n_midi) // cfg.n_songs != ((i + 1) * n_midi) // cfg.n_songs else "procedural" for i in range(cfg.n_songs)]
+    # Exactly round(n * fraction) deliveries, drawn independently of the song kinds.
+    delivered = set(rng.permutation(cfg.n_songs)[: int(round(cfg.n_songs * cfg.delivery_fraction))].tolist())
     personas = list(PERSONAS)
     code = _code_hash()
     items: list[Item] = []
@@ -155,8 +157,7 @@ def plan_items(cfg: BuildConfig) -> list[Item]:
     for i, kind in enumerate(kinds):
         seed = int(rng.integers(0, 2**31 - 1))
         seconds = round(float(rng.uniform(cfg.min_seconds, cfg.max_seconds)), 1)
-        # Exactly round(n * fraction) deliveries, spread evenly over the corpus.
-        deliver = int((i + 1) * cfg.delivery_fraction) != int(i * cfg.delivery_fraction)
+        deliver = i in delivered
         delivery = sample_delivery(np.random.default_rng(seed)).to_dict() if deliver else None
         persona = personas[i % len(personas)] if cfg.persona == "mixed" else cfg.persona
         if kind == "midi":
