@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from alignment import levels
-from alignment.dp import UNMATCHED, viterbi_path
+from alignment.dp import viterbi_path
 from alignment.features import HOP, SR, FrameFeatures, frame_features
 from datasets.audio import Audio
 from datasets.errors import AudioError
@@ -45,7 +45,7 @@ FRAME_S = HOP / SR
 
 @dataclass(frozen=True)
 class AlignConfig:
-    """Aligner settings; every default was set on real music (see docs in README)."""
+    """Aligner settings; the defaults were tuned on real music (bench/alignment.py)."""
 
     #: Frame similarity that scores as much as "unmatched". Matching frames of the same
     #: music through MP3 + mastering score 0.85-0.98, unrelated music rarely > 0.7.
@@ -155,6 +155,9 @@ class Alignment:
     edit_duration: float
     raw_duration: float
     seconds: float = field(default=0.0, compare=False)
+    #: a mastering compressor was detected (and undone approximately): segment gains
+    #: then carry about +-1 dB of noise from its attack/release
+    compressed: bool = False
 
     @property
     def matched_fraction(self) -> float:
@@ -190,6 +193,7 @@ class Alignment:
             "matched_fraction": self.matched_fraction,
             "edit_duration": float(self.edit_duration),
             "raw_duration": float(self.raw_duration),
+            "compressed": bool(self.compressed),
         }
 
 
@@ -357,6 +361,7 @@ def align_signals(*, y_raw: np.ndarray, y_edit: np.ndarray, sr: int = SR, config
         edit_duration=edit_dur,
         raw_duration=raw_dur,
         seconds=time.perf_counter() - t_start,
+        compressed=curve is not None,
     )
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +40,10 @@ LABEL_FORMAT_VERSION = 1
 #: A gain change smaller than this is no change: two thirds of the smallest GAIN step
 #: (1.5 dB), because a mastering compressor leaves +-1 dB of level noise per segment.
 GAIN_DEADBAND_DB = 1.0
+#: ... and when the edited file went through a compressor, whose attack/release moves
+#: segment levels by up to ~1.2 dB that no static curve explains: only a full GAIN
+#: step counts (a 1.5 dB edit under a 2:1 compressor measures < 1 dB anyway).
+GAIN_DEADBAND_COMPRESSED_DB = 1.5
 #: Shelf changes below half the smallest EQ step (3 dB) are no change.
 EQ_DEADBAND_DB = 1.5
 
@@ -126,7 +130,8 @@ def snap_plan(alignment: Alignment, grid: BeatGrid, *, source_sha256: str = "") 
         elif abs(fx.time_factor - 1.0) > 0.25:
             ops = Ops(time_factor=2.0 if fx.time_factor > 1 else 0.5)
         else:
-            g = _quantise(s.gain_db - master, act.GAIN_DB, GAIN_DEADBAND_DB)
+            dead = GAIN_DEADBAND_COMPRESSED_DB if alignment.compressed else GAIN_DEADBAND_DB
+            g = _quantise(s.gain_db - master, act.GAIN_DB, dead)
             lo = _quantise(fx.eq_low_db, act.EQ_DB, EQ_DEADBAND_DB)
             hi = _quantise(fx.eq_high_db, act.EQ_DB, EQ_DEADBAND_DB)
             if g != 0.0:

@@ -123,8 +123,10 @@ def measure(
         ok[max(tail - edge + 1, 0) :] = False
     if ok.sum() < 4:
         return Levels(0.0, 0.0, 0.0, 0.0, 0.0)
-    t0 = t[lead]
-    dur = max(t[tail] - t0, ENV_HOP / SR)
+    # the fade model keeps the segment's own time axis: a fade-out ends where the
+    # segment ends, however quiet its last frames are
+    t0 = 0.0
+    dur = n / SR
     r = ratio[ok]
     offset = 0.0
     if curve is not None:

@@ -10,10 +10,8 @@ sample rate.
 
 from __future__ import annotations
 
-import io
 import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import soundfile as sf

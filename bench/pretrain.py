@@ -135,8 +135,9 @@ def run_persona(persona: str, songs, args) -> list[dict]:
     train_pairs = [p for p in pairs if p.name not in test_names]
     test_pairs = [p for p in pairs if p.name in test_names]
     target_keep = default_target_keep(train_pairs)
-    tr_data = build_bc_data(train_pairs, songs=env_songs, target_keep=target_keep)
-    te_data = build_bc_data(test_pairs, songs=env_songs, target_keep=target_keep)
+    refine = None if args.refine < 0 else args.refine
+    tr_data = build_bc_data(train_pairs, songs=env_songs, target_keep=target_keep, refine_max_size=refine)
+    te_data = build_bc_data(test_pairs, songs=env_songs, target_keep=target_keep, refine_max_size=refine)
     te_idx = np.arange(len(te_data))
     tr_idx = np.arange(len(tr_data))
     results = []
@@ -149,7 +150,7 @@ def run_persona(persona: str, songs, args) -> list[dict]:
         for p in train_pairs:
             for a in augs:
                 aug_songs[(p.name, a.key())] = song_for(p, a, stems=args.stems)
-        aug_data = build_bc_data(train_pairs, augmentations=augs, songs=aug_songs, target_keep=target_keep)
+        aug_data = build_bc_data(train_pairs, augmentations=augs, songs=aug_songs, target_keep=target_keep, refine_max_size=refine)
         variants.append((f"ours+aug{args.augment}", BCData.concat([tr_data, aug_data])))
         log.info("%s: augmented features in %.0f s", persona, time.perf_counter() - t0)
 
@@ -157,7 +158,7 @@ def run_persona(persona: str, songs, args) -> list[dict]:
         with tempfile.TemporaryDirectory() as tmp:
             cfg = PretrainConfig(
                 run="bench", runs_dir=tmp, seed=args.seed, hidden=args.hidden, n_layers=args.n_layers, n_heads=args.n_heads,
-                kernel_size=args.kernel_size, epochs=args.epochs, max_minutes=args.max_minutes, val_fraction=0.15,
+                kernel_size=args.kernel_size, dilations=tuple(args.dilations), epochs=args.epochs, max_minutes=args.max_minutes, val_fraction=0.15,
                 patience=args.patience, resume=False, threads=args.threads, batch_size=args.batch_size, lr=args.lr,
             )
             t0 = time.perf_counter()
@@ -230,12 +231,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-layers", type=int, default=2)
     ap.add_argument("--n-heads", type=int, default=4)
     ap.add_argument("--kernel-size", type=int, default=7)
+    ap.add_argument("--dilations", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--epochs", type=int, default=80)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--patience", type=int, default=15)
     ap.add_argument("--max-minutes", type=float, default=10.0, help="training time cap per model")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--refine", type=int, default=3, help="label refinement max size (3 = PHRASE, -1 = oracle as is)")
     ap.add_argument("--augment", type=int, default=0, help="also train with K augmented copies per training song")
     ap.add_argument("--baselines", nargs="*", default=["majority", "hgb", "d3rlpy_bc", "d3rlpy_cql"])
     ap.add_argument("--hgb-iter", type=int, default=100)

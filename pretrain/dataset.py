@@ -31,7 +31,7 @@ import torch
 from datasets.errors import EditorError, ParameterError
 from pretrain.augment import IDENTITY, Augmentation, augment_audio
 
-__all__ = ["LabeledPair", "BCData", "load_labels", "default_target_keep", "replay_episode", "build_bc_data", "split_by_song", "song_for"]
+__all__ = ["LabeledPair", "BCData", "load_labels", "default_target_keep", "replay_episode", "refine_actions", "build_bc_data", "split_by_song", "song_for"]
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +172,66 @@ def song_for(pair: LabeledPair, aug: Augmentation = IDENTITY, *, stems: str = "a
     return Song.from_features(feats, audio=None, human_plan=pair.plan, name=name)
 
 
+# Types whose action on a chunk equals the same action on its parts, one after the other
+# (same ops on contiguous spans merge; CUT drops each part). Not FADE_* (one fade per
+# segment), REVERSE (a reversed whole is not the parts reversed), LOOP, SKIP, jumps,
+# repeats and swaps (their meaning depends on the chunk as a whole).
+_SPLITTABLE = frozenset((0, 1, 8, 12, 13, 14, 15))  # KEEP, CUT, GAIN, EQ_LOW, EQ_HIGH, DISTORTION, REVERB
+
+
+def refine_actions(plan, actions: Sequence[Sequence[int]], *, max_size: int = 3, **executor_kw) -> tuple[tuple[int, int, int], ...]:
+    """An equivalent action sequence whose KEEP / CUT / effect chunks are at most
+    ``max_size`` (default PHRASE): the oracle's greedy largest chunks ("KEEP TWO_PHRASES")
+    become one decision per phrase ("KEEP PHRASE", "KEEP PHRASE").
+
+    Why: a decision about one phrase depends on that phrase, which the window sees; a
+    decision about the next 32 beats depends on material at the window's far edge. Finer
+    labels are also more samples per song. The result executes to the same merged plan
+    (checked; on any difference the original actions are returned).
+    """
+    from envs.plan import Executor
+
+    grid = plan.grid
+    ex = Executor(grid, source_sha256=plan.source_sha256, **executor_kw)
+    out: list[tuple[int, int, int]] = []
+    for t, s, a in actions:
+        t, s, a = int(t), int(s), int(a)
+        if s > max_size and t in _SPLITTABLE:
+            probe = ex.copy()
+            target = probe.step(t, s, a).head_after
+            trial, parts = ex.copy(), []
+            while trial.head < target and not trial.done:
+                m = trial.masks()
+                sizes = [k for k in range(max_size, -1, -1) if m.type[t] and m.size[t, k] and m.amount[t, a]]
+                # the largest allowed size <= max_size that does not run past the target
+                step = None
+                for k in sizes:
+                    c = trial.copy()
+                    if c.step(t, k, a).head_after <= target:
+                        step = k
+                        break
+                if step is None:
+                    break
+                trial.step(t, step, a)
+                parts.append((t, step, a))
+            if trial.head == target and parts:
+                out.extend(parts)
+                ex = trial
+                continue
+        ex.step(t, s, a)
+        out.append((t, s, a))
+    return tuple(out) if _same(grid, plan, actions, out, executor_kw) else tuple(tuple(map(int, x)) for x in actions)
+
+
+def _same(grid, plan, a1, a2, kw) -> bool:
+    from envs.plan import execute
+
+    try:
+        return execute(grid, a1, source_sha256=plan.source_sha256, **kw) == execute(grid, a2, source_sha256=plan.source_sha256, **kw)
+    except ParameterError:
+        return False
+
+
 def _boundaries(plan) -> np.ndarray:
     """[n_beats] uint8: 1 where a merged segment of the plan starts or ends."""
     n = plan.grid.n_beats
@@ -228,13 +288,17 @@ def default_target_keep(pairs: Sequence[LabeledPair]) -> float:
 
 
 def build_bc_data(pairs: Sequence[LabeledPair], *, augmentations: Sequence[Augmentation] = (IDENTITY,),
-                  songs: dict | None = None, stems: str = "auto", target_keep: float | None = None) -> BCData:
+                  songs: dict | None = None, stems: str = "auto", target_keep: float | None = None,
+                  refine_max_size: int | None = 3) -> BCData:
     """Replay every pair (x every augmentation) in the env and stack the samples.
 
     songs : optional {(pair.name, aug.key()): envs.env.Song} to skip feature extraction
         (tests, benchmarks that already hold features).
     target_keep : the env's target keep ratio (a global of the observation); None =
         ``default_target_keep(pairs)``. Use the same value at inference.
+    refine_max_size : split KEEP / CUT / effect chunks larger than this size into
+        equivalent smaller steps (``refine_actions``; 3 = PHRASE); None keeps the
+        oracle's actions as they are.
     Pairs whose replay fails are skipped with a warning; none left raises EditorError.
     """
     from envs.env import AudioEditEnv
@@ -242,11 +306,12 @@ def build_bc_data(pairs: Sequence[LabeledPair], *, augmentations: Sequence[Augme
     target_keep = default_target_keep(pairs) if target_keep is None else float(target_keep)
     parts = []
     for pair in pairs:
+        actions = pair.actions if refine_max_size is None else refine_actions(pair.plan, pair.actions, max_size=refine_max_size)
         for aug in augmentations:
             song = (songs or {}).get((pair.name, aug.key())) or song_for(pair, aug, stems=stems)
             env = AudioEditEnv([song], score_episodes=False, reward_audio=False, target_keep=target_keep)
             try:
-                arr, exact = replay_episode(env, 0, pair.actions, plan=pair.plan, confidence=pair.confidence)
+                arr, exact = replay_episode(env, 0, actions, plan=pair.plan, confidence=pair.confidence)
             except EditorError as exc:
                 log.warning("pair %s (%s) skipped: %s", pair.name, aug.key(), exc)
                 continue

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from agent.checkpoint import load_checkpoint, policy_from_checkpoint, save_checkpoint
+from agent.checkpoint import load_checkpoint, policy_from_checkpoint, save_checkpoint, to_plain
 from agent.device import pick_device
 from agent.model import N_TYPES, Policy, PolicyConfig
 from datasets.errors import EditorError, ParameterError
@@ -54,8 +54,13 @@ class PretrainConfig:
     n_heads: int = 4
     kernel_size: int = 7
     """neighbourhood size in beats (odd)"""
+    dilations: tuple[int, ...] = (1, 2)
+    """dilation of each attention layer (cycled)"""
     augment: int = 0
     """augmented copies of each pair (pitch, noise, gain, EQ tilt; pretrain/augment.py)"""
+    refine_max_size: int = 3
+    """split the oracle's KEEP/CUT/effect chunks above this size (3 = PHRASE) into
+    one decision per unit (pretrain/dataset.py refine_actions); -1 = as labelled"""
     stems: str = "auto"
     """stem features: auto / demucs / dsp (datasets.features)"""
     val_fraction: float = 0.2
@@ -223,7 +228,10 @@ def train(cfg: PretrainConfig, data: BCData | None = None) -> dict:
         augs = [IDENTITY] + random_augmentations(cfg.augment, seed=cfg.seed)
         # the env's target keep ratio as fine-tuning and inference will set it for this run
         target_keep = default_target_keep(run_dir)
-        data = build_bc_data(pairs, augmentations=augs, stems=cfg.stems, target_keep=target_keep)
+        data = build_bc_data(
+            pairs, augmentations=augs, stems=cfg.stems, target_keep=target_keep,
+            refine_max_size=None if cfg.refine_max_size < 0 else cfg.refine_max_size,
+        )
         log.info("replayed %d pairs x %d versions: %d samples", len(pairs), len(augs), len(data))
     train_idx, val_idx = split_by_song(data, val_fraction=cfg.val_fraction, seed=cfg.seed)
     if len(train_idx) == 0:
@@ -240,11 +248,14 @@ def train(cfg: PretrainConfig, data: BCData | None = None) -> dict:
     except ImportError:
         pass
     if lay is not None and (lay["n_channels"], lay["window"]) == (n_ch, W):
-        pcfg = PolicyConfig.from_layout(hidden=cfg.hidden, n_layers=cfg.n_layers, n_heads=cfg.n_heads, kernel_size=cfg.kernel_size)
+        pcfg = PolicyConfig.from_layout(
+            hidden=cfg.hidden, n_layers=cfg.n_layers, n_heads=cfg.n_heads, kernel_size=cfg.kernel_size, dilations=tuple(cfg.dilations)
+        )
     else:  # synthetic data (tests): layout from the arrays, read head as the env puts it
         pcfg = PolicyConfig(
             n_features=min(121, n_ch), n_channels=n_ch, n_globals=n_gl, window=W, head_index=W // 4,
             hidden=cfg.hidden, n_layers=cfg.n_layers, n_heads=cfg.n_heads, kernel_size=cfg.kernel_size,
+            dilations=tuple(cfg.dilations),
         )
     layout = _layout(pcfg)
     model = Policy(pcfg)
@@ -261,7 +272,8 @@ def train(cfg: PretrainConfig, data: BCData | None = None) -> dict:
     if cfg.resume and last_path.is_file():
         ck = load_checkpoint(last_path, expect_layout=layout)
         saved = ck["stage_config"]
-        diff = {k for k, v in asdict(cfg).items() if saved.get(k) != v and k not in _RESUMABLE_CHANGES}
+        now = to_plain(cfg)  # as stored (tuples become lists)
+        diff = {k for k, v in now.items() if saved.get(k) != v and k not in _RESUMABLE_CHANGES}
         if diff:
             raise ParameterError(f"{last_path}: was trained with other settings ({', '.join(sorted(diff))}); use --no-resume to start over")
         model = policy_from_checkpoint(ck, device=device)

@@ -33,7 +33,12 @@ The policy is any ``nn.Module`` with agent/model.py's API::
 where ``obs`` is the env's Dict observation as tensors with a leading batch axis and the
 masks (``type_mask`` [18], ``size_mask`` [18,5], ``amount_mask`` [18,5]) are applied by
 the policy both when sampling and in the log-probabilities. ``entropies`` is per head
-(a [B,3] tensor, a sequence of three [B] tensors or a dict type/size/amount).
+(a [B,3] tensor, a sequence of three [B] tensors or a dict type/size/amount). For
+agent/model.py's Policy the update recomputes the entropies with masked-safe gradients
+(``evaluate_actions``). Rollouts assert that no masked action was sampled.
+
+Throughput: set ``torch.set_num_threads(1)`` for small batches on a busy CPU (rl/train.py
+does); timing per epoch is logged as data sample / rollout / update.
 
 Usage (the CLI with real songs is rl/train.py)::
 

@@ -16,15 +16,19 @@ Personas (keep ratio = fraction of the raw duration that is played at least once
 persona    style                                                              keep ratio
 =========  =================================================================  ===========
 tight      cuts the quietest and most repetitive phrases until 42-52 % is    0.48 - 0.64
-           cut (then 2-bar halves or bars to get there), 2-bar fade-out
+           cut (then 2-bar halves or bars to get there), fades out over ~2
+           bars
 extended   cuts the quiet intro, plays the loudest phrase twice (the repeat   0.75 - 1.00
            +1.5 dB), no fade
 radio      drops the second verse and the bridge (by section labels), then    0.45 - 0.72
            the outro and intro while more than 65 % remains, fades out over
-           the last 4 bars
+           ~4 bars
 =========  =================================================================  ===========
 
 Cuts fall on unit (phrase) boundaries, or on bar lines for tight's 2-bar / 1-bar trims.
+Fades are one chunk of the action vocabulary faded over a fraction of its length (the
+nearest to ~2 or ~4 bars that the grid's bar numbering allows), so every persona plan
+replays exactly through ``envs.plan.oracle_actions`` / ``execute`` (tested).
 """
 
 from __future__ import annotations
@@ -192,12 +196,60 @@ def _segments(view: SongView, keep: np.ndarray) -> list[Segment]:
 
 
 def _fade_out(view: SongView, segs: list[Segment], bars: int) -> list[Segment]:
-    """Fade the last ``bars`` bars of the last segment (the whole segment if shorter)."""
+    """Fade out over (about) the last ``bars`` bars, in a form the actions can replay.
+
+    The action vocabulary fades one chunk (a bar, 2 bars, a phrase or 2 phrases of the
+    grid's bar numbering) over a fraction of its length (``envs.actions.FADE_FRACTION``).
+    The fade chunk must end where the edit ends; when the edit ends on a bar that no
+    2-bar/phrase chunk ends on, the edit may run on by up to ``bars - 1`` bars into the
+    (unplayed) music that follows, as an editor lets a fade ring into the next section.
+    Of all (run-on, chunk, fraction) the one whose fade is nearest to ``bars`` bars (a
+    run-on bar costs a quarter bar) wins. The chunk becomes the last segment, so
+    ``oracle_actions`` reproduces the plan exactly; the split before it is
+    raw-contiguous, so it renders as one continuous take.
+    """
+    from envs.actions import FADE_FRACTION, SIZE_UNIT_BARS
+
     last = segs[-1]
     g = view.grid
-    beats = min(bars * g.beats_per_bar, last.n_beats)
-    fade = float(g.bounds[last.raw_end] - g.bounds[last.raw_end - beats])
-    return segs[:-1] + [Segment(last.raw_start, last.raw_end, Ops(fade_out_s=round(fade, 6)))]
+    b = g.bounds
+    used = np.zeros(g.n_beats, dtype=bool)
+    for sg in segs:
+        used[sg.raw_start : sg.raw_end] = True
+    bar_s = g.beat_period * g.beats_per_bar
+    want = bars * bar_s
+    # Candidate ends: the edit's end, then each following bar line while unplayed.
+    ends = [last.raw_end]
+    e = last.raw_end
+    while len(ends) < bars and e < g.n_beats:
+        nxt = e + 1
+        while nxt < g.n_beats and g.bar[nxt] == g.bar[e]:
+            nxt += 1
+        if used[e:nxt].any():
+            break
+        ends.append(nxt)
+        e = nxt
+    best: tuple[float, int, int, float] | None = None  # (cost, end, start, fade)
+    for run_on, end in enumerate(ends):
+        for unit_bars in sorted({v for v in SIZE_UNIT_BARS.values() if v}):
+            ids = g.bar // unit_bars
+            start = end - 1
+            while start > 0 and ids[start - 1] == ids[end - 1]:
+                start -= 1
+            # the chunk ends where the edit ends and lies inside the last segment
+            if start < last.raw_start or (end < g.n_beats and ids[end] == ids[end - 1]):
+                continue
+            dur = float(b[end]) - float(b[start])
+            for frac in sorted(FADE_FRACTION.values()):
+                fade = frac * dur  # the executor's arithmetic, so the plans compare equal
+                cost = abs(fade - want) + 0.25 * bar_s * run_on
+                if best is None or cost < best[0] - 1e-9:
+                    best = (cost, end, start, fade)
+    if best is None:  # no chunk fits (cannot happen on bar-aligned edits)
+        return segs[:-1] + [Segment(last.raw_start, last.raw_end, Ops(fade_out_s=min(want, float(b[last.raw_end] - b[last.raw_start]))))]
+    _, end, start, fade = best
+    head = [Segment(last.raw_start, start, last.ops)] if start > last.raw_start else []
+    return segs[:-1] + head + [Segment(start, end, Ops(fade_out_s=fade))]
 
 
 def _kept_fraction(view: SongView, keep: np.ndarray) -> float:

@@ -181,10 +181,10 @@ def test_persona_keep_ratio_in_documented_range(song_features, persona):
 def test_persona_styles(song_features):
     audio, feats, _ = song_features[0]
     g = feats.grid
+    bar_s = g.beat_period * g.beats_per_bar
     tight = plan_edit(feats, "tight")
     last = tight.segments[-1]
-    two_bars = g.bounds[last.raw_end] - g.bounds[last.raw_end - 2 * g.beats_per_bar]
-    assert abs(last.ops.fade_out_s - two_bars) < 1e-5
+    assert abs(last.ops.fade_out_s - 2 * bar_s) <= 0.6 * bar_s  # ~2 bars (a chunk fraction)
     ext = plan_edit(feats, "extended")
     lifted = [s for s in ext.segments if s.ops.gain_db == 1.5]
     assert len(lifted) == 1
@@ -197,10 +197,19 @@ def test_persona_styles(song_features):
     assert feats.column("rms_db")[: ext.segments[0].raw_start].mean() < feats.column("rms_db").mean()
     radio = plan_edit(feats, "radio")
     last = radio.segments[-1]
-    four_bars = g.bounds[last.raw_end] - g.bounds[last.raw_end - 4 * g.beats_per_bar]
-    assert abs(last.ops.fade_out_s - four_bars) < 1e-5
+    assert abs(last.ops.fade_out_s - 4 * bar_s) <= 1.1 * bar_s  # ~4 bars
     view = analyse(feats)
     assert view.n_units >= 4 and len(set(view.label.tolist())) >= 3
+
+
+@pytest.mark.parametrize("persona", list(PERSONAS))
+def test_persona_plans_replay_through_the_action_vocabulary(song_features, persona):
+    """The truth plan is expressible: its oracle actions rebuild it exactly."""
+    from envs.plan import execute, oracle_actions
+
+    for audio, feats, _ in song_features:
+        plan = plan_edit(feats, persona, source_sha256=audio.sha256)
+        assert execute(plan.grid, oracle_actions(plan), source_sha256=audio.sha256) == plan.merged()
 
 
 def test_radio_drops_second_verse_and_bridge(song_features):

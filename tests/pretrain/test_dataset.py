@@ -49,7 +49,7 @@ def test_masked_label_is_an_error():
 
 def test_build_and_split_by_song():
     pairs, songs = synth_corpus(range(5))
-    data = build_bc_data(pairs, songs=songs)
+    data = build_bc_data(pairs, songs=songs, refine_max_size=None)
     assert len(data.song_keys) == 5 and len(data) == sum(len(p.actions) for p in pairs)
     tr, va = split_by_song(data, val_fraction=0.4, seed=0)
     assert len(tr) + len(va) == len(data)
@@ -74,3 +74,26 @@ def test_load_labels(tmp_path):
     assert out.confidence.shape == (pair.plan.grid.n_beats,)
     with pytest.raises(ParameterError, match="make align"):
         load_labels(tmp_path / "nothing")
+
+
+def test_refine_actions_same_plan_one_decision_per_phrase():
+    from envs.plan import EditPlan, Segment, execute
+    from pretrain.dataset import refine_actions
+
+    pair, _ = synth_pair(7, n_phrases=8)
+    g = pair.plan.grid
+    # keep 3 phrases in a row, cut 3 in a row: the oracle uses TWO_PHRASES chunks
+    plan = EditPlan(segments=(Segment(0, 48), Segment(96, 128)), grid=g, source_sha256=pair.plan.source_sha256)
+    from envs.plan import oracle_actions
+
+    acts = oracle_actions(plan)
+    assert any(s == 4 for _, s, _ in acts)
+    fine = refine_actions(plan, acts)
+    assert execute(g, fine, source_sha256=plan.source_sha256) == execute(g, acts, source_sha256=plan.source_sha256)
+    assert len(fine) > len(acts)
+    assert all(s <= 3 for t, s, _ in fine if t in (0, 1))
+    # replay of refined labels reproduces the plan in the env
+    pairs, songs = synth_corpus([7])
+    data_fine = build_bc_data(pairs, songs=songs)
+    data_raw = build_bc_data(pairs, songs=songs, refine_max_size=None)
+    assert len(data_fine) >= len(data_raw)

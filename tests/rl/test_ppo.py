@@ -164,3 +164,14 @@ def test_entropy_schedule_and_advantages():
     v = torch.tensor([1.0, 2.0, 3.0, 0.0])  # only the last return beats its value
     adv_v = compute_advantages(g, v, baseline="value")
     assert adv_v.argmax() == 3 and torch.allclose(adv_v[:3], adv_v[0].expand(3))
+
+
+def test_type_collapse_warns():
+    policy = TinyPolicy()
+    with torch.no_grad():
+        policy.type_head.bias[:] = -20.0
+        policy.type_head.bias[5] = 20.0  # type 5 whenever it is allowed (always, below)
+    cfg = PPOConfig(seed=6, epochs=1, steps=8, n_envs=2, **{**FAST, "lr": 1e-6})
+    with pytest.warns(RuntimeWarning, match="type collapse: type 5"):
+        hist = train(cfg, policy=policy, env_fns=[lambda: TinyMaskedEnv(n_allowed=(18, 18))] * 2, log=_quiet)
+    assert hist[0]["top_type"] == 5 and hist[0]["top_type_frac"] > 0.9
