@@ -294,10 +294,16 @@ def ratio_frames(*, y_edit: np.ndarray, y_raw: np.ndarray, edit_span: tuple[floa
     """
     e0, e1 = edit_span
     a, b = int(round(e0 * SR)), min(int(round(e1 * SR)), len(y_edit))
-    ra = a + int(round(offset_s * SR))
+    shift = int(round(offset_s * SR))
+    # keep the part of the span that the raw covers (a codec delay can put the
+    # segment's first samples before the raw's start)
+    a = max(a, -shift)
+    b = min(b, len(y_raw) - shift)
+    ra = a + shift
     empty = (np.zeros(0), np.zeros(0), np.zeros(0))
-    if ra < 0 or ra + (b - a) > len(y_raw) or b - a < _STEP_WIN * 2:
+    if b - a < _STEP_WIN * 2:
         return empty
+    e0 = a / SR
     e = y_edit[a:b].astype(np.float64)
     x = y_raw[ra : ra + (b - a)].astype(np.float64)
 
@@ -321,7 +327,7 @@ def level_curve(levels_db: np.ndarray, ratios_db: np.ndarray):
     with slope s = 1 - 1/ratio; L = raw frame level, dB) by least absolute deviations
     over a grid of T (level percentiles) and s. Gain edits and fades only lower a
     minority of frames and the L1 fit ignores them. Returns the curve (callable,
-    dB -> dB) only when s >= 0.15 and it explains the ratios at least 0.2 dB better
+    dB -> dB) only when s >= 0.15 and it explains the ratios at least 0.1 dB better
     (mean absolute) than a constant: otherwise there is no compressor to undo.
     """
     if len(levels_db) < 50:
@@ -339,7 +345,7 @@ def level_curve(levels_db: np.ndarray, ratios_db: np.ndarray):
             if c < best[0]:
                 best = (c, G, float(T), float(sl))
     c, G, T, sl = best
-    if sl < 0.15 or c0 - c < 0.2:
+    if sl < 0.15 or c0 - c < 0.1:
         return None
     return lambda x: G - sl * np.maximum(np.asarray(x) - T, 0.0)
 

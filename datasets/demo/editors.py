@@ -20,7 +20,7 @@ tight      cuts the quietest and most repetitive phrases until 42-52 % is    0.4
            bars
 extended   cuts the quiet intro, plays the loudest phrase twice (the repeat   0.75 - 1.00
            +1.5 dB), no fade
-radio      drops the second verse and the bridge (by section labels), then    0.45 - 0.72
+radio      drops the second verse and the bridge (by section labels), then    0.45 - 0.75
            the outro and intro while more than 65 % remains, fades out over
            ~4 bars
 =========  =================================================================  ===========
@@ -201,10 +201,10 @@ def _fade_out(view: SongView, segs: list[Segment], bars: int) -> list[Segment]:
     The action vocabulary fades one chunk (a bar, 2 bars, a phrase or 2 phrases of the
     grid's bar numbering) over a fraction of its length (``envs.actions.FADE_FRACTION``).
     The fade chunk must end where the edit ends; when the edit ends on a bar that no
-    2-bar/phrase chunk ends on, the edit may run on by up to ``bars - 1`` bars into the
-    (unplayed) music that follows, as an editor lets a fade ring into the next section.
-    Of all (run-on, chunk, fraction) the one whose fade is nearest to ``bars`` bars (a
-    run-on bar costs a quarter bar) wins. The chunk becomes the last segment, so
+    2-bar/phrase chunk ends on, the edit may run on by one bar into the (unplayed) music
+    that follows, as an editor lets a fade ring into the next section. Of all (run-on,
+    chunk, fraction) the one whose fade is nearest to ``bars`` bars (the run-on bar
+    costs half a bar) wins. The chunk becomes the last segment, so
     ``oracle_actions`` reproduces the plan exactly; the split before it is
     raw-contiguous, so it renders as one continuous take.
     """
@@ -221,7 +221,7 @@ def _fade_out(view: SongView, segs: list[Segment], bars: int) -> list[Segment]:
     # Candidate ends: the edit's end, then each following bar line while unplayed.
     ends = [last.raw_end]
     e = last.raw_end
-    while len(ends) < bars and e < g.n_beats:
+    while len(ends) < min(bars, 2) and e < g.n_beats:
         nxt = e + 1
         while nxt < g.n_beats and g.bar[nxt] == g.bar[e]:
             nxt += 1
@@ -242,7 +242,7 @@ def _fade_out(view: SongView, segs: list[Segment], bars: int) -> list[Segment]:
             dur = float(b[end]) - float(b[start])
             for frac in sorted(FADE_FRACTION.values()):
                 fade = frac * dur  # the executor's arithmetic, so the plans compare equal
-                cost = abs(fade - want) + 0.25 * bar_s * run_on
+                cost = abs(fade - want) + 0.5 * bar_s * run_on
                 if best is None or cost < best[0] - 1e-9:
                     best = (cost, end, start, fade)
     if best is None:  # no chunk fits (cannot happen on bar-aligned edits)
@@ -408,7 +408,7 @@ PERSONAS: dict[str, Persona] = {
         "extended", "cuts the quiet intro, loops the loudest phrase once (+1.5 dB)", (0.75, 1.0), _extended
     ),
     "radio": Persona(
-        "radio", "drops the second verse and the bridge (then outro/intro), 4-bar fade-out", (0.45, 0.72), _radio
+        "radio", "drops the second verse and the bridge (then outro/intro), 4-bar fade-out", (0.45, 0.75), _radio
     ),
 }
 
