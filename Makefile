@@ -18,6 +18,12 @@ setup: $(STAMP)
 # another package would be a multi-GB CUDA build. natten builds against that torch.
 $(STAMP): requirements.txt
 	@echo "setup: creating .venv and installing pinned dependencies (about 75 s)"
+	@# MIDI demo songs use FluidSynth (+ pretty_midi's bundled GM soundfont) where the system
+	@# library can be installed (root + apt); otherwise they fall back to additive synthesis.
+	-@ldconfig -p 2>/dev/null | grep -q libfluidsynth || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  { apt-get install -y -q --no-install-recommends libfluidsynth3 >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q --no-install-recommends libfluidsynth3 >/dev/null 2>&1; }; } ; } || \
+	  echo "setup: libfluidsynth3 not installed (needs root + apt); MIDI demo songs use the additive fallback"
 	python3 -m venv .venv
 	.venv/bin/pip install -q setuptools wheel
 	.venv/bin/pip install -q torch==2.13.0
