@@ -33,8 +33,10 @@ __all__ = ["CODE_VERSION", "cache_dir", "make_key", "load_arrays", "save_arrays"
 
 log = logging.getLogger(__name__)
 
-#: Bump when a code change changes cached numbers (feature definitions, stem method).
-CODE_VERSION = "features-2"
+#: Bump when a code change changes cached numbers (feature definitions, stem method, the
+#: beat tracker: entries computed without a given grid hold the tracked grid).
+#: features-3: track_beats tempo prior 120, half-beat doubling, kick/bass downbeat accent.
+CODE_VERSION = "features-3"
 
 #: Default cache folder, relative to the working directory (runs/ is git-ignored).
 DEFAULT_DIR = Path("runs") / "cache" / "features"

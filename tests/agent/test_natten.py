@@ -136,3 +136,16 @@ def test_dense_mask_matches_indices():
     assert (m.sum(1) == valid.sum(1)).all()
     for i in range(11):
         assert set(torch.nonzero(m[i]).flatten().tolist()) == set(idx[i][valid[i]].tolist())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (natten's fused kernels)")
+def test_cuda_dispatch_equals_torch_with_padding():
+    q, k, v = (t.cuda() for t in _qkv(2, 64, 4, 8, seed=11))
+    mask = torch.ones(2, 64, dtype=torch.bool, device="cuda")
+    mask[0, :10] = False
+    mask[1, 50:] = False
+    for ks, dil in [(7, 1), (7, 2), (13, 1)]:
+        assert natten_available_for(q, kernel_size=ks, dilation=dil)
+        out = na1d(q, k, v, kernel_size=ks, dilation=dil, key_mask=mask)
+        ref = na1d_torch(q, k, v, kernel_size=ks, dilation=dil, key_mask=mask)
+        torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)

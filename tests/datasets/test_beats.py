@@ -93,3 +93,60 @@ def test_short_real_clip_gets_two_bars():
     grid = track_beats(y=a.y_mono, sr=ANALYSIS_SR)
     assert grid.n_beats >= 2 * grid.beats_per_bar
     assert 140 < grid.tempo < 160
+
+
+def _drum_loop(*, bpm: float, seconds: float, kick_on, snare_on, beats_per_bar: int = 4, sr: int = ANALYSIS_SR):
+    """A drum loop (no harmony): a pitched-down sine kick and a noise snare on the given
+    beats of each bar, closed hats on every eighth note. Returns (y, beat times)."""
+    rng = np.random.default_rng(0)
+    t = np.arange(int(0.25 * sr)) / sr
+    kick = np.sin(2 * np.pi * (50 + 80 * np.exp(-t * 40)) * t) * np.exp(-t * 12)
+    snare = np.diff(rng.standard_normal(len(t) + 1)) * np.exp(-t * 25) * 0.5
+    hat = np.diff(rng.standard_normal(len(t) + 2), n=2) * np.exp(-t * 90) * 0.15
+    y = np.zeros(int(seconds * sr), np.float32)
+
+    def add(x: np.ndarray, at: float) -> None:
+        s = int(at * sr)
+        n = min(len(x), len(y) - s)
+        y[s : s + n] += x[:n]
+
+    period = 60.0 / bpm
+    times = np.arange(0.1, seconds - 0.3, period)
+    for i, bt in enumerate(times):
+        if i % beats_per_bar in kick_on:
+            add(kick, bt)
+        if i % beats_per_bar in snare_on:
+            add(snare, bt)
+        add(hat, bt)
+        add(hat, bt + period / 2)
+    return y / np.abs(y).max() * 0.8, times
+
+
+@pytest.mark.parametrize("bpm", [140.0, 160.0])
+def test_fast_backbeat_is_not_tracked_at_half_tempo(bpm):
+    """Kick on 1 and 3, snare on 2 and 4, hats on eighths: the tracker alone locks onto
+    every second beat (70 / 80 BPM); the half-beats carry onsets, so the tempo doubles."""
+    y, times = _drum_loop(bpm=bpm, seconds=20.0, kick_on=(0, 2), snare_on=(1, 3))
+    grid = track_beats(y=y, sr=ANALYSIS_SR)
+    assert abs(grid.tempo - bpm) / bpm < 0.04
+    assert mir_eval.beat.f_measure(times[times > 5], grid.times[grid.times > 5]) > 0.9
+
+
+def test_backbeat_is_not_doubled_past_the_tempo_cap():
+    """At 100 BPM the hats on eighths are as strong as at 140, but 200 BPM is past
+    MAX_DOUBLED_BPM: the tempo stays 100."""
+    y, _ = _drum_loop(bpm=100.0, seconds=20.0, kick_on=(0, 2), snare_on=(1, 3))
+    grid = track_beats(y=y, sr=ANALYSIS_SR)
+    assert abs(grid.tempo - 100.0) < 4.0
+
+
+@pytest.mark.parametrize(("bpm", "beats_per_bar", "snare_on"), [(120.0, 4, (1, 3)), (120.0, 3, (1, 2))])
+def test_downbeat_follows_the_kick(bpm, beats_per_bar, snare_on):
+    """No harmony, the kick only on beat 1: the low-band onsets place the downbeats
+    (the broadband onset strength alone heard the snare and hats and missed them)."""
+    y, times = _drum_loop(bpm=bpm, seconds=24.0, kick_on=(0,), snare_on=snare_on, beats_per_bar=beats_per_bar)
+    grid = track_beats(y=y, sr=ANALYSIS_SR)
+    assert grid.beats_per_bar == beats_per_bar
+    down_true = times[::beats_per_bar]
+    down_est = grid.times[grid.is_downbeat]
+    assert mir_eval.beat.f_measure(down_true[down_true > 5], down_est[down_est > 5]) > 0.9
