@@ -158,7 +158,8 @@ def run_persona(persona: str, songs, args) -> list[dict]:
         with tempfile.TemporaryDirectory() as tmp:
             cfg = PretrainConfig(
                 run="bench", runs_dir=tmp, seed=args.seed, hidden=args.hidden, n_layers=args.n_layers, n_heads=args.n_heads,
-                kernel_size=args.kernel_size, dilations=tuple(args.dilations), epochs=args.epochs, max_minutes=args.max_minutes, val_fraction=0.15,
+                kernel_size=args.kernel_size, dilations=tuple(args.dilations), dropout=args.dropout,
+                weight_decay=args.weight_decay, epochs=args.epochs, max_minutes=args.max_minutes, val_fraction=0.15,
                 patience=args.patience, resume=False, threads=args.threads, batch_size=args.batch_size, lr=args.lr,
             )
             t0 = time.perf_counter()
@@ -232,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-heads", type=int, default=4)
     ap.add_argument("--kernel-size", type=int, default=7)
     ap.add_argument("--dilations", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--dropout", type=float, default=0.0)
+    ap.add_argument("--weight-decay", type=float, default=1e-4)
     ap.add_argument("--epochs", type=int, default=80)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=2e-3)

@@ -56,6 +56,8 @@ class PretrainConfig:
     """neighbourhood size in beats (odd)"""
     dilations: tuple[int, ...] = (1, 2)
     """dilation of each attention layer (cycled)"""
+    dropout: float = 0.0
+    """dropout in the attention and MLP blocks"""
     augment: int = 0
     """augmented copies of each pair (pitch, noise, gain, EQ tilt; pretrain/augment.py)"""
     refine_max_size: int = 3
@@ -249,13 +251,14 @@ def train(cfg: PretrainConfig, data: BCData | None = None) -> dict:
         pass
     if lay is not None and (lay["n_channels"], lay["window"]) == (n_ch, W):
         pcfg = PolicyConfig.from_layout(
-            hidden=cfg.hidden, n_layers=cfg.n_layers, n_heads=cfg.n_heads, kernel_size=cfg.kernel_size, dilations=tuple(cfg.dilations)
+            hidden=cfg.hidden, n_layers=cfg.n_layers, n_heads=cfg.n_heads, kernel_size=cfg.kernel_size, dilations=tuple(cfg.dilations),
+            dropout=cfg.dropout,
         )
     else:  # synthetic data (tests): layout from the arrays, read head as the env puts it
         pcfg = PolicyConfig(
             n_features=min(121, n_ch), n_channels=n_ch, n_globals=n_gl, window=W, head_index=W // 4,
             hidden=cfg.hidden, n_layers=cfg.n_layers, n_heads=cfg.n_heads, kernel_size=cfg.kernel_size,
-            dilations=tuple(cfg.dilations),
+            dilations=tuple(cfg.dilations), dropout=cfg.dropout,
         )
     layout = _layout(pcfg)
     model = Policy(pcfg)

@@ -38,7 +38,7 @@ def test_overfits_tiny_dataset(tmp_path, data):
 
 
 def test_resume_continues_the_same_run(tmp_path, data):
-    base = dict(epochs=4, lr=3e-3, val_fraction=0.34, patience=100, **SMALL)
+    base = dict(epochs=4, lr=3e-3, val_fraction=0.34, patience=100, dropout=0.1, **SMALL)  # dropout: RNG restored too
     full = train(PretrainConfig(run="a", runs_dir=str(tmp_path), **base), data)
     # the same run killed after 2 epochs, then started again with the same arguments
     train(PretrainConfig(run="b", runs_dir=str(tmp_path), **{**base, "epochs": 2}), data)
