@@ -590,6 +590,8 @@ class Executor:
         segs = self._segs
         n0 = len(segs)
         end = tab.end[s]
+        if (t == _LOOP or t == _REPEAT or t == _JUMP) and self.out_seconds >= self._out_cap:
+            raise ParameterError(f"{_name(t, s, a)}: output already {self.max_output_ratio:g}x the raw length")
         if t in _KEEP_LIKE:
             e = end[h]
             if t == _FADE_IN or t == _FADE_OUT:
