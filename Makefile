@@ -60,7 +60,7 @@ demo-data: setup
 demo: demo-data
 	$(MAKE) --no-print-directory align DATA=$(DEMO_DATA) RUN=demo
 	$(MAKE) --no-print-directory pretrain RUN=demo
-	$(PY) -m rl.train --run demo --epochs 10
+	$(PY) -m rl.train --run demo --epochs 30
 	$(PY) -m agent.demo_infer --run demo
 
 bench: setup

@@ -103,9 +103,9 @@ def plot_edit(
     ax_raw.legend(handles=[Patch(color=c, label=k) for k, c in _COLOURS.items()], loc="upper right", ncol=4, fontsize=8)
 
     timeline = output_timeline(plan, sr=sr, crossfade_ms=crossfade_ms)
-    cmap = plt.get_cmap("tab20")
+    # alternate two blues: segment colours must not be read as the raw plot's categories
     for s in timeline:
-        ax_out.barh(0, s.out_end - s.out_start, left=s.out_start, color=cmap(s.index % 20), edgecolor="white")
+        ax_out.barh(0, s.out_end - s.out_start, left=s.out_start, color=("#5b8fd6", "#a9c6ee")[s.index % 2], edgecolor="white")
         if s.out_end - s.out_start > 0.04 * max(1e-9, timeline[-1].out_end):
             ax_out.text((s.out_start + s.out_end) / 2, 0, f"{s.raw_start:.0f}-{s.raw_end:.0f}s", ha="center", va="center", fontsize=7)
     ax_out.set_xlim(0, max(timeline[-1].out_end, 1e-3))

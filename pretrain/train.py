@@ -306,7 +306,10 @@ def train(cfg: PretrainConfig, data: BCData | None = None) -> dict:
     stopped = "epochs"
     last_metrics: dict = {}
     epoch = start_epoch - 1
-    for epoch in range(start_epoch, cfg.epochs):
+    if bad_epochs >= cfg.patience:  # a finished run started again: nothing left to do
+        log.info("%s already stopped early at epoch %d", last_path, start_epoch - 1)
+        stopped = "early stopping"
+    for epoch in range(start_epoch, cfg.epochs if stopped == "epochs" else start_epoch):
         model.train()
         order = train_idx[np.random.default_rng([cfg.seed, epoch]).permutation(len(train_idx))]
         sums: dict[str, float] = {}

@@ -59,3 +59,11 @@ def test_resume_continues_the_same_run(tmp_path, data):
 def test_cli_reports_missing_labels(tmp_path, capsys):
     assert main(["--run", "none", "--runs-dir", str(tmp_path), "--epochs", "1"]) == 2
     assert "make align" in capsys.readouterr().err
+
+
+def test_finished_run_started_again_does_nothing(tmp_path, data):
+    cfg = PretrainConfig(run="s", runs_dir=str(tmp_path), epochs=50, lr=1e-1, val_fraction=0.34, patience=1, **SMALL)
+    first = train(cfg, data)
+    assert first["stopped"] == "early stopping"
+    again = train(cfg, data)
+    assert again["stopped"] == "early stopping" and again["step"] == first["step"]
