@@ -154,8 +154,9 @@ def run(args: argparse.Namespace) -> dict:
     _check_writable(out_dir)
 
     # 2. Beats and features: the same pipeline (and stem method) the policy trained on.
-    stems = (ckpt.get("extra") or {}).get("stem_method") or "auto"
-    feats = extract_features(audio, stems=stems, use_cache=not args.no_cache)
+    method = (ckpt.get("extra") or {}).get("stem_method") or "auto"  # "dsp" or "demucs:<model>"
+    stems, _, stem_model = method.partition(":")
+    feats = extract_features(audio, stems=stems, stem_model=stem_model or None, use_cache=not args.no_cache)
     t = lap("beats+features", t)
 
     # 3. The policy edits the song in the environment, masks on.

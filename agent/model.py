@@ -29,7 +29,6 @@ from typing import Mapping, NamedTuple
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 
 from agent.natten_cpu import na1d
 from datasets.errors import ParameterError

@@ -120,7 +120,7 @@ def run_persona(persona: str, songs, args) -> list[dict]:
     from envs.observation import HEAD_INDEX
     from pretrain.augment import random_augmentations
     from pretrain.baselines import D3rlpyBaseline, HGBBaseline, MajorityBaseline
-    from pretrain.dataset import BCData, build_bc_data, default_target_keep, song_for, split_by_song
+    from pretrain.dataset import BCData, build_bc_data, default_target_keep, song_for
     from pretrain.evaluate import policy_fn
     from pretrain.losses import predict
     from pretrain.train import PretrainConfig, train

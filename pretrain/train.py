@@ -235,6 +235,11 @@ def train(cfg: PretrainConfig, data: BCData | None = None) -> dict:
             refine_max_size=None if cfg.refine_max_size < 0 else cfg.refine_max_size,
         )
         log.info("replayed %d pairs x %d versions: %d samples", len(pairs), len(augs), len(data))
+    # inference must compute stems the way training did (DESIGN.md: stems were zeros in
+    # training but real at inference in the predecessor); record the method that ran
+    from datasets.stems import resolve_method
+
+    stem_method = resolve_method(cfg.stems)[0]
     train_idx, val_idx = split_by_song(data, val_fraction=cfg.val_fraction, seed=cfg.seed)
     if len(train_idx) == 0:
         raise ParameterError("no training samples")
@@ -355,7 +360,7 @@ def train(cfg: PretrainConfig, data: BCData | None = None) -> dict:
             bad_epochs += 1
         extra = {"epoch": epoch, "best": best, "bad_epochs": bad_epochs, "torch_rng": torch.get_rng_state(),
                  "val_songs": [data.song_keys[s] for s in np.unique(data.song[val_idx])], "metrics": _plain_metrics(m),
-                 "target_keep": target_keep}
+                 "target_keep": target_keep, "stem_method": stem_method}
         common = dict(model=model, optimizer=opt, step=global_step, stage="pretrain", stage_config=cfg, layout=layout, extra=extra)
         if improved:
             save_checkpoint(best_path, **common)

@@ -195,9 +195,10 @@ _RUN_DEFINING = {"seed", "steps", "n_envs", "lr", "lr_final_ratio", "update_epoc
                  "anchor", "anchor_coef", "bc_batch_size"}
 
 
-def _agent_save_fn(policy, stage_config: dict, layout: dict):
+def _agent_save_fn(policy, stage_config: dict, layout: dict, style: dict):
     """``save_fn`` for rl.ppo.train writing agent/checkpoint.py's format: the weights as
-    ``model``, the optimizer as ``optimizer``, the rest of PPO's state in ``extra["ppo"]``."""
+    ``model``, the optimizer as ``optimizer``, the rest of PPO's state in ``extra["ppo"]``,
+    and the run's style settings (``style``: target_keep, stem_method) beside it."""
     from agent.checkpoint import save_checkpoint
 
     def save(path: Path, state: dict) -> None:
@@ -211,7 +212,7 @@ def _agent_save_fn(policy, stage_config: dict, layout: dict):
                 return optimizer_state
 
         save_checkpoint(path, model=policy, optimizer=_Optimizer(), step=int(state["global_step"]), stage="finetune",
-                        stage_config=stage_config, layout=layout, extra={"ppo": state})
+                        stage_config=stage_config, layout=layout, extra={"ppo": state, **style})
 
     return save
 
@@ -290,6 +291,10 @@ def run(args: TrainArgs, *, log_fn=print) -> dict:
     log_fn(f"finetune: policy {policy.n_parameters():,} parameters, start: "
            f"{'resume' if resume_ck is not None else start_path or 'scratch'}")
 
+    # the user's style settings travel from the pretrained checkpoint to every PPO one
+    src = resume_ck if resume_ck is not None else (load_checkpoint(start_path) if start_path else {})
+    style = {k: v for k, v in src.get("extra", {}).items() if k in ("target_keep", "stem_method")}
+
     songs = [s for _, s in train_ps]
     env_kw = dict(run_dir=run_dir, reward_audio=args.reward_audio)
 
@@ -312,7 +317,7 @@ def run(args: TrainArgs, *, log_fn=print) -> dict:
                f"IoU {res['iou']:.3f}, {len(res['actions'])} actions")
 
     stage_config = {**dataclasses.asdict(cfg), "run": args.run, "from_scratch": was_scratch}
-    save = _agent_save_fn(policy, stage_config, observation_layout())
+    save = _agent_save_fn(policy, stage_config, observation_layout(), style)
     save_path = save_dir / (f"{tag}_last.pt")
     try:
         history = train(

@@ -61,5 +61,6 @@ def build_run(root: Path, *, seconds: float = 16.0, hidden: int = 16, songs=SONG
     (run / "labels" / "index.json").write_text(json.dumps(index))
     torch.manual_seed(0)
     policy = Policy(PolicyConfig.from_layout(hidden=hidden, n_heads=4))
-    save_checkpoint(run / "checkpoints" / "bc_best.pt", model=policy, stage="pretrain", layout=observation_layout())
+    save_checkpoint(run / "checkpoints" / "bc_best.pt", model=policy, stage="pretrain", layout=observation_layout(),
+                    extra={"target_keep": 0.5, "stem_method": "dsp"})
     return run

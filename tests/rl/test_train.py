@@ -49,6 +49,8 @@ def test_finetune_end_to_end_writes_checkpoint_and_tensorboard(runs_root):
                       "--reward_audio")) == 0
     ck = load_checkpoint(save / "ppo_last.pt")  # agent's format: inference reads it
     assert ck["stage"] == "finetune" and ck["extra"]["ppo"]["epoch"] == 2
+    # the pretrained run's style settings travel to the fine-tuned checkpoint (inference reads them)
+    assert ck["extra"]["target_keep"] == 0.5 and ck["extra"]["stem_method"] == "dsp"
     policy_from_checkpoint(ck)
     tb = runs_root / "tiny" / "tb" / "ppo_seed1"
     acc = EventAccumulator(str(tb), size_guidance={"audio": 0, "scalars": 0, "histograms": 0}).Reload()
