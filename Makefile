@@ -57,11 +57,28 @@ PERSONA ?= tight
 demo-data: setup
 	$(PY) -m datasets.demo.build --out $(DEMO_DATA) --persona $(PERSONA) --jobs $(JOBS)
 
+# Each stage reruns only when its inputs changed: alignment skips up-to-date labels itself;
+# training stages leave a stamp that depends on the labels and on the code they run.
+DEMO_RUN := runs/demo
+DEMO_LABELS = $(filter-out %/index.json %/train.json,$(wildcard $(DEMO_RUN)/labels/*.json))
+TRAIN_CODE := $(wildcard datasets/*.py envs/*.py agent/*.py)
+
 demo: demo-data
 	$(MAKE) --no-print-directory align DATA=$(DEMO_DATA) RUN=demo
-	$(MAKE) --no-print-directory pretrain RUN=demo
-	$(PY) -m rl.train --run demo --epochs 30
+	$(MAKE) --no-print-directory $(DEMO_RUN)/.finetune-done
 	$(PY) -m agent.demo_infer --run demo
+
+# A finished run whose inputs changed starts afresh; a killed run (no stamp) resumes.
+$(DEMO_RUN)/.pretrain-done: $(DEMO_LABELS) $(TRAIN_CODE) $(wildcard pretrain/*.py)
+	if [ -f $@ ]; then rm -f $(DEMO_RUN)/checkpoints/bc_*.pt $@; fi
+	$(PY) -m pretrain.train --run demo
+	touch $@
+
+# 30 epochs: 10 leave the greedy edit at the BC policy's level (rl worker's measurement)
+$(DEMO_RUN)/.finetune-done: $(DEMO_RUN)/.pretrain-done $(wildcard rl/*.py)
+	rm -f $(DEMO_RUN)/checkpoints/ppo_last.pt
+	$(PY) -m rl.train --run demo --epochs 30
+	touch $@
 
 bench: setup
 	for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

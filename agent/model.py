@@ -256,9 +256,15 @@ def _masked_log_softmax(logits: Tensor, mask: Tensor) -> Tensor:
 
 
 def _entropy(logp: Tensor) -> Tensor:
-    """Entropy over the last dim from log-probs that may hold -inf (p = 0 there)."""
-    p = logp.exp()
-    return -torch.where(p > 0, p * logp, torch.zeros_like(p)).sum(-1)
+    """Entropy over the last dim from log-probs that may hold -inf (p = 0 there).
+
+    The masked log-probs are filled with 0 *before* multiplying: ``torch.where(p > 0,
+    p * logp, 0)`` would still back-propagate ``0 * -inf = nan`` through the unused
+    branch into every parameter. With ``lp = 0`` there, ``exp(0) * 0 = 0`` and so is its
+    gradient.
+    """
+    lp = logp.masked_fill(~torch.isfinite(logp), 0.0)
+    return -(lp.exp() * lp).sum(-1)
 
 
 class Policy(nn.Module):

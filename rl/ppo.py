@@ -33,9 +33,9 @@ The policy is any ``nn.Module`` with agent/model.py's API::
 where ``obs`` is the env's Dict observation as tensors with a leading batch axis and the
 masks (``type_mask`` [18], ``size_mask`` [18,5], ``amount_mask`` [18,5]) are applied by
 the policy both when sampling and in the log-probabilities. ``entropies`` is per head
-(a [B,3] tensor, a sequence of three [B] tensors or a dict type/size/amount). For
-agent/model.py's Policy the update recomputes the entropies with masked-safe gradients
-(``evaluate_actions``). Rollouts assert that no masked action was sampled.
+(a [B,3] tensor, a sequence of three [B] tensors or a dict type/size/amount) and must
+have finite gradients where choices are masked (agent/model.py's ``_entropy`` does).
+Rollouts assert that no masked action was sampled.
 
 Throughput: set ``torch.set_num_threads(1)`` for small batches on a busy CPU (rl/train.py
 does); timing per epoch is logged as data sample / rollout / update.
@@ -296,35 +296,8 @@ def head_entropies(ent: Any) -> torch.Tensor:
     return ent
 
 
-def _safe_entropy(logp: torch.Tensor) -> torch.Tensor:
-    """Entropy over the last dim of log-probs holding -inf (masked), with finite gradients.
-
-    ``-(p * logp)`` behind a ``torch.where`` still back-propagates ``0 * -inf = nan`` into
-    every parameter; filling the masked log-probs with 0 first keeps the gradient 0 there.
-    """
-    finite = torch.isfinite(logp)
-    lp = logp.masked_fill(~finite, 0.0)
-    return -(lp.exp() * lp * finite).sum(-1)
-
-
 def evaluate_actions(policy: nn.Module, obs: Mapping[str, torch.Tensor], actions: torch.Tensor):
-    """(logp [B], entropies [B, 3], value [B]) of ``actions`` under ``policy``.
-
-    For agent/model.py's Policy the entropies are recomputed from its public
-    ``forward`` + ``log_probs`` with ``_safe_entropy``: its own ``evaluate`` entropies
-    give NaN gradients wherever a choice is masked (reported to the agent's owner).
-    Any other policy goes through its ``evaluate``.
-    """
-    if hasattr(policy, "log_probs"):
-        out = policy(obs)
-        lt, ls, la = policy.log_probs(out, obs)  # (B, 18), (B, 18, 5), (B, 18, 5)
-        actions = actions.long()
-        t, s, a = actions[:, 0], actions[:, 1], actions[:, 2]
-        ar = torch.arange(actions.shape[0], device=actions.device)
-        ls_t, la_t = ls[ar, t], la[ar, t]  # (B, 5) conditionals of the taken type
-        logp = lt[ar, t] + ls_t[ar, s] + la_t[ar, a]
-        ent = torch.stack([_safe_entropy(lt), _safe_entropy(ls_t), _safe_entropy(la_t)], dim=-1)
-        return logp, ent, out.value
+    """(logp [B], entropies [B, 3], value [B]) of ``actions`` under ``policy.evaluate``."""
     logp, ent, value = policy.evaluate(obs, actions)
     return logp, head_entropies(ent), value
 
