@@ -62,8 +62,8 @@ class PolicyConfig:
 
     n_features: int = 121
     """raw beat-feature columns at the start of each row of obs["beats"]"""
-    n_channels: int = 136
-    """total columns of obs["beats"] (features + edit-history channels)"""
+    n_channels: int = 147
+    """total columns of obs["beats"] (features + song-context + edit-history channels)"""
     n_globals: int = 15
     """length of obs["globals"]"""
     window: int = 64

@@ -2,6 +2,7 @@
 
     python bench/finetune.py                                  # runs/demo (make demo)
     python bench/finetune.py --run demo --runs_dir runs --epochs 30
+    python bench/finetune.py --skip_scratch --compare "old default=--update_epochs 4 --lr 3e-4"
 
 Needs a run with labels and a pretrained policy (``make demo``, or ``make align`` +
 ``make pretrain``). The songs are split by song exactly as rl/train.py splits them
@@ -93,6 +94,10 @@ def _throughput_cpu(history: list[dict]) -> float:
     return history[-1]["global_step"] / max(sum(h["cpu_time"] for h in history), 1e-9)
 
 
+def _ratio(x: float, ref: float) -> str:
+    return "-" if not (np.isfinite(x) and np.isfinite(ref) and ref > 0) else f"{x / ref:.2f}x"
+
+
 def _breakdown(songs, policy, *, n_envs: int, steps: int, run_dir: Path) -> dict:
     """Env steps per CPU-second: the env alone (random valid actions), and rollouts with
     the policy acting (no update)."""
@@ -133,8 +138,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--episodes", type=int, default=8, help="sampled edits per held-out song")
     p.add_argument("--skip_scratch", action="store_true", help="leave out (b), PPO from scratch")
     p.add_argument("--extra", default="", help="more rl.train flags for both PPO runs, e.g. '--ent_coef 0.1'")
+    p.add_argument("--compare", action="append", default=[], metavar="LABEL=FLAGS",
+                   help="an extra BC + PPO row with these rl.train flags, measured in the same run (repeatable), "
+                        "e.g. --compare 'old default=--update_epochs 4 --lr 3e-4'; the speed column is relative "
+                        "to the first one")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    compare = []
+    for spec in args.compare:
+        label, sep, flags = spec.partition("=")
+        if not sep or not label.strip():
+            print(f"error: --compare wants LABEL=FLAGS, got {spec!r}", file=sys.stderr)
+            return 2
+        compare.append((f"BC + PPO ({label.strip()})", flags.split()))
 
     from agent.checkpoint import load_checkpoint, policy_from_checkpoint
     from envs.env import AudioEditEnv
@@ -166,9 +182,12 @@ def main(argv: list[str] | None = None) -> int:
               "--n_envs", str(args.n_envs), "--seed", str(args.seed), "--heldout_fraction", str(args.heldout_fraction),
               "--threads", str(args.threads), "--eval_every", "0", *args.extra.split()]
     with tempfile.TemporaryDirectory() as tmp:
-        methods = [("BC + PPO", []), ("PPO from scratch", ["--from_scratch"])][: 1 if args.skip_scratch else 2]
+        methods = [("BC + PPO", []), *compare]
+        if not args.skip_scratch:
+            methods.append(("PPO from scratch", ["--from_scratch"]))
         for name, extra in methods:
-            targs = tyro.cli(TrainArgs, args=[*common, "--save_dir", os.path.join(tmp, name.replace(" ", "_")), *extra],
+            save_dir = os.path.join(tmp, "".join(c if c.isalnum() else "_" for c in name))
+            targs = tyro.cli(TrainArgs, args=[*common, "--save_dir", save_dir, *extra],
                              use_underscores=True)
             t0 = time.perf_counter()
             out = run(targs, log_fn=lambda s: None)
@@ -185,14 +204,20 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nPPO fine-tuning benchmark: run {args.run}, {len(pairs_songs) - len(held)} training songs, "
           f"{len(held)} held out; {args.epochs} epochs x {args.n_envs} envs x >= {args.steps} steps; "
           f"torch threads {args.threads}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
-    hdr = f"{'method':<18} {'greedy':>8} {'vs BC':>7} {'sampled':>8} {'vs BC':>7} {'IoU':>6} {'dIoU':>6} {'steps':>6} {'params':>8} {'train s':>8} {'steps/s':>8} {'steps/cpu-s':>11}  top types"
+    ref_cpu = rows[compare[0][0]]["sps_cpu"] if compare else float("nan")
+    w = max(18, *(len(n) for n in rows))
+    hdr = (f"{'method':<{w}} {'greedy':>8} {'vs BC':>7} {'sampled':>8} {'vs BC':>7} {'IoU':>6} {'dIoU':>6} {'steps':>6} "
+           f"{'params':>8} {'train s':>8} {'steps/s':>8} {'steps/cpu-s':>11} {'speed':>6}  top types")
     print(hdr)
     print("-" * len(hdr))
     for name, r in rows.items():
         rel = (r["reward"] - base["reward"]) / abs(base["reward"]) if base["reward"] else float("nan")
         rel_s = (r["sampled"] - base["sampled"]) / abs(base["sampled"]) if base["sampled"] else float("nan")
-        print(f"{name:<18} {r['reward']:>8.3f} {rel:>+7.1%} {r['sampled']:>8.3f} {rel_s:>+7.1%} {r['iou']:>6.3f} {r['iou'] - base['iou']:>+6.3f} "
-              f"{r['steps']:>6.1f} {r['params']:>8,} {r['train_s']:>8.1f} {r['sps']:>8.0f} {r['sps_cpu']:>11.0f}  {_top_types(r['types'])}")
+        print(f"{name:<{w}} {r['reward']:>8.3f} {rel:>+7.1%} {r['sampled']:>8.3f} {rel_s:>+7.1%} {r['iou']:>6.3f} {r['iou'] - base['iou']:>+6.3f} "
+              f"{r['steps']:>6.1f} {r['params']:>8,} {r['train_s']:>8.1f} {r['sps']:>8.0f} {r['sps_cpu']:>11.0f} "
+              f"{_ratio(r['sps_cpu'], ref_cpu):>6}  {_top_types(r['types'])}")
+    if compare:
+        print(f"(speed: steps per CPU-second relative to '{compare[0][0]}', same run)")
     ft = rows["BC + PPO"]
     ok_reward = ft["reward"] >= base["reward"] + 0.1 * abs(base["reward"])  # greedy: how the tool edits
     ok_iou = ft["iou"] >= base["iou"] - 0.02

@@ -2,6 +2,8 @@
 
     python bench/pretrain.py --data runs/demo/data            # every persona
     python bench/pretrain.py --personas tight --augment 1     # + a run with augmentation
+    python bench/pretrain.py --folds 4                        # 4-fold CV, every song held out once
+    python bench/pretrain.py --folds 4 --no-context           # ablation: song-context channels zeroed
 
 For each persona of ``datasets.demo.editors`` the persona's plan of every raw demo song
 (``plan_edit`` on the song's features: the same raw songs serve all personas) becomes
@@ -116,7 +118,29 @@ def _inference_ms(model, data, idx, batch: int, repeats: int = 50) -> float:
     return (time.perf_counter() - t) / repeats * 1e3
 
 
-def run_persona(persona: str, songs, args) -> list[dict]:
+def _without_context(act):
+    """Wrap a policy so it sees the context channels zeroed (the --no-context ablation)."""
+    from envs.observation import CONTEXT_CHANNELS, channel_index
+
+    cols = [channel_index(c) for c in CONTEXT_CHANNELS]
+
+    def wrapped(obs):
+        obs = dict(obs)
+        obs["beats"] = obs["beats"].copy()
+        obs["beats"][..., cols] = 0.0
+        return act(obs)
+
+    return wrapped
+
+
+def _zero_context(data):
+    from envs.observation import CONTEXT_CHANNELS, channel_index
+
+    data.beats[..., [channel_index(c) for c in CONTEXT_CHANNELS]] = 0.0
+    return data
+
+
+def run_persona(persona: str, songs, args, fold: int = 0) -> list[dict]:
     from envs.observation import HEAD_INDEX
     from pretrain.augment import random_augmentations
     from pretrain.baselines import D3rlpyBaseline, HGBBaseline, MajorityBaseline
@@ -130,17 +154,23 @@ def run_persona(persona: str, songs, args) -> list[dict]:
     # the split: seeded permutation of songs, 20 % held out
     rng = np.random.default_rng(args.seed)
     order = rng.permutation(len(pairs))
-    n_test = max(1, int(round(args.test_fraction * len(pairs))))
-    test_names = {pairs[i].name for i in order[:n_test]}
+    if args.folds > 1:  # k-fold: fold f holds out every k-th song of the permutation
+        test_names = {pairs[i].name for i in order[fold :: args.folds]}
+    else:
+        n_test = max(1, int(round(args.test_fraction * len(pairs))))
+        test_names = {pairs[i].name for i in order[:n_test]}
     train_pairs = [p for p in pairs if p.name not in test_names]
     test_pairs = [p for p in pairs if p.name in test_names]
     target_keep = default_target_keep(train_pairs)
     refine = None if args.refine < 0 else args.refine
     tr_data = build_bc_data(train_pairs, songs=env_songs, target_keep=target_keep, refine_max_size=refine)
     te_data = build_bc_data(test_pairs, songs=env_songs, target_keep=target_keep, refine_max_size=refine)
+    if args.no_context:
+        tr_data, te_data = _zero_context(tr_data), _zero_context(te_data)
     te_idx = np.arange(len(te_data))
     tr_idx = np.arange(len(tr_data))
     results = []
+    wrap = _without_context if args.no_context else (lambda f: f)
 
     variants = [("ours", tr_data)]
     if args.augment > 0:
@@ -161,14 +191,15 @@ def run_persona(persona: str, songs, args) -> list[dict]:
                 kernel_size=args.kernel_size, dilations=tuple(args.dilations), dropout=args.dropout,
                 weight_decay=args.weight_decay, epochs=args.epochs, max_minutes=args.max_minutes, val_fraction=0.15,
                 patience=args.patience, resume=False, threads=args.threads, batch_size=args.batch_size, lr=args.lr,
+                feature_dropout=args.feature_dropout, type_weight_power=args.type_weight_power, select=args.select,
             )
             t0 = time.perf_counter()
             summary = train(cfg, data)
             train_s = time.perf_counter() - t0
-            model = policy_from_checkpoint(load_checkpoint(summary["best_path"], expect_layout="current")).eval()
+            model = policy_from_checkpoint(load_checkpoint(summary[f"{args.checkpoint}_path"], expect_layout="current")).eval()
         pred = predict(model, te_data.obs(te_idx), None)["action"].numpy()
         row = {"persona": persona, "method": label, **_step_metrics(pred, te_data, te_idx),
-               **_episode_metrics(policy_fn(model), sorted(test_names), env_songs, refs, target_keep),
+               **_episode_metrics(wrap(policy_fn(model)), sorted(test_names), env_songs, refs, target_keep),
                "train_s": train_s, "params": model.n_parameters(), "epochs": summary["epoch"] + 1,
                "infer_ms_b1": _inference_ms(model, te_data, te_idx, 1), "infer_ms_b16": _inference_ms(model, te_data, te_idx, 16)}
         results.append(row)
@@ -191,7 +222,7 @@ def run_persona(persona: str, songs, args) -> list[dict]:
             return b.act(o)[0]
 
         row = {"persona": persona, "method": name, **_step_metrics(pred, te_data, te_idx),
-               **_episode_metrics(act, sorted(test_names), env_songs, refs, target_keep), "train_s": train_s}
+               **_episode_metrics(wrap(act), sorted(test_names), env_songs, refs, target_keep), "train_s": train_s}
         results.append(row)
         log.info("%s", row)
     for r in results:
@@ -199,9 +230,29 @@ def run_persona(persona: str, songs, args) -> list[dict]:
     return results
 
 
+def _mean_over_folds(rows: list[dict]) -> list[dict]:
+    """One row per (persona, method): numeric columns averaged (nan-aware), test songs summed."""
+    out: dict[tuple, dict] = {}
+    for r in rows:
+        out.setdefault((r["persona"], r["method"]), []).append(r)
+    merged = []
+    for group in out.values():
+        m = dict(group[0])
+        for k, v in group[0].items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                vals = np.array([g[k] for g in group], dtype=np.float64)
+                m[k] = float(np.nanmean(vals)) if np.isfinite(vals).any() else float("nan")
+        m["n_test_songs"] = int(sum(g["n_test_songs"] for g in group))
+        m["iou_std"] = float(np.std([g["iou"] for g in group]))
+        merged.append(m)
+    return merged
+
+
 def _table(rows: list[dict]) -> str:
     cols = ["persona", "method", "type_acc", "size_acc", "amount_acc", "action_acc", "macro_f1", "iou", "iou/maj",
             "keep_error", "join_f", "train_s"]
+    if any("iou_std" in r for r in rows):
+        cols.insert(cols.index("iou/maj"), "iou_std")
     maj = {r["persona"]: r["iou"] for r in rows if r["method"] == "majority"}
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
@@ -227,6 +278,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-songs", type=int, default=24)
     ap.add_argument("--test-fraction", type=float, default=0.2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--folds", type=int, default=1,
+                    help="k-fold cross-validation over the songs (every song held out once; means reported); "
+                         "1 = one split by --test-fraction")
+    ap.add_argument("--no-context", action="store_true",
+                    help="ablation: zero the song-context channels (envs/context.py) for every method")
     ap.add_argument("--stems", default="auto")
     ap.add_argument("--hidden", type=int, default=32)
     ap.add_argument("--n-layers", type=int, default=2)
@@ -235,10 +291,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dilations", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--dropout", type=float, default=0.0)
     ap.add_argument("--weight-decay", type=float, default=1e-4)
+    ap.add_argument("--select", choices=("nll", "action_acc"), default="nll", help="PretrainConfig.select")
+    ap.add_argument("--feature-dropout", type=float, default=0.0, help="PretrainConfig.feature_dropout")
+    ap.add_argument("--type-weight-power", type=float, default=0.5, help="PretrainConfig.type_weight_power")
     ap.add_argument("--epochs", type=int, default=80)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--patience", type=int, default=15)
+    ap.add_argument("--checkpoint", choices=("best", "last"), default="best",
+                    help="evaluate bc_best.pt (lowest validation NLL) or bc_last.pt (after the last epoch)")
     ap.add_argument("--max-minutes", type=float, default=10.0, help="training time cap per model")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--refine", type=int, default=3, help="label refinement max size (3 = PHRASE, -1 = oracle as is)")
@@ -258,7 +319,10 @@ def main(argv: list[str] | None = None) -> int:
         log.info("%d songs loaded (features) in %.0f s", len(songs), time.perf_counter() - t0)
         rows = []
         for persona in args.personas:
-            rows += run_persona(persona, songs, args)
+            for fold in range(max(args.folds, 1)):
+                rows += run_persona(persona, songs, args, fold)
+        if args.folds > 1:
+            rows = _mean_over_folds(rows)
     except EditorError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -10,7 +10,11 @@ summarised by the edit-history channels, so the window looks mostly forward. In 
 48 beats ahead are 12 bars: the largest chunk (TWO_PHRASES, 8 bars) plus the phrase
 after it, so the policy sees where any action would land.
 Columns: the 121 raw (unnormalised) features of ``datasets.features.FEATURE_NAMES``,
-then ``HISTORY_CHANNELS``:
+then the song-level context ``envs.context.CONTEXT_CHANNELS`` (where the beat and its
+phrase stand in the whole song: loudness percentiles, repetition, novelty, phrase units
+aligned to the section changes; computed once per song, so whole-song decisions such as
+"the quietest phrase" or "material heard before" are visible inside the window), then
+``HISTORY_CHANNELS``:
 
 =====================  ==============================================================
 ``hist_decided``       1 for raw beats the head has passed (their fate is decided)
@@ -44,8 +48,9 @@ tempo / 200 BPM, beats per bar / 4, log2(n_beats) / 10. The env fills them
 ``"type_mask"`` int8 [18], ``"size_mask"`` int8 [18, 5], ``"amount_mask"`` int8 [18, 5]:
 the executor's masks (size and amount given the type).
 
-Cost: the per-beat array is preallocated once per song with W rows of padding
-[n_beats + W, F]; an observation is one slice copy plus two constant columns.
+Cost: the per-beat array (features, context, history) is preallocated once per song with
+W rows of padding [n_beats + W, F]; an observation is one slice copy plus two constant
+columns. The context costs ~ms per song (O(n_units^2) similarities).
 """
 
 from __future__ import annotations
@@ -54,11 +59,13 @@ import numpy as np
 
 from datasets.beats import BARS_PER_PHRASE, BeatGrid
 from datasets.features import FEATURE_NAMES, N_FEATURES
+from envs.context import CONTEXT_CHANNELS, N_CONTEXT, song_context
 
 __all__ = [
     "WINDOW",
     "HEAD_INDEX",
     "HISTORY_CHANNELS",
+    "CONTEXT_CHANNELS",
     "BEAT_CHANNELS",
     "N_BEAT_CHANNELS",
     "GLOBAL_NAMES",
@@ -87,7 +94,7 @@ HISTORY_CHANNELS: tuple[str, ...] = (
     "is_head",
     "rel_pos",
 )
-BEAT_CHANNELS: tuple[str, ...] = tuple(FEATURE_NAMES) + HISTORY_CHANNELS
+BEAT_CHANNELS: tuple[str, ...] = tuple(FEATURE_NAMES) + CONTEXT_CHANNELS + HISTORY_CHANNELS
 N_BEAT_CHANNELS = len(BEAT_CHANNELS)
 
 GLOBAL_NAMES: tuple[str, ...] = (
@@ -157,6 +164,7 @@ class ObservationBuilder:
         self._mask = np.zeros(n + WINDOW, dtype=np.float32)
         song = slice(HEAD_INDEX, HEAD_INDEX + n)
         self._beats[song, :N_FEATURES] = values
+        self._beats[song, N_FEATURES : N_FEATURES + N_CONTEXT] = song_context(values, grid)
         self._mask[song] = 1.0
         bpb = grid.beats_per_bar
         self._head_phase = np.stack(

@@ -82,8 +82,17 @@ class PretrainConfig:
     """weight of the auxiliary upcoming-energy loss"""
     boundary_loss: float = 0.1
     """weight of the auxiliary section-boundary loss"""
+    feature_dropout: float = 0.0
+    """training only: probability that a raw feature column (the same column on every beat
+    of a sample's window) is replaced by its training mean, so the policy cannot lean on
+    a few incidental features of a small corpus"""
     patience: int = 12
-    """early stopping: epochs without a better validation NLL"""
+    """early stopping: epochs without a better validation score (see ``select``)"""
+    select: str = "nll"
+    """validation score for bc_best.pt and early stopping: "nll" (type+size+amount NLL,
+    lower is better) or "action_acc" (exact-action accuracy, higher is better; ties go
+    to the lower NLL). On small corpora the NLL minimum comes early, before the policy
+    has learnt the rarer decisions (CUT), so accuracy selects later, sharper models."""
     max_minutes: float = 0.0
     """stop after this much training time (0 = no limit)"""
     resume: bool = True
@@ -98,6 +107,10 @@ class PretrainConfig:
             raise ParameterError(f"batch_size={self.batch_size}, accum_steps={self.accum_steps}, epochs={self.epochs} must be positive")
         if self.augment < 0:
             raise ParameterError(f"augment={self.augment} must be >= 0")
+        if self.select not in ("nll", "action_acc"):
+            raise ParameterError(f"select={self.select!r}: choose nll or action_acc")
+        if not 0.0 <= self.feature_dropout < 1.0:
+            raise ParameterError(f"feature_dropout={self.feature_dropout} must be in [0, 1)")
 
 
 # Fields that may change between a run and its resumption without changing the run.
@@ -140,6 +153,16 @@ def _batch(data: BCData, idx: np.ndarray, device) -> tuple[dict, torch.Tensor, t
     boundary = torch.as_tensor(data.boundary[idx], device=device)
     weight = torch.as_tensor(data.weight[idx], device=device)
     return obs, actions, boundary, weight
+
+
+def _drop_features(beats: torch.Tensor, mean: torch.Tensor, p: float) -> torch.Tensor:
+    """beats [B, W, C] with each of the first len(mean) columns replaced, per sample and
+    with probability p, by its mean (0 after normalisation); torch's RNG (resumable)."""
+    nf = mean.shape[0]
+    drop = torch.rand(beats.shape[0], 1, nf, device=beats.device) < p
+    out = beats.clone()
+    out[..., :nf] = torch.where(drop, mean.to(beats.dtype), beats[..., :nf])
+    return out
 
 
 @torch.no_grad()
@@ -277,6 +300,7 @@ def train(cfg: PretrainConfig, data: BCData | None = None) -> dict:
     energy_col = _energy_col(pcfg)
 
     start_epoch, global_step, best, bad_epochs = 0, 0, float("inf"), 0
+    best_nll = float("inf")
     if cfg.resume and last_path.is_file():
         ck = load_checkpoint(last_path, expect_layout=layout)
         saved = ck["stage_config"]
@@ -290,6 +314,7 @@ def train(cfg: PretrainConfig, data: BCData | None = None) -> dict:
         ex = ck["extra"]
         start_epoch, global_step = int(ex["epoch"]) + 1, int(ck["step"])
         best, bad_epochs = float(ex["best"]), int(ex["bad_epochs"])
+        best_nll = float(ex.get("best_nll", best))
         torch.set_rng_state(ex["torch_rng"])
         log.info("resumed from %s at epoch %d (step %d)", last_path, start_epoch, global_step)
 
@@ -323,6 +348,8 @@ def train(cfg: PretrainConfig, data: BCData | None = None) -> dict:
         for bi, i in enumerate(range(0, len(order), cfg.batch_size)):
             j = order[i : i + cfg.batch_size]
             obs, actions, boundary, weight = _batch(data, j, device)
+            if cfg.feature_dropout > 0:
+                obs["beats"] = _drop_features(obs["beats"], model.normalizer.mean, cfg.feature_dropout)
             loss, parts = bc_losses(model, obs, actions, boundary=boundary, weight=weight, type_weights=type_weights, energy_col=energy_col, lw=lw)
             (loss / cfg.accum_steps).backward()
             last_in_epoch = i + cfg.batch_size >= len(order)
@@ -353,12 +380,13 @@ def train(cfg: PretrainConfig, data: BCData | None = None) -> dict:
         writer.add_scalar("charts/epoch", epoch, global_step)
         writer.add_scalar("charts/minutes", (time.perf_counter() - t_start) / 60, global_step)
 
-        improved = m["nll"] < best - 1e-6
+        score = m["nll"] if cfg.select == "nll" else -m["action_acc"] + 1e-4 * min(m["nll"], 100.0)
+        improved = score < best - 1e-6
         if improved:
-            best, bad_epochs = m["nll"], 0
+            best, best_nll, bad_epochs = score, m["nll"], 0
         else:
             bad_epochs += 1
-        extra = {"epoch": epoch, "best": best, "bad_epochs": bad_epochs, "torch_rng": torch.get_rng_state(),
+        extra = {"epoch": epoch, "best": best, "best_nll": best_nll, "bad_epochs": bad_epochs, "torch_rng": torch.get_rng_state(),
                  "val_songs": [data.song_keys[s] for s in np.unique(data.song[val_idx])], "metrics": _plain_metrics(m),
                  "target_keep": target_keep, "stem_method": stem_method}
         common = dict(model=model, optimizer=opt, step=global_step, stage="pretrain", stage_config=cfg, layout=layout, extra=extra)
@@ -385,7 +413,8 @@ def train(cfg: PretrainConfig, data: BCData | None = None) -> dict:
         "stopped": stopped,
         "epoch": epoch,
         "step": global_step,
-        "best_val_nll": best,
+        "best_val_nll": best_nll,
+        "best_score": best,
         "seconds": time.perf_counter() - t_start,
         "n_parameters": model.n_parameters(),
         "n_train": int(len(train_idx)),

@@ -67,3 +67,34 @@ def test_finished_run_started_again_does_nothing(tmp_path, data):
     assert first["stopped"] == "early stopping"
     again = train(cfg, data)
     assert again["stopped"] == "early stopping" and again["step"] == first["step"]
+
+
+def test_feature_dropout_replaces_whole_columns_by_their_mean():
+    from pretrain.train import _drop_features
+
+    torch.manual_seed(0)
+    beats = torch.randn(64, 8, 6)
+    mean = torch.tensor([10.0, 20.0, 30.0, 40.0])
+    out = _drop_features(beats, mean, 0.5)
+    assert torch.equal(out[..., 4:], beats[..., 4:])  # channels after the features pass through
+    dropped = out[..., :4] != beats[..., :4]
+    # a dropped column is dropped on every beat of the sample, and holds the mean there
+    assert torch.equal(dropped.all(1), dropped.any(1))
+    assert torch.equal(out[..., :4][dropped], mean.expand(64, 8, 4)[dropped])
+    assert 0.3 < dropped.all(1).float().mean() < 0.7
+    assert torch.equal(_drop_features(beats, mean, 0.0), beats)
+    with pytest.raises(ParameterError, match="feature_dropout"):
+        PretrainConfig(feature_dropout=1.0)
+
+
+def test_select_by_action_accuracy(tmp_path, data):
+    cfg = PretrainConfig(run="acc", runs_dir=str(tmp_path), epochs=8, lr=1e-2, val_fraction=0.34, patience=1000,
+                         select="action_acc", feature_dropout=0.3, figure_every=100, **SMALL)
+    summary = train(cfg, data)
+    best = load_checkpoint(summary["best_path"], expect_layout=None)["extra"]
+    last = load_checkpoint(summary["last_path"], expect_layout=None)["extra"]
+    assert best["metrics"]["action_acc"] >= last["metrics"]["action_acc"]
+    assert summary["best_score"] == pytest.approx(-best["metrics"]["action_acc"] + 1e-4 * best["metrics"]["nll"])
+    assert summary["best_val_nll"] == pytest.approx(best["metrics"]["nll"])
+    with pytest.raises(ParameterError, match="select"):
+        PretrainConfig(select="loss")

@@ -175,3 +175,25 @@ def test_type_collapse_warns():
     with pytest.warns(RuntimeWarning, match="type collapse: type 5"):
         hist = train(cfg, policy=policy, env_fns=[lambda: TinyMaskedEnv(n_allowed=(18, 18))] * 2, log=_quiet)
     assert hist[0]["top_type"] == 5 and hist[0]["top_type_frac"] > 0.9
+
+
+def test_ppo_loss_gradients_finite_with_the_agent_policy_and_masks():
+    # rl/ppo.py uses Policy.evaluate's entropies directly: with masked choices (-inf
+    # log-probs) the loss's gradient must stay finite in every parameter.
+    from agent.model import Policy, PolicyConfig, obs_to_tensors
+    from rl.ppo import evaluate_actions
+    from tests.agent.fake_obs import random_obs
+
+    cfg = PolicyConfig(n_channels=130, n_globals=6, window=16, head_index=4, hidden=16, n_layers=1, n_heads=2,
+                       kernel_size=5)
+    torch.manual_seed(0)
+    policy = Policy(cfg).eval()
+    obs = obs_to_tensors(random_obs(cfg, 16, seed=1))
+    assert not obs["size_mask"].all()
+    with torch.no_grad():
+        actions = policy.act(obs, generator=torch.Generator().manual_seed(0))[0]
+    logp, ent, value = evaluate_actions(policy, obs, actions)
+    assert ent.shape == (16, 3) and torch.isfinite(ent).all()
+    (logp.mean() - 0.5 * ent.sum(-1).mean() + value.pow(2).mean()).backward()
+    grads = [p.grad for p in policy.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
