@@ -29,6 +29,9 @@ $(STAMP): requirements.txt
 	.venv/bin/pip install -q torch==2.13.0
 	.venv/bin/pip install -q --no-build-isolation natten==0.21.7
 	.venv/bin/pip install -q -r requirements.txt
+	@# numba compiles librosa's gufuncs on first use; two worker processes compiling at once
+	@# corrupt the cache (numba#10128: segfaults from then on). Compile once, here.
+	.venv/bin/python -m datasets.warmup
 	rm -f .venv/.setup-stamp-*
 	touch $(STAMP)
 

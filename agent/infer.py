@@ -7,7 +7,8 @@
 
 Steps: load audio -> beats + features (cached) -> the policy walks the song in the
 editing environment with masks (greedy unless --sample) -> EditPlan -> (optional)
-bar-level fit to --target-duration -> render at the input's native rate and channels ->
+bar-level fit to --target-duration -> a fade when the edit stops before the song
+does -> render at the input's native rate and channels ->
 edited audio, plan.json, Audacity labels, Reaper project, PNG and report.html.
 
 Everything is checked before anything is written (input, checkpoint, output folder), and
@@ -90,6 +91,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--crossfade-ms", type=float, default=10.0, help="equal-power crossfade at each join")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     p.add_argument("--no-cache", action="store_true", help="recompute features instead of reading the cache")
+    p.add_argument("--no-end-fade", action="store_true", help="keep a dead stop when the edit ends before the song does")
     return p
 
 
@@ -114,6 +116,7 @@ def run(args: argparse.Namespace) -> dict:
     from agent.checkpoint import load_checkpoint, policy_from_checkpoint
     from agent.device import pick_device
     from agent.duration import fit_duration
+    from agent.ending import soften_ending
     from agent.report import output_timeline, plot_edit, write_report_html
     from datasets.audio import load_audio, write_audio
     from datasets.features import extract_features, feature_index
@@ -177,6 +180,8 @@ def run(args: argparse.Namespace) -> dict:
             energy=feats.values[:, feature_index("rms_db")],
             output_seconds=lambda p: output_duration(p, audio.sr, args.crossfade_ms),
         )
+    if not args.no_end_fade:
+        plan = soften_ending(plan)
     t = lap("policy", t)
 
     # 4. Render at the input's native rate and channels.

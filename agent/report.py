@@ -157,8 +157,8 @@ td,th{{border:1px solid #ccc;padding:2px 8px;text-align:left}}img{{max-width:100
 <h1>Edit of {html.escape(Path(raw_audio).name)}</h1>
 <table>{facts}</table>
 <h2>Listen</h2>
-<p>Raw<br><audio controls preload="none" src="{_src(Path(raw_audio), out_dir)}"></audio></p>
-<p>Edited<br><audio controls preload="none" src="{_src(Path(edited_audio), out_dir)}"></audio></p>
+<p>Raw<br><audio controls preload="metadata" src="{_src(Path(raw_audio), out_dir)}"></audio></p>
+<p>Edited<br><audio controls preload="metadata" src="{_src(Path(edited_audio), out_dir)}"></audio></p>
 <h2>Look</h2>
 <img src="{_src(Path(png), out_dir)}" alt="raw waveform with kept, cut, looped and effected regions, and the output timeline">
 <h2>Plan</h2>

@@ -252,8 +252,14 @@ def _load_demucs(model: Any, *, quiet_download: bool = False) -> tuple[Any, str]
         raise
     except (Exception, SystemExit) as exc:  # demucs' fatal() calls sys.exit
         msg = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-        where = f" in {repo}" if repo is not None else " (offline: no local weights)"
-        _failures[key] = f"demucs model '{name}' unavailable{where}: {type(exc).__name__}: {msg}"
+        if repo is not None:
+            _failures[key] = f"demucs model '{name}' unavailable in {repo}: {type(exc).__name__}: {msg}"
+        else:  # the usual case offline: say what to do, not the socket error
+            log.debug("demucs model '%s': %s: %s", name, type(exc).__name__, msg)
+            _failures[key] = (
+                f"no local weights for demucs model '{name}' (point EDITOR_DEMUCS_REPO at them; "
+                "README 'Stems and Demucs weights')"
+            )
         raise EditorError(_failures[key]) from None
     _models[key] = net
     return net, label

@@ -503,6 +503,9 @@ def episode_reward(
     return RewardResult(total=total, weighted=weighted, scores={n: float(v) for n, v in s.items()})
 
 
+_TARGET_LOGGED: set[str] = set()
+
+
 def default_target_keep(run_dir: str | Path | None) -> float:
     """Median keep ratio of the user's aligned pairs (``RUN/labels/index.json``), or 45%.
 
@@ -543,5 +546,7 @@ def default_target_keep(run_dir: str | Path | None) -> float:
         log.warning("%s: no keep ratios found; using the default target %.2f", index, DEFAULT_TARGET_KEEP)
         return DEFAULT_TARGET_KEEP
     target = float(np.clip(np.median(ratios), KEEP_RATIO_MIN, 1.0))
-    log.info("target keep ratio %.3f = median of %d aligned pairs in %s", target, len(ratios), index)
+    if str(index) not in _TARGET_LOGGED:  # once per process, not once per environment
+        _TARGET_LOGGED.add(str(index))
+        log.info("target keep ratio %.3f = median of %d aligned pairs in %s", target, len(ratios), index)
     return target

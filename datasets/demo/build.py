@@ -328,11 +328,22 @@ def build(cfg: BuildConfig, *, progress: bool = True) -> list[dict]:
                 rows.append(_run(w))
                 bar.update(1)
         else:
-            # spawn: no fork of a process that may hold BLAS/torch threads.
-            with mp.get_context("spawn").Pool(jobs, initializer=_worker_init) as pool:
-                for row in pool.imap_unordered(_run, work):
-                    rows.append(row)
-                    bar.update(1)
+            # spawn: no fork of a process that may hold BLAS/torch threads. An executor, not a
+            # Pool: a worker that dies (a segfault) raises BrokenProcessPool instead of
+            # leaving the build waiting forever.
+            from concurrent.futures import ProcessPoolExecutor, as_completed
+            from concurrent.futures.process import BrokenProcessPool
+
+            with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=_worker_init) as pool:
+                try:
+                    for fut in as_completed([pool.submit(_run, w) for w in work]):
+                        rows.append(fut.result())
+                        bar.update(1)
+                except BrokenProcessPool:
+                    raise EditorError(
+                        "demo corpus: a worker process crashed; rerun with --jobs 1 "
+                        "(a corrupt numba cache: python -m datasets.warmup after deleting .venv/**/librosa/**/*.nb[ci])"
+                    ) from None
         bar.close()
     errors = [r for r in rows if "error" in r]
     for r in errors:

@@ -22,7 +22,7 @@ def data():
 
 
 def test_overfits_tiny_dataset(tmp_path, data):
-    cfg = PretrainConfig(run="t", runs_dir=str(tmp_path), epochs=60, lr=1e-2, val_fraction=0.0, patience=1000, figure_every=100, **SMALL)
+    cfg = PretrainConfig(run="t", runs_dir=str(tmp_path), epochs=60, lr=1e-2, val_fraction=0.0, patience=1000, figure_every=100, feature_dropout=0.0, **SMALL)
     summary = train(cfg, data)
     ck = load_checkpoint(summary["last_path"], expect_layout=None)
     model = policy_from_checkpoint(ck)
@@ -62,7 +62,7 @@ def test_cli_reports_missing_labels(tmp_path, capsys):
 
 
 def test_finished_run_started_again_does_nothing(tmp_path, data):
-    cfg = PretrainConfig(run="s", runs_dir=str(tmp_path), epochs=50, lr=1e-1, val_fraction=0.34, patience=1, **SMALL)
+    cfg = PretrainConfig(run="s", runs_dir=str(tmp_path), epochs=50, lr=1e-1, val_fraction=0.34, patience=1, select="nll", **SMALL)
     first = train(cfg, data)
     assert first["stopped"] == "early stopping"
     again = train(cfg, data)
