@@ -302,7 +302,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="evaluate bc_best.pt (the epoch --select picks) or bc_last.pt (after the last epoch)")
     ap.add_argument("--max-minutes", type=float, default=10.0, help="training time cap per model")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--refine", type=int, default=3, help="label refinement max size (3 = PHRASE, -1 = oracle as is)")
+    ap.add_argument("--refine", type=int, default=1,
+                    help="label refinement max size (1 = BAR, 2 = TWO_BARS, 3 = PHRASE, -1 = oracle as is)")
     ap.add_argument("--augment", type=int, default=0, help="also train with K augmented copies per training song")
     ap.add_argument("--baselines", nargs="*", default=["majority", "hgb", "d3rlpy_bc", "d3rlpy_cql"])
     ap.add_argument("--hgb-iter", type=int, default=100)

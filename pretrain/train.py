@@ -61,9 +61,13 @@ class PretrainConfig:
     """dropout in the attention and MLP blocks"""
     augment: int = 0
     """augmented copies of each pair (pitch, noise, gain, EQ tilt; pretrain/augment.py)"""
-    refine_max_size: int = 3
-    """split the oracle's KEEP/CUT/effect chunks above this size (3 = PHRASE) into
-    one decision per unit (pretrain/dataset.py refine_actions); -1 = as labelled"""
+    refine_max_size: int = 1
+    """split the oracle's KEEP/CUT/effect chunks above this size (1 = BAR, 2 = TWO_BARS,
+    3 = PHRASE) into one decision per unit (pretrain/dataset.py refine_actions); -1 = as
+    labelled. One decision per bar: sections often start a bar or two off the grid's
+    phrase lines, and per-bar decisions put a decision at every point a section can start
+    (demo corpus, 4-fold CV, plan IoU for refine 3 / 2 / 1: tight 0.55 / 0.62 / 0.67,
+    radio 0.66 / 0.71 / ~0.72; /work/notes/bc-quality.md)"""
     stems: str = "auto"
     """stem features: auto / demucs / dsp (datasets.features)"""
     val_fraction: float = 0.2
