@@ -40,6 +40,7 @@ import numpy as np
 
 from datasets.beats import BARS_PER_PHRASE, BeatGrid
 from datasets.features import N_FEATURES, feature_index
+from datasets.structure import bar_index, phrase_units
 
 __all__ = ["CONTEXT_CHANNELS", "N_CONTEXT", "SIMILAR", "SIMILAR_DB", "phrase_units", "song_context"]
 
@@ -92,48 +93,6 @@ def _pct(x: np.ndarray) -> np.ndarray:
     return ranks / (n - 1)
 
 
-def _bar_of(grid: BeatGrid) -> tuple[np.ndarray, np.ndarray]:
-    """(downbeat beat indices, bar number per beat with -1 for a pickup)."""
-    downbeats = np.flatnonzero(grid.beat_in_bar == 0)
-    if len(downbeats) == 0:
-        downbeats = np.array([0])
-    return downbeats, np.searchsorted(downbeats, np.arange(grid.n_beats), side="right") - 1
-
-
-def phrase_units(values: np.ndarray, grid: BeatGrid) -> tuple[np.ndarray, np.ndarray]:
-    """Phrase units aligned to the song's section changes.
-
-    Returns (bounds [n_units + 1] int64 beat indices from 0 to n_beats, bar-change
-    strength [n_bars] per bar: distance of the bar's mean loudness/timbre from the
-    previous bar's).
-    """
-    n = grid.n_beats
-    downbeats, bar_of = _bar_of(grid)
-    rms_db = values[:, _RMS_DB].astype(np.float64)
-    mfcc = values[:, _MFCC].astype(np.float64)
-    timbre = np.concatenate([rms_db[:, None] / 3.0, _z(mfcc)], axis=1)
-    counts = np.bincount(bar_of + 1, minlength=len(downbeats) + 1)[1:]
-    sums = np.stack([np.bincount(bar_of + 1, timbre[:, c], minlength=len(downbeats) + 1)[1:] for c in range(timbre.shape[1])], 1)
-    bar_desc = sums / np.maximum(counts, 1)[:, None]
-    change = np.r_[0.0, np.linalg.norm(np.diff(bar_desc, axis=0), axis=1)]
-    # 4-bar phrases are the norm; 2-bar units only when they catch clearly more changes
-    best = (-np.inf, BARS_PER_PHRASE, 0)
-    for size, prefer in ((BARS_PER_PHRASE, 1.15), (BARS_PER_PHRASE // 2, 1.0)):
-        for o in range(min(size, len(downbeats))):
-            score = prefer * change[o::size].mean()
-            if score > best[0] + 1e-12:
-                best = (score, size, o)
-    _, size, offset = best
-    bounds = sorted({0, n, *(int(s) for s in downbeats[offset::size])})
-    # a leading/trailing sliver shorter than a bar belongs to its neighbour
-    bpb = grid.beats_per_bar
-    if len(bounds) > 2 and bounds[1] - bounds[0] < bpb:
-        del bounds[1]
-    if len(bounds) > 2 and bounds[-1] - bounds[-2] < bpb:
-        del bounds[-2]
-    return np.asarray(bounds, dtype=np.int64), change
-
-
 def song_context(values: np.ndarray, grid: BeatGrid) -> np.ndarray:
     """The ``CONTEXT_CHANNELS`` of every beat.
 
@@ -179,7 +138,7 @@ def song_context(values: np.ndarray, grid: BeatGrid) -> np.ndarray:
     occurrence = np.array([alike[i, :i].sum() for i in range(m)], dtype=np.float64)
     n_similar = alike.sum(axis=1) / max(m - 1, 1)
     loud_z = np.clip((energy - energy.mean()) / (energy.std() + 1e-9), -3, 3) if m > 1 else np.zeros(m)
-    _, bar_of = _bar_of(grid)
+    _, bar_of = bar_index(grid)
     chg_z = np.clip((change - change.mean()) / (change.std() + 1e-9), -3, 3) if len(change) > 1 else np.zeros(len(change))
     unit_change = chg_z[np.clip(bar_of[units[:-1]], 0, len(change) - 1)]
     unit_change[bar_of[units[:-1]] < 0] = 0.0

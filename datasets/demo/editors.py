@@ -41,6 +41,7 @@ import numpy as np
 
 from datasets.beats import BeatGrid
 from datasets.errors import ParameterError
+from datasets.structure import phrase_units
 from envs.plan import EditPlan, Ops, Segment
 
 __all__ = ["SongView", "Persona", "PERSONAS", "analyse", "plan_edit", "persona_names"]
@@ -115,34 +116,9 @@ def analyse(features) -> SongView:
     chroma = np.stack([features.column(f"chroma_{p}") for p in ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")], 1)
     mfcc = np.stack([features.column(f"mfcc_{k}") for k in range(1, 13)], 1).astype(np.float64)
 
-    # 1. Bars start on downbeats. Sections change instrumentation and level, so a bar
-    #    whose sound (loudness, timbre) differs from the previous bar's likely starts a
-    #    section. Units are phrases of 4 bars, or 2 bars when 2-bar units catch clearly
-    #    more of those changes (short sections), aligned to the offset that catches most.
-    downbeats = np.flatnonzero(grid.beat_in_bar == 0)
-    if len(downbeats) == 0:
-        downbeats = np.array([0])
-    bar_of = np.searchsorted(downbeats, np.arange(n), side="right") - 1  # -1 = pickup
-    timbre = np.concatenate([rms_db[:, None] / 3.0, _zscore_cols(mfcc)], axis=1)
-    bar_desc = np.stack([timbre[bar_of == k].mean(axis=0) for k in range(len(downbeats))])
-    bar_nov = np.r_[0.0, np.linalg.norm(np.diff(bar_desc, axis=0), axis=1)]
-    best = (-np.inf, UNIT_BARS, 0)
-    for size, prefer in ((UNIT_BARS, 1.15), (UNIT_BARS // 2, 1.0)):
-        for o in range(min(size, len(downbeats))):
-            score = prefer * bar_nov[o::size].mean()
-            if score > best[0] + 1e-12:
-                best = (score, size, o)
-    _, size, offset = best
-    starts = list(downbeats[offset::size])
-    bounds = sorted(set([0] + [int(s) for s in starts] + [n]))
-    # A leading/trailing sliver shorter than one bar joins its neighbour: nobody keeps
-    # or cuts half a bar of pickup on its own.
-    bar_beats = grid.beats_per_bar
-    if len(bounds) > 2 and bounds[1] - bounds[0] < bar_beats:
-        del bounds[1]
-    if len(bounds) > 2 and bounds[-1] - bounds[-2] < bar_beats:
-        del bounds[-2]
-    units = np.asarray(bounds, dtype=np.int64)
+    # 1. Phrase units aligned to the section changes (datasets.structure: the same units
+    #    the environment describes to the policy).
+    units = phrase_units(features.values, grid)[0]
     m = len(units) - 1
 
     # 2. Per-unit loudness and per-bar descriptors.
