@@ -10,7 +10,7 @@ RUN ?= default
 JOBS ?= 2
 INPUT ?=
 
-.PHONY: setup test demo demo-data align pretrain finetune infer bench smoke clean-venv
+.PHONY: setup test demo demo-data align pretrain finetune infer bench
 
 setup: $(STAMP)
 
