@@ -67,16 +67,18 @@ def _candidates(plan: EditPlan, bars: list[tuple[int, int]], energy: np.ndarray,
                     right = replace(s, raw_start=b1, ops=replace(s.ops, fade_in_s=0.0))
                     out.append((e, make(segs[:k] + [left, right] + segs[k + 1 :])))
         else:
-            # extend into the neighbouring raw bar when it is not played elsewhere
+            # extend to the next (previous) bar line when the beats up to it are not played
+            # elsewhere: a whole neighbouring bar, or the rest of a bar the segment ends
+            # (starts) inside, so a mid-bar edge comes back onto the bar grid
             if s.raw_end < plan.grid.n_beats:
-                b0, b1 = bars[bar_of[s.raw_end]]
-                if b0 == s.raw_end and not used[b0:b1].any():
-                    e = -float(energy[b0:b1].mean())
+                b1 = bars[bar_of[s.raw_end]][1]
+                if not used[s.raw_end : b1].any():
+                    e = -float(energy[s.raw_end : b1].mean())
                     out.append((e, make(segs[:k] + [replace(s, raw_end=b1)] + segs[k + 1 :])))
             if s.raw_start > 0:
-                b0, b1 = bars[bar_of[s.raw_start - 1]]
-                if b1 == s.raw_start and not used[b0:b1].any():
-                    e = -float(energy[b0:b1].mean())
+                b0 = bars[bar_of[s.raw_start - 1]][0]
+                if not used[b0 : s.raw_start].any():
+                    e = -float(energy[b0 : s.raw_start].mean())
                     out.append((e, make(segs[:k] + [replace(s, raw_start=b0)] + segs[k + 1 :])))
     return out
 

@@ -125,6 +125,7 @@ def run(args: argparse.Namespace) -> dict:
     from envs.export import export_all
     from envs.quality import detect_clicks
     from envs.render import output_duration, render
+    from envs.reward import KEEP_RATIO_MIN
 
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
@@ -177,6 +178,16 @@ def run(args: argparse.Namespace) -> dict:
         plan = fit_duration(
             plan,
             target_s=args.target_duration,
+            energy=feats.values[:, feature_index("rms_db")],
+            output_seconds=lambda p: output_duration(p, audio.sr, args.crossfade_ms),
+        )
+    elif plan.keep_ratio < KEEP_RATIO_MIN:
+        # Below the reward's hard floor (cut at most 80 %): the policy missed its own limit,
+        # e.g. on a clip much shorter than its training songs. Bring bars back up to the
+        # style's keep ratio rather than hand the musician a fragment.
+        plan = fit_duration(
+            plan,
+            target_s=env.target_keep * audio.duration,
             energy=feats.values[:, feature_index("rms_db")],
             output_seconds=lambda p: output_duration(p, audio.sr, args.crossfade_ms),
         )

@@ -46,3 +46,11 @@ def test_runaway_repeats_are_dropped_first(plan):
     rep = EditPlan(segments=(Segment(0, 8),) + (Segment(8, 16, Ops(time_factor=0.5)),) * 40, grid=plan.grid)
     out = fit_duration(rep, target_s=20.0, energy=np.ones(64), output_seconds=_seconds)
     assert abs(_seconds(out) - 20.0) <= 1.0 + 1e-9
+
+
+def test_a_mid_bar_fragment_grows_back_onto_bar_lines(plan):
+    """A one-beat fragment (keep ratio 0.02) grows to the target by bars."""
+    tiny = EditPlan(segments=(Segment(17, 18),), grid=plan.grid)
+    out = fit_duration(tiny, target_s=8.0, energy=np.ones(64), output_seconds=_seconds)
+    assert abs(_seconds(out) - 8.0) <= 1.0 + 1e-9
+    assert len(out.segments) == 1 and out.segments[0].raw_start <= 17 and out.segments[0].raw_end >= 18

@@ -95,3 +95,26 @@ def test_unwritable_output_folder(song, checkpoint, tmp_path):
     ro.mkdir()
     ro.chmod(0o500)
     assert main([str(song), "--checkpoint", str(checkpoint), "--out", str(ro / "x")]) == 2
+
+
+def test_a_fragment_edit_is_brought_back_to_the_style(song, checkpoint, tmp_path, monkeypatch):
+    """If the policy cuts below the reward's 20 % floor, inference restores bars up to the
+    style's keep ratio instead of writing a fragment."""
+    import agent.infer as infer
+    from envs.plan import Segment
+
+    real = infer.edit_song
+
+    def fragment(policy, env, **kw):
+        res = real(policy, env, **kw)
+        one_beat = type(res.plan)(segments=(Segment(10, 11),), grid=res.plan.grid, source_sha256=res.plan.source_sha256)
+        return infer.EditResult(plan=one_beat, actions=res.actions, reward=res.reward, reward_components={})
+
+    monkeypatch.setattr(infer, "edit_song", fragment)
+    out = tmp_path / "out"
+    assert main([str(song), "--checkpoint", str(checkpoint), "--out", str(out), "--keep-ratio", "0.5"]) == 0
+    y, sr = sf.read(out / f"{song.stem}_edited.wav", always_2d=True)
+    plan = json.loads((out / f"{song.stem}.plan.json").read_text())
+    grid = plan["grid"] if "grid" in plan else plan["plan"]["grid"]
+    bar_s = 60.0 / grid["tempo"] * grid["beats_per_bar"]
+    assert abs(y.shape[0] / sr - 15.0) <= bar_s  # 0.5 x 30 s
