@@ -27,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 import enum
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -36,6 +35,7 @@ import torch
 
 from agent.layout import check_layout
 from agent.model import Policy, PolicyConfig
+from datasets.atomic import atomic_path
 from datasets.errors import ParameterError
 
 __all__ = ["CHECKPOINT_FORMAT", "save_checkpoint", "load_checkpoint", "policy_from_checkpoint", "to_plain"]
@@ -113,17 +113,10 @@ def save_checkpoint(
         "layout": to_plain(dict(layout)),
         "extra": to_plain(dict(extra or {})),
     }
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(ckpt, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(ckpt, f)
+        f.flush()
+        os.fsync(f.fileno())  # on disk before the rename makes it the checkpoint
     return path
 
 

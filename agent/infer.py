@@ -47,15 +47,17 @@ class EditResult:
     reward_components: dict
 
 
-def edit_song(policy, env, *, deterministic: bool = True, seed: int = 0, device: torch.device | str = "cpu") -> EditResult:
-    """Run ``policy`` over the (single-song) ``env`` to the end of the episode."""
+def edit_song(policy, env, *, song: int = 0, deterministic: bool = True, seed: int = 0) -> EditResult:
+    """Run ``policy`` over song ``song`` of ``env`` (an AudioEditEnv) to the end of the
+    episode. The one policy rollout of the project: inference, PPO's greedy evaluation
+    and the benchmarks all edit through it. Leaves the policy's train/eval mode alone."""
     from agent.model import obs_to_tensors
 
+    device = next(policy.parameters()).device
     gen = torch.Generator(device=device).manual_seed(seed)
-    obs, _ = env.reset(seed=seed, options={"song": 0})
+    obs, _ = env.reset(seed=seed, options={"song": song})
     actions: list[tuple[int, int, int]] = []
     reward, info, done = 0.0, {}, False
-    policy.eval()
     with torch.no_grad():
         while not done:
             a, *_ = policy.act(obs_to_tensors(obs, device), deterministic=deterministic, generator=gen)
@@ -172,7 +174,8 @@ def run(args: argparse.Namespace) -> dict:
         torch.set_num_threads(1)
     song = Song.from_features(feats, audio=audio, name=src.stem)
     env = AudioEditEnv([song], target_keep=keep)
-    result = edit_song(policy, env, deterministic=not args.sample, seed=args.seed, device=device)
+    policy.eval()
+    result = edit_song(policy, env, deterministic=not args.sample, seed=args.seed)
     plan = result.plan
     if args.target_duration is not None:
         plan = fit_duration(

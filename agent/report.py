@@ -16,6 +16,7 @@ from urllib.parse import quote
 
 import numpy as np
 
+from datasets.atomic import atomic_path, atomic_write_text
 from envs.export import ops_label, output_timeline as export_timeline
 from envs.plan import EditPlan, Ops
 from envs.render import DEFAULT_CROSSFADE_MS
@@ -113,12 +114,12 @@ def plot_edit(
     ax_out.set_xlabel("output time (s); labels give the raw span played")
     fig.tight_layout()
 
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    try:
+        with atomic_path(path, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=100)
+    finally:
+        plt.close(fig)
+    return Path(path)
 
 
 def _src(target: Path, out_dir: Path) -> str:
@@ -167,8 +168,4 @@ td,th{{border:1px solid #ccc;padding:2px 8px;text-align:left}}img{{max-width:100
 </table>
 </body></html>
 """
-    path = out_dir / "report.html"
-    tmp = out_dir / ".report.html.tmp"
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(out_dir / "report.html", page)

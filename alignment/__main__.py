@@ -8,13 +8,12 @@ draws edited time against raw time with each segment as a line.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
-import tempfile
 from pathlib import Path
 
+from datasets.atomic import atomic_path, atomic_write_json
 from datasets.errors import EditorError
 
 __all__ = ["main", "write_json", "plot_alignment"]
@@ -22,17 +21,7 @@ __all__ = ["main", "write_json", "plot_alignment"]
 
 def write_json(path: str | os.PathLike, data: dict) -> Path:
     """Write JSON atomically (temp file in the same folder + rename)."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1)
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return p
+    return atomic_write_json(path, data)
 
 
 def plot_alignment(path: str | os.PathLike, record: dict, *, title: str = "") -> Path:
@@ -66,17 +55,12 @@ def plot_alignment(path: str | os.PathLike, record: dict, *, title: str = "") ->
         + f"{len(record['segments'])} segments, confidence {record['confidence']:.2f}, fidelity {record['fidelity']:.2f} dB",
         fontsize=9,
     )
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".png", dir=p.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, p)
+        with atomic_path(path, suffix=".png") as tmp:
+            fig.savefig(tmp, format="png")
     finally:
         plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)
-    return p
+    return Path(path)
 
 
 def get_parser() -> argparse.ArgumentParser:

@@ -374,7 +374,6 @@ def gain_steps(*, y_edit: np.ndarray, y_raw: np.ndarray, edit_span: tuple[float,
     t, lvl, r = ratio_frames(y_edit=y_edit, y_raw=y_raw, edit_span=edit_span, offset_s=offset_s)
     if curve is not None and len(r):
         r = r - curve(lvl)
-    e0 = 0.0
     w = max(3, int(MIN_STEP_SIDE_S * SR / _STEP_HOP))
     if len(r) < 2 * w + 1:
         return []

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from datasets.atomic import atomic_path
 from datasets.errors import AudioError
 
 __all__ = [
@@ -159,15 +159,8 @@ def write_audio(path: str | os.PathLike, *, y: np.ndarray, sr: int, subtype: str
         raise AudioError(f"{p}: cannot write audio format '{fmt.lower()}'")
     if subtype is None and fmt == "WAV":
         subtype = "FLOAT"  # keep the renderer's float output bit-exact
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    os.close(fd)
-    try:
+    with atomic_path(p) as tmp:
         sf.write(tmp, frames, sr, format=fmt, subtype=subtype)
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return p
 
 

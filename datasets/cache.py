@@ -23,11 +23,12 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
+
+from datasets.atomic import atomic_path
 
 __all__ = ["CODE_VERSION", "cache_dir", "make_key", "load_arrays", "save_arrays", "config_hash"]
 
@@ -96,15 +97,8 @@ def save_arrays(key: str, arrays: Mapping[str, np.ndarray], *, folder: Path | No
     payload = dict(arrays)
     payload[_CHECKSUM_KEY] = np.asarray(_checksum(arrays))
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **payload)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: savez adds no ".npz"
+            np.savez(f, **payload)
     except OSError as exc:
         log.warning("feature cache: cannot write %s (%s); continuing without caching", path, exc)
     return path

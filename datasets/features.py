@@ -257,18 +257,11 @@ class BeatFeatures:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write an ``.npz`` atomically (values, names, grid as JSON, stem method)."""
-        import tempfile
+        from datasets.atomic import atomic_path
 
         p = Path(path)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **self.to_arrays())
-            os.replace(tmp, p)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_path(p) as tmp, open(tmp, "wb") as f:  # a file object: savez adds no ".npz"
+            np.savez(f, **self.to_arrays())
         return p
 
     @classmethod

@@ -33,13 +33,12 @@ types where the amount means nothing (KEEP, CUT, ...) only NEUTRAL is allowed.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
 
+from datasets.atomic import atomic_write_text
 from datasets.errors import EditorError, ParameterError
 
 __all__ = [
@@ -373,16 +372,7 @@ def meaning_markdown() -> str:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_text(path, text)
 
 
 def main(argv: list[str] | None = None) -> int:

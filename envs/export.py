@@ -30,10 +30,10 @@ import json
 import math
 import os
 import sys
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
+from datasets.atomic import atomic_write_text
 from envs.plan import EditPlan, Ops
 from envs.render import DEFAULT_CROSSFADE_MS, Layout, Piece, layout
 
@@ -278,17 +278,7 @@ def otio_timeline(
 
 # -- atomic writers -----------------------------------------------------------------------
 def _write_text(path: str | os.PathLike, text: str) -> Path:
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return p
+    return atomic_write_text(path, text)
 
 
 def write_json(path, plan: EditPlan, *, sr: int, crossfade_ms: float = DEFAULT_CROSSFADE_MS) -> Path:

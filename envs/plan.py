@@ -992,7 +992,7 @@ class _Oracle:
 
     def structural(self, i: int, work: list) -> bool:
         """Emit SWAP_NEXT or REORDER for work[i], work[i+1] if they fit; trims work[i+1]."""
-        ex, tab = self.ex, self.tab
+        tab = self.tab
         a0, b0, _ = work[i]
         nxt = work[i + 1]
         y = nxt[0]

@@ -128,26 +128,18 @@ def greedy_edit(policy, env, song_index: int = 0) -> dict:
     Returns reward, components, plan, actions [n, 3] and plan IoU against the song's
     human plan (nan without one).
     """
-    from agent.model import obs_to_tensors
+    from agent.infer import edit_song
     from envs.reward import plan_usage_iou
 
-    obs, _ = env.reset(seed=0, options={"song": song_index})
-    song = env.song
-    device = next(policy.parameters()).device
-    actions, reward, done, info = [], 0.0, False, {}
-    while not done:
-        act = policy.act(obs_to_tensors(obs, device=device), deterministic=True)[0][0].cpu().numpy()
-        obs, r, term, trunc, info = env.step(act)
-        reward += r
-        actions.append(act)
-        done = term or trunc
-    plan = env.last_plan
-    iou = plan_usage_iou(plan, song.human_plan) if song.human_plan is not None and plan.segments else float("nan")
+    res = edit_song(policy, env, song=song_index, deterministic=True, seed=0)
+    human = env.songs[song_index].human_plan
+    plan = res.plan
+    iou = plan_usage_iou(plan, human) if human is not None and plan.segments else float("nan")
     return {
-        "reward": float(reward),
-        "components": dict(info.get("reward_components", {})),
+        "reward": float(res.reward),
+        "components": dict(res.reward_components),
         "plan": plan,
-        "actions": np.asarray(actions, dtype=np.int64).reshape(-1, 3),
+        "actions": np.asarray(res.actions, dtype=np.int64).reshape(-1, 3),
         "iou": float(iou),
     }
 

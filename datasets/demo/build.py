@@ -33,13 +33,13 @@ import logging
 import multiprocessing as mp
 import os
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
+from datasets.atomic import atomic_write_json
 from datasets.errors import EditorError, ParameterError
 
 __all__ = ["BuildConfig", "Item", "plan_items", "build_item", "build", "main"]
@@ -179,15 +179,7 @@ def _f_measure(ref: np.ndarray, est: np.ndarray) -> float:
 
 
 def _write_json(path: Path, obj: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_json(path, obj)
 
 
 def build_item(item: Item, out: str | os.PathLike) -> dict:

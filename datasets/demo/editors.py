@@ -110,7 +110,6 @@ def analyse(features) -> SongView:
     features : ``datasets.features.BeatFeatures`` (its grid is the one the plan uses)
     """
     grid: BeatGrid = features.grid
-    n = grid.n_beats
     widths = np.diff(grid.bounds)
     rms_db = features.column("rms_db").astype(np.float64)
     chroma = np.stack([features.column(f"chroma_{p}") for p in ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")], 1)

@@ -1,6 +1,3 @@
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -8,7 +5,6 @@ import soundfile as sf
 
 from datasets.audio import ANALYSIS_SR, load_audio, write_audio
 from datasets.errors import AudioError
-from tests.conftest import ROOT
 
 
 def _tone(sr: int, seconds: float, channels: int = 2) -> np.ndarray:
