@@ -13,8 +13,9 @@ Masked choices get -inf logits, so their probability is exactly 0 and they are n
 sampled. A type is only allowed when at least one size and one amount are allowed for
 it, so every allowed type has a proper conditional distribution.
 
-Encoder: input projection of [normalised features, history channels] plus a learned
-position embedding of the window slot (attention itself is position-blind; the slot
+Encoder: it reads the rows of the window around the read head (``PolicyConfig.rows``:
+8 beats behind, 24 from the head on, by default), input projection of [normalised
+features, context and history channels] plus a learned position embedding of the slot (attention itself is position-blind; the slot
 says where the read head is), then pre-norm blocks of neighbourhood attention + MLP
 with the padding mask, then: the read-head token, a masked mean over the window and an
 MLP of the globals are concatenated into the trunk.
@@ -57,7 +58,7 @@ class PolicyConfig:
     The observation-layout fields must match envs/observation.py (``from_layout`` reads
     them from there; the defaults are its values when this was written). The width is
     small on purpose: PPO must step >= 2,000 env steps/s including updates on 2 CPU
-    cores, and every one of the W = 64 window beats is a token.
+    cores, and every beat the encoder reads (``rows``) is a token.
     """
 
     n_features: int = 121
@@ -70,6 +71,14 @@ class PolicyConfig:
     """W, beats in the observation window"""
     head_index: int = 16
     """slot of the read-head beat inside the window"""
+    read_behind: int = 8
+    """beats behind the read head the encoder reads (-1 = all of the window's). The
+    encoder reads rows [head_index - read_behind, head_index + read_ahead) of the window:
+    every row is an attention token, and the attention is most of the cost of PPO's
+    update (fwd+bwd 0.43 ms per sample for all 64 rows, 0.19 ms for 32; bench/finetune.py).
+    What lies further away is summarised by the song-context channels of the rows read."""
+    read_ahead: int = 24
+    """beats from the read head on (the head row included) the encoder reads (-1 = all)"""
     hidden: int = 32
     """model width; must be divisible by n_heads"""
     n_layers: int = 2
@@ -104,6 +113,27 @@ class PolicyConfig:
             raise ParameterError(f"PolicyConfig: head_index={self.head_index} outside window={self.window}")
         if self.n_layers < 1:
             raise ParameterError(f"PolicyConfig: n_layers={self.n_layers} must be >= 1")
+        if not (-1 <= self.read_behind and (self.read_ahead == -1 or self.read_ahead >= 1)):
+            raise ParameterError(
+                f"PolicyConfig: read_behind={self.read_behind} / read_ahead={self.read_ahead} "
+                "must be -1 (the whole window) or >= 0 / >= 1"
+            )
+
+    @property
+    def rows(self) -> slice:
+        """Window rows the encoder reads (clipped to the window)."""
+        lo = 0 if self.read_behind < 0 else max(0, self.head_index - self.read_behind)
+        hi = self.window if self.read_ahead < 0 else min(self.window, self.head_index + self.read_ahead)
+        return slice(lo, hi)
+
+    @property
+    def n_rows(self) -> int:
+        return self.rows.stop - self.rows.start
+
+    @property
+    def head_row(self) -> int:
+        """Slot of the read head among the rows read."""
+        return self.head_index - self.rows.start
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -117,6 +147,9 @@ class PolicyConfig:
         if unknown:
             raise ParameterError(f"PolicyConfig: unknown keys {sorted(unknown)}")
         d = dict(d)
+        # Checkpoints written before read_behind / read_ahead existed read the whole window.
+        d.setdefault("read_behind", -1)
+        d.setdefault("read_ahead", -1)
         if "dilations" in d:
             d["dilations"] = tuple(int(x) for x in d["dilations"])
         return cls(**d)
@@ -185,7 +218,7 @@ class PolicyOutput(NamedTuple):
     amount_logits: Tensor  # (B, 18, 5): row t = amount logits given type t
     value: Tensor  # (B,)
     energy: Tensor  # (B, n_energy): predicted normalised energy of the next beats
-    boundary_logits: Tensor  # (B, W): logit that the editor starts/ends a segment at each window beat
+    boundary_logits: Tensor  # (B, n_rows): logit that the editor starts/ends a segment at each beat read (cfg.rows)
 
 
 class _NeighborhoodAttention(nn.Module):
@@ -277,7 +310,7 @@ class Policy(nn.Module):
         self.normalizer = FeatureNormalizer(cfg.n_features)
         self.global_normalizer = FeatureNormalizer(cfg.n_globals)
         self.inp = nn.Linear(cfg.n_channels, d)
-        self.pos = nn.Embedding(cfg.window, d)
+        self.pos = nn.Embedding(cfg.n_rows, d)
         self.blocks = nn.ModuleList(
             [_Block(cfg, cfg.dilations[i % len(cfg.dilations)]) for i in range(cfg.n_layers)]
         )
@@ -316,7 +349,7 @@ class Policy(nn.Module):
 
     # ------------------------------------------------------------------ encoder
     def encode(self, obs: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
-        """Returns (trunk [B, d], beat tokens [B, W, d])."""
+        """Returns (trunk [B, d], beat tokens [B, n_rows, d]) for the rows read (``cfg.rows``)."""
         cfg = self.cfg
         beats, mask = obs["beats"], obs["beat_mask"]
         mask = mask if mask.dtype == torch.bool else mask > 0.5
@@ -325,13 +358,15 @@ class Policy(nn.Module):
             raise ParameterError(
                 f"observation beats {tuple(beats.shape[1:])} != model (window={cfg.window}, channels={cfg.n_channels})"
             )
+        rows = cfg.rows
+        beats, mask = beats[:, rows], mask[:, rows]
         feats = self.normalizer(beats[..., : cfg.n_features])
         x = torch.cat([feats, beats[..., cfg.n_features :]], dim=-1) * mask[..., None]  # (B, W, C)
         x = (self.inp(x) + self.pos.weight[None]) * mask[..., None]  # (B, W, d)
         for blk in self.blocks:
             x = blk(x, mask)
         x = self.ln_f(x) * mask[..., None]
-        head = x[:, cfg.head_index]  # (B, d) read-head token
+        head = x[:, cfg.head_row]  # (B, d) read-head token
         n = mask.sum(-1, keepdim=True).clamp_min(1)
         pooled = x.sum(1) / n  # (B, d) masked mean
         g = obs["globals"]

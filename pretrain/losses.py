@@ -79,8 +79,9 @@ def bc_losses(
         total = total + lw.energy * loss_e
         parts["energy"] = loss_e.detach()
     if boundary is not None and lw.boundary > 0:
-        m = mask.float()
-        bce = F.binary_cross_entropy_with_logits(out.boundary_logits, boundary.float(), reduction="none")
+        rows = model.cfg.rows  # the encoder reads these window rows
+        m = mask[:, rows].float()
+        bce = F.binary_cross_entropy_with_logits(out.boundary_logits, boundary[:, rows].float(), reduction="none")
         loss_b = (bce * m).sum() / m.sum().clamp_min(1.0)
         total = total + lw.boundary * loss_b
         parts["boundary"] = loss_b.detach()

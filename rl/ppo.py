@@ -24,6 +24,13 @@ The spec's "Training Approach", read top to bottom (CleanRL style, no trainer cl
    of the human plans' actions), gradient accumulation over micro-batches,
    gradient-norm clipping, cosine learning rate, and an early stop when the approximate
    KL to the rollout policy exceeds ``target_kl``.
+5. **Overlap** (``overlap=True``, CPU): the next rollout is collected by a forked worker
+   (rl/actor.py) while the learner updates, so each rollout is one update behind. The
+   update is then decoupled PPO (Hilton et al. 2022): ratio and clip are taken against
+   the policy at the start of the update ("proximal", one no-grad forward pass), each
+   sample is weighted by pi_prox / pi_behaviour truncated at ``lag_weight_clip``, and the
+   KL early stop measures the distance to the proximal policy. Without overlap the
+   proximal policy is the behaviour policy and this is plain PPO.
 
 The policy is any ``nn.Module`` with agent/model.py's API::
 
@@ -38,7 +45,9 @@ have finite gradients where choices are masked (agent/model.py's ``_entropy`` do
 Rollouts assert that no masked action was sampled.
 
 Throughput: set ``torch.set_num_threads(1)`` for small batches on a busy CPU (rl/train.py
-does); timing per epoch is logged as data sample / rollout / update.
+does); timing per epoch is logged as data sample / rollout / update (with overlap,
+"rollout" is the time the learner waited for the worker and the worker's own times are
+logged beside it).
 
 Usage (the CLI with real songs is rl/train.py)::
 
@@ -66,6 +75,7 @@ from torch import nn
 
 from agent.model import obs_to_tensors
 from envs.returns import monte_carlo_returns
+from rl.actor import RolloutWorker
 
 __all__ = [
     "PPOConfig",
@@ -158,6 +168,12 @@ class PPOConfig:
     """epochs between greedy edits of a held-out song (0 = never)"""
     deterministic_torch: bool = False
     """torch.use_deterministic_algorithms (slower; CPU runs are already reproducible)"""
+    overlap: bool = True
+    """CPU: a forked worker collects the next epoch's rollout while the learner updates
+    (rl/actor.py), so the envs and the update each keep a core busy; rollouts are then
+    one update behind and the loss is decoupled PPO (``lag_weight_clip``). Off on CUDA"""
+    lag_weight_clip: float = 2.0
+    """overlap: each sample's weight pi_prox / pi_behaviour is truncated at this (V-trace's rho-bar)"""
 
 
 @dataclass(frozen=True)
@@ -307,6 +323,18 @@ def evaluate_actions(policy: nn.Module, obs: Mapping[str, torch.Tensor], actions
 
 def _index_obs(obs: Mapping[str, torch.Tensor], idx: torch.Tensor) -> dict[str, torch.Tensor]:
     return {k: v[idx] for k, v in obs.items()}
+
+
+@torch.no_grad()
+def _logp_of(policy: nn.Module, obs: Mapping[str, torch.Tensor], actions: torch.Tensor, *, batch: int) -> torch.Tensor:
+    """log P of ``actions`` under ``policy`` for a whole rollout, in no-grad batches."""
+    idx_all = torch.arange(actions.shape[0], device=actions.device)
+    return torch.cat([policy.evaluate(_index_obs(obs, idx), actions[idx])[0] for idx in idx_all.split(batch)])
+
+
+def _sample_seed(cfg: PPOConfig, epoch: int) -> int:
+    """Seed of the overlapped worker's action sampling in ``epoch`` (resume-exact)."""
+    return (cfg.seed * 2_000_003 + epoch * 7_919 + 17) % 2**62
 
 
 def _env_info(infos: Mapping[str, Any], i: int) -> dict[str, Any]:
@@ -577,6 +605,7 @@ def train(
     generator = torch.Generator().manual_seed(cfg.seed)
     sample_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
     start_epoch, global_step = 0, 0
+    resume_behaviour = None
     if resume is not None:
         ck = resume if isinstance(resume, Mapping) else load_checkpoint(resume, map_location="cpu")
         policy.load_state_dict(ck["policy"])
@@ -587,6 +616,7 @@ def train(
         rms.load_state_dict(ck["rms"])
         _set_rng_state(ck["rng"], generator, sample_gen)
         start_epoch, global_step = int(ck["epoch"]), int(ck["global_step"])
+        resume_behaviour = ck.get("behaviour") or None
         log(f"ppo: resumed at epoch {start_epoch}, global step {global_step}")
 
     def checkpoint_state(epoch: int) -> dict[str, Any]:
@@ -598,18 +628,40 @@ def train(
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "rms": rms.state_dict(),
+            "behaviour": behaviour if use_overlap else {},
             "rng": _rng_state(generator, sample_gen),
             "epoch": epoch,
             "global_step": global_step,
             "extra": dict(extra_state or {}),
         }
 
-    envs = make_vector_env(env_fns, subprocess=subprocess)
-    envs.action_space.seed(cfg.seed)
-    envs.observation_space.seed(cfg.seed)
+    def make_envs() -> gym.vector.VectorEnv:
+        v = make_vector_env(env_fns, subprocess=subprocess)
+        v.action_space.seed(cfg.seed)
+        v.observation_space.seed(cfg.seed)
+        return v
+
+    def env_seeds(epoch: int) -> list[int]:
+        # the envs draw their songs on reset, seeded by (seed, epoch)
+        base = (cfg.seed * 1_000_003 + epoch * cfg.n_envs) % 2**31
+        return [base + i for i in range(cfg.n_envs)]
+
+    use_overlap = cfg.overlap and device.type == "cpu"
+    if cfg.overlap and not use_overlap:
+        log(f"ppo: overlap off on {device} (the worker would fork a CUDA context); rollouts run in this process")
+    envs: gym.vector.VectorEnv | None = None
+    worker: RolloutWorker | None = None
+    # overlap: the weights the in-flight rollout is collected with (a checkpoint stores them)
+    behaviour = {k: v.detach().clone() for k, v in (resume_behaviour or policy.state_dict()).items()}
+    if use_overlap:
+        worker = RolloutWorker(make_envs, copy.deepcopy(policy).cpu(), steps=cfg.steps, daemon=not subprocess)
+        worker.request(behaviour, env_seeds(start_epoch), _sample_seed(cfg, start_epoch))
+    else:
+        envs = make_envs()
     micro = cfg.minibatch_size // cfg.grad_accum
     history: list[dict[str, float]] = []
-    log(f"ppo: device {device}, {cfg.n_envs} envs ({'subprocess' if subprocess else 'sync'}), "
+    log(f"ppo: device {device}, {cfg.n_envs} envs ({'subprocess' if subprocess else 'sync'}"
+        f"{', in an overlapped worker' if use_overlap else ''}), "
         f"{sum(p.numel() for p in policy.parameters()):,} parameters, anchor={cfg.anchor}, baseline={cfg.baseline}")
     try:
         for epoch in range(start_epoch, cfg.epochs):
@@ -617,16 +669,29 @@ def train(
             ent_coef = entropy_coef_at(cfg, epoch)
             lr_now = optimizer.param_groups[0]["lr"]
 
-            # -- data sample: the envs draw their songs on reset, seeded by (seed, epoch)
-            base = (cfg.seed * 1_000_003 + epoch * cfg.n_envs) % 2**31
-            obs, _ = envs.reset(seed=[base + i for i in range(cfg.n_envs)])
-            t_data = time.perf_counter() - t0
+            is_last = epoch + 1 == cfg.epochs or (stop_after > 0 and epoch + 1 - start_epoch >= stop_after)
+            worker_times: dict[str, float] = {}
+            if worker is not None:
+                # -- rollout e (collected with the weights before update e - 1) ...
+                res = worker.result()
+                ro = res.rollout
+                t_data, t_rollout = 0.0, time.perf_counter() - t0  # time waited for the worker
+                worker_times = {"time_worker_reset": res.t_reset, "time_worker_rollout": res.t_rollout,
+                                "cpu_time_worker": res.cpu}
+                # ... and rollout e + 1 starts now, with these weights, while we update
+                behaviour = {k: v.detach().clone() for k, v in policy.state_dict().items()}
+                if not is_last:
+                    worker.request(behaviour, env_seeds(epoch + 1), _sample_seed(cfg, epoch + 1))
+            else:
+                # -- data sample: the envs draw their songs on reset, seeded by (seed, epoch)
+                obs, _ = envs.reset(seed=env_seeds(epoch))
+                t_data = time.perf_counter() - t0
 
-            # -- rollout
-            t1 = time.perf_counter()
-            ro = collect_rollout(envs, policy, obs=obs, steps=cfg.steps, generator=sample_gen, device=device)
+                # -- rollout
+                t1 = time.perf_counter()
+                ro = collect_rollout(envs, policy, obs=obs, steps=cfg.steps, generator=sample_gen, device=device)
+                t_rollout = time.perf_counter() - t1
             global_step += ro.env_steps
-            t_rollout = time.perf_counter() - t1
 
             # -- returns and advantages
             t2 = time.perf_counter()
@@ -646,13 +711,14 @@ def train(
             adv, targets = adv.to(device), targets.to(device)
             ref_logp = None
             if cfg.anchor == "kl" and reference is not None:
-                with torch.no_grad():
-                    ref_logp = torch.cat(
-                        [
-                            reference.evaluate(_index_obs(obs_d, idx), actions_d[idx])[0]
-                            for idx in torch.arange(len(ro), device=device).split(max(micro, 256))
-                        ]
-                    )
+                ref_logp = _logp_of(reference, obs_d, actions_d, batch=max(micro, 256))
+            # decoupled PPO: ratio and clip against the policy as it is now (the proximal
+            # policy); samples weighted by pi_prox / pi_behaviour (1 without overlap)
+            if worker is not None:
+                prox_logp = _logp_of(policy, obs_d, actions_d, batch=max(micro, 256))
+                lag_w = (prox_logp - old_logp).exp().clamp(max=cfg.lag_weight_clip)
+            else:
+                prox_logp, lag_w = old_logp, None
 
             # -- update
             m = len(ro)
@@ -670,9 +736,9 @@ def train(
                     for idx in mb.split(micro):
                         w = idx.numel() / mb.numel()
                         logp, ent3, value = evaluate_actions(policy, _index_obs(obs_d, idx), actions_d[idx])
-                        log_ratio = logp - old_logp[idx]
+                        log_ratio = logp - prox_logp[idx]
                         ratio = log_ratio.exp()
-                        a = adv[idx]
+                        a = adv[idx] if lag_w is None else adv[idx] * lag_w[idx]
                         pg_loss = torch.max(-a * ratio, -a * ratio.clamp(1 - cfg.clip_ratio, 1 + cfg.clip_ratio)).mean()
                         v_loss = 0.5 * (value.float() - targets[idx]).pow(2).mean()
                         entropy = ent3.sum(-1).mean()
@@ -746,7 +812,11 @@ def train(
                 sps=ro.env_steps / max(elapsed, 1e-9),
                 # CPU seconds of this process: on a shared machine wall time measures the load
                 cpu_time=time.process_time() - c0,
+                **worker_times,
             )
+            if lag_w is not None:
+                row["lag_weight"] = float(lag_w.mean())
+                row["lag_weight_clipped"] = float((lag_w >= cfg.lag_weight_clip).float().mean())
             comp_names = sorted({k for e in ro.episodes for k in e["components"]})
             for k in comp_names:
                 row[f"reward/{k}"] = float(np.mean([e["components"][k] for e in ro.episodes if k in e["components"]]))
@@ -763,7 +833,7 @@ def train(
                 f"sps {row['sps']:.0f} (rollout {t_rollout:.2f}s update {t_update:.2f}s)"
             )
             done_epochs = epoch + 1
-            last = done_epochs == cfg.epochs or (stop_after > 0 and done_epochs - start_epoch >= stop_after)
+            last = is_last
             if save_path is not None and ((cfg.save_every and done_epochs % cfg.save_every == 0) or last):
                 (save_fn or save_checkpoint)(Path(save_path), checkpoint_state(done_epochs))
             if greedy_eval is not None and cfg.eval_every and (
@@ -773,7 +843,10 @@ def train(
             if last:
                 break
     finally:
-        envs.close()
+        if envs is not None:
+            envs.close()
+        if worker is not None:
+            worker.close()
     return history
 
 

@@ -195,3 +195,29 @@ def test_overfits_tiny_dataset():
             break
     assert torch.equal(pred, labels), f"accuracy {(pred == labels).all(-1).float().mean():.2f}"
     assert F.softmax(out.type_logits, -1).isfinite().all()
+
+
+def test_encoder_reads_only_the_rows_around_the_head():
+    # read_behind / read_ahead: rows outside [head - behind, head + ahead) change nothing,
+    # a row inside does; -1 (and checkpoints written before the fields existed) = all rows
+    cfg = PolicyConfig(n_channels=130, n_globals=6, window=32, head_index=8, hidden=16, n_layers=1, n_heads=2,
+                       kernel_size=5, read_behind=4, read_ahead=10)
+    assert cfg.rows == slice(4, 18) and cfg.n_rows == 14 and cfg.head_row == 4
+    torch.manual_seed(0)
+    model = Policy(cfg).eval()
+    obs = obs_to_tensors(random_obs(cfg, 4, seed=3, pad=False))
+    with torch.no_grad():
+        base = model(obs)
+        far = {**obs, "beats": obs["beats"].clone()}
+        far["beats"][:, :4] += 5.0
+        far["beats"][:, 18:] -= 5.0
+        near = {**obs, "beats": obs["beats"].clone()}
+        near["beats"][:, 12] += 5.0
+        out_far, out_near = model(far), model(near)
+    assert torch.equal(base.type_logits, out_far.type_logits) and torch.equal(base.value, out_far.value)
+    assert not torch.allclose(base.type_logits, out_near.type_logits)
+    assert base.boundary_logits.shape == (4, 14)
+    legacy = {k: v for k, v in cfg.to_dict().items() if k not in ("read_behind", "read_ahead")}
+    assert PolicyConfig.from_dict(legacy).rows == slice(0, 32)
+    with pytest.raises(ParameterError):
+        PolicyConfig(read_behind=-2)

@@ -46,12 +46,14 @@ def _greedy_reward(policy, n_episodes: int = 64, seed: int = 123) -> float:
     return total / n_episodes
 
 
-@pytest.mark.parametrize("baseline", ["mean", "value"])
-def test_ppo_improves_return_towards_known_optimum(baseline):
+@pytest.mark.parametrize("baseline, overlap", [("mean", True), ("value", True), ("mean", False)])
+def test_ppo_improves_return_towards_known_optimum(baseline, overlap):
+    # overlap=True: rollouts one update behind in a forked worker, decoupled PPO (the
+    # default on CPU); overlap=False: plain PPO in this process
     torch.manual_seed(0)
     policy = TinyPolicy()
     before = _greedy_reward(policy)
-    cfg = PPOConfig(seed=1, epochs=60, steps=32, n_envs=4, baseline=baseline, **FAST)
+    cfg = PPOConfig(seed=1, epochs=60, steps=32, n_envs=4, baseline=baseline, overlap=overlap, **FAST)
     hist = train(cfg, policy=policy, env_fns=[TinyMaskedEnv] * 4, log=_quiet)
     first = np.mean([h["episode_reward"] for h in hist[:5]])
     last = np.mean([h["episode_reward"] for h in hist[-5:]])
@@ -97,8 +99,10 @@ def test_returns_honour_episode_ends():
     assert all(set(e["components"]) == {"type", "size", "amount"} for e in ro.episodes)
 
 
-def test_checkpoint_resume_continues_identically(tmp_path):
-    cfg = PPOConfig(seed=3, epochs=4, steps=16, n_envs=2, save_every=2, eval_every=2, **FAST)
+@pytest.mark.parametrize("overlap", [True, False])
+def test_checkpoint_resume_continues_identically(tmp_path, overlap):
+    # with overlap the checkpoint also carries the weights the in-flight rollout uses
+    cfg = PPOConfig(seed=3, epochs=4, steps=16, n_envs=2, save_every=2, eval_every=2, overlap=overlap, **FAST)
     ckpt, mid = tmp_path / "ppo.pt", tmp_path / "mid.pt"
 
     def keep_mid(_policy, epoch, _step):
@@ -138,6 +142,33 @@ def test_subprocess_vector_env_runs():
     cfg = PPOConfig(seed=4, epochs=1, steps=8, n_envs=2, **FAST)
     hist = train(cfg, policy=TinyPolicy(), env_fns=[TinyMaskedEnv] * 2, subprocess=True, log=_quiet)
     assert hist[0]["episodes"] >= 4 and np.isfinite(hist[0]["policy_loss"])
+
+
+class _FailingEnv(TinyMaskedEnv):
+    def step(self, action):
+        raise ValueError("env exploded on purpose")
+
+
+def test_overlap_worker_errors_reach_the_learner():
+    # a failure inside the rollout worker is raised in the learner with its traceback,
+    # and the worker process is gone afterwards (no orphan)
+    cfg = PPOConfig(seed=4, epochs=2, steps=8, n_envs=2, overlap=True, **FAST)
+    with pytest.raises(RuntimeError, match="env exploded on purpose"):
+        train(cfg, policy=TinyPolicy(), env_fns=[_FailingEnv] * 2, log=_quiet)
+    import multiprocessing
+
+    assert not [p for p in multiprocessing.active_children() if p.is_alive()]
+
+
+def test_overlap_rollouts_lag_one_update_and_are_reweighted():
+    # epoch 0's rollout uses the starting weights (no lag: weights 1); later rollouts are
+    # one update behind, so pi_prox / pi_behaviour differs from 1 for some samples
+    cfg = PPOConfig(seed=5, epochs=4, steps=16, n_envs=2, overlap=True, **FAST)
+    torch.manual_seed(0)
+    hist = train(cfg, policy=TinyPolicy(), env_fns=[TinyMaskedEnv] * 2, log=_quiet)
+    assert hist[0]["lag_weight"] == pytest.approx(1.0, abs=1e-5)
+    assert any(abs(h["lag_weight"] - 1.0) > 1e-3 or h["lag_weight_clipped"] > 0 for h in hist[1:])
+    assert all("time_worker_rollout" in h for h in hist)
 
 
 def test_running_mean_std_matches_numpy():
