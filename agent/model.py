@@ -347,6 +347,16 @@ class Policy(nn.Module):
     def n_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    def crop_obs(self, obs: Mapping) -> dict:
+        """The observation with only the window rows the encoder reads (``cfg.rows``).
+
+        Batched numpy or torch; slicing, no copy. PPO stores its rollouts cropped: half the
+        memory, and half the copying when minibatches are gathered."""
+        rows = self.cfg.rows
+        if rows == slice(0, self.cfg.window):
+            return dict(obs)
+        return {**obs, "beats": obs["beats"][:, rows], "beat_mask": obs["beat_mask"][:, rows]}
+
     # ------------------------------------------------------------------ encoder
     def encode(self, obs: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
         """Returns (trunk [B, d], beat tokens [B, n_rows, d]) for the rows read (``cfg.rows``)."""
@@ -354,12 +364,13 @@ class Policy(nn.Module):
         beats, mask = obs["beats"], obs["beat_mask"]
         mask = mask if mask.dtype == torch.bool else mask > 0.5
         B, W, C = beats.shape
-        if W != cfg.window or C != cfg.n_channels:
+        if W not in (cfg.window, cfg.n_rows) or C != cfg.n_channels:
             raise ParameterError(
-                f"observation beats {tuple(beats.shape[1:])} != model (window={cfg.window}, channels={cfg.n_channels})"
+                f"observation beats {tuple(beats.shape[1:])} != model (window={cfg.window} or the "
+                f"{cfg.n_rows} rows read, channels={cfg.n_channels})"
             )
-        rows = cfg.rows
-        beats, mask = beats[:, rows], mask[:, rows]
+        if W == cfg.window:  # else already cropped (crop_obs)
+            beats, mask = beats[:, cfg.rows], mask[:, cfg.rows]
         feats = self.normalizer(beats[..., : cfg.n_features])
         x = torch.cat([feats, beats[..., cfg.n_features :]], dim=-1) * mask[..., None]  # (B, W, C)
         x = (self.inp(x) + self.pos.weight[None]) * mask[..., None]  # (B, W, d)

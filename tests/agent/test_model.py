@@ -217,6 +217,13 @@ def test_encoder_reads_only_the_rows_around_the_head():
     assert torch.equal(base.type_logits, out_far.type_logits) and torch.equal(base.value, out_far.value)
     assert not torch.allclose(base.type_logits, out_near.type_logits)
     assert base.boundary_logits.shape == (4, 14)
+    # a rollout stored cropped (crop_obs) gives exactly the same outputs
+    cropped = model.crop_obs(obs)
+    assert cropped["beats"].shape == (4, 14, 130) and cropped["beat_mask"].shape == (4, 14)
+    with torch.no_grad():
+        assert torch.equal(model(cropped).type_logits, base.type_logits)
+    with pytest.raises(ParameterError, match="window"):
+        model({**obs, "beats": obs["beats"][:, :20], "beat_mask": obs["beat_mask"][:, :20]})
     legacy = {k: v for k, v in cfg.to_dict().items() if k not in ("read_behind", "read_ahead")}
     assert PolicyConfig.from_dict(legacy).rows == slice(0, 32)
     with pytest.raises(ParameterError):
