@@ -146,6 +146,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--episodes", type=int, default=8, help="sampled edits per held-out song")
     p.add_argument("--skip_scratch", action="store_true", help="leave out (b), PPO from scratch")
+    p.add_argument("--pretrain_seed", type=int, default=None,
+                   help="first behaviour-clone a policy with this seed (pretrain.train, in a temporary run that "
+                        "shares the labels) and start from it: its validation songs are the held-out songs, so "
+                        "each seed measures another split; default: runs/RUN/checkpoints/bc_best.pt")
     p.add_argument("--extra", default="", help="more rl.train flags for both PPO runs, e.g. '--ent_coef 0.1'")
     p.add_argument("--compare", action="append", default=[], metavar="LABEL=FLAGS",
                    help="an extra BC + PPO row with these rl.train flags, measured in the same run (repeatable), "
@@ -167,20 +171,38 @@ def main(argv: list[str] | None = None) -> int:
 
     from agent.checkpoint import load_checkpoint, policy_from_checkpoint
     from envs.env import AudioEditEnv
-    from rl.train import TrainArgs, load_run_songs, run, split_songs
+    from rl.train import TrainArgs, heldout_split, load_run_songs, run
 
     import tyro
 
     torch.set_num_threads(args.threads)
     run_dir = Path(args.runs_dir) / args.run
     bc_path = run_dir / "checkpoints" / "bc_best.pt"
+    tmp_runs = tempfile.TemporaryDirectory()
+    if args.pretrain_seed is not None:
+        from pretrain.train import PretrainConfig
+        from pretrain.train import train as pretrain
+
+        if not (run_dir / "labels" / "index.json").is_file():
+            print(f"error: no labels in {run_dir / 'labels'}; run `make align RUN={args.run}` first", file=sys.stderr)
+            return 2
+        (Path(tmp_runs.name) / args.run).mkdir()
+        (Path(tmp_runs.name) / args.run / "labels").symlink_to((run_dir / "labels").resolve())
+        t0 = time.perf_counter()
+        pretrain(PretrainConfig(run=args.run, runs_dir=tmp_runs.name, seed=args.pretrain_seed, threads=args.threads))
+        print(f"pretrained a BC policy with seed {args.pretrain_seed} in {time.perf_counter() - t0:.0f} s")
+        args.runs_dir = tmp_runs.name
+        run_dir = Path(args.runs_dir) / args.run
+        bc_path = run_dir / "checkpoints" / "bc_best.pt"
     if not bc_path.is_file():
         # `make bench` runs every benchmark: a missing demo run skips this one, loudly
         print(f"bench/finetune.py: skipped: {bc_path} not found; run `make demo` "
               f"(or make align + make pretrain RUN={args.run}) first")
         return 0
     pairs_songs = load_run_songs(run_dir)
-    _, held = split_songs(len(pairs_songs), fraction=args.heldout_fraction, seed=args.seed)
+    # the songs the BC policy never trained on (rl/train.py holds out the same ones)
+    _, held, split_from = heldout_split([p for p, _ in pairs_songs], checkpoint=load_checkpoint(bc_path),
+                                        fraction=args.heldout_fraction, seed=args.seed)
     if not held:
         print("error: need at least 2 songs to hold one out", file=sys.stderr)
         return 2
@@ -216,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
 
     base = rows["BC (pretrained)"]
     print(f"\nPPO fine-tuning benchmark: run {args.run}, {len(pairs_songs) - len(held)} training songs, "
-          f"{len(held)} held out; {args.epochs} epochs x {args.n_envs} envs x >= {args.steps} steps; "
+          f"{len(held)} held out ({split_from}); {args.epochs} epochs x {args.n_envs} envs x >= {args.steps} steps; "
           f"torch threads {args.threads}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     ref_cpu = rows[compare[0][0]]["sps_cpu"] if compare else float("nan")
     w = max(18, *(len(n) for n in rows))

@@ -37,7 +37,7 @@ import tyro
 from datasets.errors import EditorError, ParameterError
 from rl.ppo import HEADS, Demos, PPOConfig, train
 
-__all__ = ["TrainArgs", "load_run_songs", "greedy_edit", "run", "main"]
+__all__ = ["TrainArgs", "load_run_songs", "split_songs", "heldout_split", "greedy_edit", "run", "main"]
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,9 @@ class TrainArgs:
     device: str = "auto"
     """auto (CUDA when available), cpu or cuda[:N]"""
     heldout_fraction: float = 0.2
-    """fraction of songs never trained on (greedy evaluation); 0 = evaluate on a train song"""
+    """fraction of songs never trained on (greedy evaluation); 0 = evaluate on a train song.
+    Used only when the pretrained checkpoint does not name its validation songs (those are
+    held out then, so neither stage trains on the evaluation songs)"""
     reward_audio: bool = True
     """the reward listens for clicks at the joins (local renders; slower)"""
     stems: str = "auto"
@@ -106,6 +108,26 @@ def split_songs(n: int, *, fraction: float, seed: int) -> tuple[list[int], list[
     order = np.random.default_rng(seed).permutation(n).tolist()
     k = 0 if n < 2 or fraction == 0 else min(n - 1, max(1, int(round(fraction * n))))
     return sorted(order[k:]), sorted(order[:k])
+
+
+def heldout_split(pairs, *, checkpoint: dict | None, fraction: float, seed: int) -> tuple[list[int], list[int], str]:
+    """(train, held-out) song indices and where the split came from.
+
+    A pretrained checkpoint names its validation songs (``extra["val_songs"]``, raw
+    sha256s): those are held out, so PPO never trains on them either and the greedy
+    evaluation is on songs neither stage saw. Otherwise (from scratch, or an older
+    checkpoint) ``split_songs(fraction, seed)``. Before this, a ``--seed`` other than
+    pretraining's held out songs the BC policy had trained on.
+    """
+    val = set((checkpoint or {}).get("extra", {}).get("val_songs") or ())
+    keys = [getattr(p, "raw_sha256", "") or p.name for p in pairs]
+    if val and any(k in val for k in keys):
+        held = [i for i, k in enumerate(keys) if k in val]
+        train = [i for i in range(len(keys)) if i not in held]
+        if train:
+            return train, held, "the pretrained policy's validation songs"
+    train, held = split_songs(len(pairs), fraction=fraction, seed=seed)
+    return train, held, f"split by seed {seed}"
 
 
 def demos_from_pairs(pairs_songs) -> Demos:
@@ -252,11 +274,21 @@ def run(args: TrainArgs, *, log_fn=print) -> dict:
     # -- songs (data sample happens inside the envs at each reset)
     t0 = time.perf_counter()
     pairs_songs = load_run_songs(run_dir, stems=args.stems, with_audio=True)
-    train_idx, held_idx = split_songs(len(pairs_songs), fraction=args.heldout_fraction, seed=cfg.seed)
+    # the songs held out are the pretrained policy's validation songs; from scratch holds
+    # out the same ones as the run's pretrained policy, so the two compare on equal terms
+    split_path = start_path or (Path(args.pretrained) if args.pretrained else run_dir / "checkpoints" / "bc_best.pt")
+    split_ck = load_checkpoint(split_path) if split_path.is_file() else None
+    if resume_ck is not None:
+        # a resumed fine-tune keeps the split of the pretrained policy it started from
+        pre = resume_ck["extra"]["ppo"].get("extra", {}).get("pretrained") or ""
+        split_ck = load_checkpoint(pre) if pre and Path(pre).is_file() else None
+    train_idx, held_idx, split_from = heldout_split(
+        [p for p, _ in pairs_songs], checkpoint=split_ck, fraction=args.heldout_fraction, seed=cfg.seed
+    )
     train_ps = [pairs_songs[i] for i in train_idx]
     eval_song = pairs_songs[(held_idx or train_idx)[0]][1]
-    log_fn(f"finetune: {len(train_ps)} training songs, {len(held_idx)} held out "
-           f"(eval: {eval_song.name}), loaded in {time.perf_counter() - t0:.1f}s")
+    log_fn(f"finetune: {len(train_ps)} training songs, {len(held_idx)} held out ({split_from}; "
+           f"eval: {eval_song.name}), loaded in {time.perf_counter() - t0:.1f}s")
     scratch = args.from_scratch and resume_ck is None
     demos = demos_from_pairs(train_ps) if (cfg.anchor == "bc" or scratch) else None
 

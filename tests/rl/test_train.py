@@ -94,3 +94,20 @@ def test_missing_pretrained_checkpoint_is_a_clear_error(runs_root, capsys):
 
     assert main(_args(runs_root, "--epochs", "1", "--pretrained", str(runs_root / "nope.pt"))) == 2
     assert "nope.pt" in capsys.readouterr().err
+
+
+def test_heldout_songs_are_the_pretrained_policys_validation_songs():
+    # PPO must never train on the songs BC held out, and must evaluate on them, whatever
+    # its own --seed (a different seed used to hold out songs BC had trained on)
+    from types import SimpleNamespace
+
+    from rl.train import heldout_split, split_songs
+
+    pairs = [SimpleNamespace(name=f"s{i}", raw_sha256=f"sha{i}") for i in range(10)]
+    ck = {"extra": {"val_songs": ["sha3", "sha7"]}}
+    for seed in (1, 2, 3):
+        train, held, how = heldout_split(pairs, checkpoint=ck, fraction=0.2, seed=seed)
+        assert held == [3, 7] and train == [0, 1, 2, 4, 5, 6, 8, 9] and "validation" in how
+    # no named validation songs (scratch, older checkpoints): the seeded split
+    assert heldout_split(pairs, checkpoint={"extra": {}}, fraction=0.2, seed=2)[:2] == split_songs(10, fraction=0.2, seed=2)
+    assert heldout_split(pairs, checkpoint=None, fraction=0.3, seed=1)[:2] == split_songs(10, fraction=0.3, seed=1)
