@@ -37,10 +37,12 @@ __all__ = ["RolloutWorker", "RolloutResult"]
 
 
 class RolloutResult:
-    """What the worker sends back: the rollout plus its own timings (seconds)."""
+    """What the worker sends back: the rollout, the reference policy's log-probs of its
+    actions (None without a reference) and the worker's own timings (seconds)."""
 
-    def __init__(self, rollout: Any, t_reset: float, t_rollout: float, cpu: float) -> None:
-        self.rollout, self.t_reset, self.t_rollout, self.cpu = rollout, t_reset, t_rollout, cpu
+    def __init__(self, rollout: Any, ref_logp: torch.Tensor | None, t_reset: float, t_rollout: float, cpu: float) -> None:
+        self.rollout, self.ref_logp = rollout, ref_logp
+        self.t_reset, self.t_rollout, self.cpu = t_reset, t_rollout, cpu
 
 
 def _to_numpy(tree: Any) -> Any:
@@ -63,9 +65,10 @@ def _worker_main(
     conn: Any,
     make_envs: Callable[[], gym.vector.VectorEnv],
     policy: nn.Module,
+    reference: nn.Module | None,
     steps: int,
 ) -> None:
-    from rl.ppo import collect_rollout
+    from rl.ppo import collect_rollout, rollout_logp
 
     torch.set_num_threads(1)  # one core each: the learner keeps the other
     envs = None
@@ -85,8 +88,11 @@ def _worker_main(
             gen = torch.Generator().manual_seed(int(sample_seed))
             ro = collect_rollout(envs, policy, obs=obs, steps=steps, generator=gen, device="cpu")
             t2 = time.perf_counter()
+            # the frozen reference's log-probs (the KL anchor) cost a forward pass: done
+            # here, the learner's core is the busier one
+            ref = None if reference is None else _to_numpy(rollout_logp(reference, ro.obs, ro.actions))
             fields = {f: _to_numpy(getattr(ro, f)) for f in ("obs", "actions", "logp", "values", "rewards", "dones")}
-            payload = (fields, ro.episodes, ro.env_steps)
+            payload = (fields, ro.episodes, ro.env_steps, ref)
             conn.send(("ok", payload, t1 - t0, t2 - t1, time.process_time() - c0))
     except (KeyboardInterrupt, EOFError):
         pass
@@ -107,6 +113,8 @@ class RolloutWorker:
     make_envs : builds the vector env inside the worker
     policy : a CPU policy of the learner's architecture (the fork copies it; weights
         arrive with every request)
+    reference : the frozen pretrained policy (CPU) whose log-probs of the sampled actions
+        come back with each rollout (``RolloutResult.ref_logp``), or None
     steps : ``collect_rollout``'s steps per env
     daemon : False when the envs start processes of their own (``AsyncVectorEnv``): a
         daemonic process may not have children. ``close()`` (rl/ppo.py calls it in a
@@ -114,11 +122,17 @@ class RolloutWorker:
     """
 
     def __init__(
-        self, make_envs: Callable[[], gym.vector.VectorEnv], policy: nn.Module, *, steps: int, daemon: bool = True
+        self,
+        make_envs: Callable[[], gym.vector.VectorEnv],
+        policy: nn.Module,
+        *,
+        steps: int,
+        reference: nn.Module | None = None,
+        daemon: bool = True,
     ) -> None:
         ctx = mp.get_context("fork")
         self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_worker_main, args=(child, make_envs, policy, steps), daemon=daemon)
+        self._proc = ctx.Process(target=_worker_main, args=(child, make_envs, policy, reference, steps), daemon=daemon)
         self._proc.start()
         child.close()
         self._pending = False
@@ -142,9 +156,9 @@ class RolloutWorker:
         self._pending = False
         if msg[0] == "error":
             raise RuntimeError(f"rollout worker failed:\n{msg[1]}")
-        _, (fields, episodes, env_steps), t_reset, t_rollout, cpu = msg
+        _, (fields, episodes, env_steps, ref), t_reset, t_rollout, cpu = msg
         ro = Rollout(**_to_torch(fields), episodes=episodes, env_steps=env_steps)
-        return RolloutResult(ro, t_reset, t_rollout, cpu)
+        return RolloutResult(ro, None if ref is None else torch.from_numpy(ref), t_reset, t_rollout, cpu)
 
     def close(self) -> None:
         """Stop the worker (an unfinished request is abandoned)."""

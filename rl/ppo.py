@@ -92,6 +92,7 @@ __all__ = [
     "explained_variance",
     "head_entropies",
     "evaluate_actions",
+    "rollout_logp",
     "save_checkpoint",
     "load_checkpoint",
     "train",
@@ -328,7 +329,7 @@ def _index_obs(obs: Mapping[str, torch.Tensor], idx: torch.Tensor) -> dict[str, 
 
 
 @torch.no_grad()
-def _logp_of(policy: nn.Module, obs: Mapping[str, torch.Tensor], actions: torch.Tensor, *, batch: int) -> torch.Tensor:
+def rollout_logp(policy: nn.Module, obs: Mapping[str, torch.Tensor], actions: torch.Tensor, *, batch: int = 256) -> torch.Tensor:
     """log P of ``actions`` under ``policy`` for a whole rollout, in no-grad batches."""
     idx_all = torch.arange(actions.shape[0], device=actions.device)
     return torch.cat([policy.evaluate(_index_obs(obs, idx), actions[idx])[0] for idx in idx_all.split(batch)])
@@ -658,7 +659,10 @@ def train(
     # overlap: the weights the in-flight rollout is collected with (a checkpoint stores them)
     behaviour = {k: v.detach().clone() for k, v in (resume_behaviour or policy.state_dict()).items()}
     if use_overlap:
-        worker = RolloutWorker(make_envs, copy.deepcopy(policy).cpu(), steps=cfg.steps, daemon=not subprocess)
+        worker = RolloutWorker(
+            make_envs, copy.deepcopy(policy).cpu(), steps=cfg.steps, daemon=not subprocess,
+            reference=copy.deepcopy(reference).cpu() if cfg.anchor == "kl" and reference is not None else None,
+        )
         worker.request(behaviour, env_seeds(start_epoch), _sample_seed(cfg, start_epoch))
     else:
         envs = make_envs()
@@ -715,11 +719,14 @@ def train(
             adv, targets = adv.to(device), targets.to(device)
             ref_logp = None
             if cfg.anchor == "kl" and reference is not None:
-                ref_logp = _logp_of(reference, obs_d, actions_d, batch=max(micro, 256))
+                if worker is not None and res.ref_logp is not None:
+                    ref_logp = res.ref_logp.to(device)  # computed by the worker
+                else:
+                    ref_logp = rollout_logp(reference, obs_d, actions_d, batch=max(micro, 256))
             # decoupled PPO: ratio and clip against the policy as it is now (the proximal
             # policy); samples weighted by pi_prox / pi_behaviour (1 without overlap)
             if worker is not None:
-                prox_logp = _logp_of(policy, obs_d, actions_d, batch=max(micro, 256))
+                prox_logp = rollout_logp(policy, obs_d, actions_d, batch=max(micro, 256))
                 lag_w = (prox_logp - old_logp).exp().clamp(max=cfg.lag_weight_clip)
             else:
                 prox_logp, lag_w = old_logp, None
