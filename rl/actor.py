@@ -91,7 +91,7 @@ def _worker_main(
             # the frozen reference's log-probs (the KL anchor) cost a forward pass: done
             # here, the learner's core is the busier one
             ref = None if reference is None else _to_numpy(rollout_logp(reference, ro.obs, ro.actions))
-            fields = {f: _to_numpy(getattr(ro, f)) for f in ("obs", "actions", "logp", "values", "rewards", "dones")}
+            fields = {f: _to_numpy(getattr(ro, f)) for f in ("obs", "actions", "logp", "values", "rewards", "dones", "episode_ids")}
             payload = (fields, ro.episodes, ro.env_steps, ref)
             conn.send(("ok", payload, t1 - t0, t2 - t1, time.process_time() - c0))
     except (KeyboardInterrupt, EOFError):

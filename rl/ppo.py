@@ -14,8 +14,13 @@ The spec's "Training Approach", read top to bottom (CleanRL style, no trainer cl
    Returns are clipped to ``+-return_clip`` (spec "Known Issues": FP16/large value
    losses) and, with ``return_norm="welford"``, value targets are standardised with
    Welford running statistics.
-3. **Advantages.** ``G - mean(G)`` (the spec's mean baseline) or ``G - V(s)``
-   (``baseline="value"``), then normalised to mean 0, std 1.
+3. **Advantages.** ``G - mean(G)`` (the spec's mean baseline), ``G`` minus the mean
+   return of the *other* episodes of the same song in the epoch (``baseline="song"``,
+   a leave-one-out mean as in RLOO / GRPO: songs differ more in how much reward is
+   reachable than actions do, so a batch mean mostly measures which songs were drawn;
+   ``song_group`` envs share their reset seeds so that every song drawn is edited
+   several times per epoch), or ``G - V(s)`` (``baseline="value"``); then normalised to
+   mean 0, std 1.
 4. **Update.** Clipped surrogate (clip 0.2), joint entropy bonus with a coefficient that
    starts high (spec: 0.5-0.75) and decays (linear or cosine) to a floor, value loss
    with a small coefficient (0.05-0.1), an anchor to the frozen pretrained policy so
@@ -89,6 +94,7 @@ __all__ = [
     "obs_to_torch",
     "collect_rollout",
     "compute_advantages",
+    "song_baseline",
     "explained_variance",
     "head_entropies",
     "evaluate_actions",
@@ -145,8 +151,13 @@ class PPOConfig:
     """fraction of the epochs over which the entropy coefficient decays to its floor"""
     vf_coef: float = 0.05
     """value-loss coefficient (spec: 0.05-0.1, low so it does not swamp the policy loss)"""
-    baseline: Literal["mean", "value"] = "mean"
-    """advantage baseline: the batch mean return (spec) or the value head"""
+    baseline: Literal["mean", "song", "value"] = "song"
+    """advantage baseline: the batch mean return (spec), the mean return of the other
+    episodes of the same song in the epoch (falls back to the batch mean for a song
+    edited once), or the value head"""
+    song_group: int = 4
+    """envs that share a reset seed and so edit the same songs in the same order each
+    epoch (the "song" baseline compares their episodes); 1 = every env its own songs"""
     gamma: float = 1.0
     """discount inside an episode; 1.0 because the reward is paid once at the end"""
     return_clip: float = 1000.0
@@ -187,7 +198,8 @@ class Rollout:
     actions : int64 [M, 3] (type, size, amount)
     logp, values, rewards : float32 [M]
     dones : bool [M] (terminated or truncated)
-    episodes : one dict per finished episode: reward, length, components, type counts
+    episode_ids : int64 [M], the episode of each transition (``episodes[k]["id"]``)
+    episodes : one dict per finished episode: id, song, reward, length, components, type counts
     env_steps : every env step taken, recorded or not (throughput counts these)
     """
 
@@ -197,6 +209,7 @@ class Rollout:
     values: torch.Tensor
     rewards: torch.Tensor
     dones: torch.Tensor
+    episode_ids: torch.Tensor | None = None
     episodes: list[dict[str, Any]] = field(default_factory=list)
     env_steps: int = 0
 
@@ -389,7 +402,9 @@ def collect_rollout(
     # a policy that reads only part of the observation stores only that part (agent/model.py)
     crop = getattr(policy, "crop_obs", None) or dict
     buf_obs: list[dict[str, np.ndarray]] = []
-    buf_act, buf_logp, buf_val, buf_rew, buf_done, buf_rec = [], [], [], [], [], []
+    buf_act, buf_logp, buf_val, buf_rew, buf_done, buf_rec, buf_ep = [], [], [], [], [], [], []
+    ep_id = np.arange(n, dtype=np.int64)  # id of the episode each env is in
+    next_id = n
     recorded = np.zeros(n, dtype=np.int64)
     recording = np.ones(n, dtype=bool)
     episodes: list[dict[str, Any]] = []
@@ -416,6 +431,7 @@ def collect_rollout(
         buf_rew.append(np.asarray(reward, dtype=np.float32))
         buf_done.append(done)
         buf_rec.append(recording.copy())
+        buf_ep.append(ep_id.copy())
         env_steps += n
         recorded += recording
         ep_len += 1
@@ -429,6 +445,8 @@ def collect_rollout(
                     comps = final.get("reward_components", {})
                     episodes.append(
                         {
+                            "id": int(ep_id[i]),
+                            "song": str(final.get("song", "")),
                             "reward": float(ep_ret[i]),
                             "length": int(ep_len[i]),
                             "components": {k: float(v) for k, v in comps.items()},
@@ -437,6 +455,8 @@ def collect_rollout(
                     )
                 ep_len[i] = 0
                 ep_ret[i] = 0.0
+                ep_id[i] = next_id
+                next_id += 1
                 ep_types[i] = Counter()
                 if recorded[i] >= steps:
                     recording[i] = False
@@ -464,6 +484,7 @@ def collect_rollout(
         values=torch.as_tensor(gather(buf_val)),
         rewards=torch.as_tensor(rew),
         dones=torch.as_tensor(gather(buf_done)),
+        episode_ids=torch.as_tensor(gather(buf_ep)),
         episodes=episodes,
         env_steps=env_steps,
     )
@@ -472,13 +493,45 @@ def collect_rollout(
 # ---------------------------------------------------------------------------- advantages
 
 
+def song_baseline(returns: torch.Tensor, episode_ids: torch.Tensor, episodes: Sequence[Mapping[str, Any]]) -> torch.Tensor:
+    """Per transition [M]: the mean return of the other episodes of the same song.
+
+    An episode's return is its first transition's (Monte Carlo, reward at the end). A
+    song edited once in the batch gets the mean over all episodes instead."""
+    ids = episode_ids.numpy()
+    g = returns.double().numpy()
+    first: dict[int, float] = {}
+    for k in range(len(ids) - 1, -1, -1):  # the first transition of each episode wins
+        first[int(ids[k])] = g[k]
+    song_of = {int(e["id"]): e.get("song", "") for e in episodes}
+    by_song: dict[str, list[int]] = {}
+    for e in first:
+        by_song.setdefault(song_of.get(e, f"#{e}"), []).append(e)
+    overall = float(np.mean(list(first.values()))) if first else 0.0
+    base: dict[int, float] = {}
+    for eps in by_song.values():
+        tot = sum(first[e] for e in eps)
+        for e in eps:
+            base[e] = (tot - first[e]) / (len(eps) - 1) if len(eps) > 1 else overall
+    return torch.as_tensor(np.array([base[int(e)] for e in ids]), dtype=returns.dtype)
+
+
 def compute_advantages(
-    returns: torch.Tensor, values: torch.Tensor | None, *, baseline: str
+    returns: torch.Tensor,
+    values: torch.Tensor | None,
+    *,
+    baseline: str,
+    episode_ids: torch.Tensor | None = None,
+    episodes: Sequence[Mapping[str, Any]] = (),
 ) -> torch.Tensor:
-    """Normalised advantages [M] from returns [M] and (for ``baseline="value"``) values [M]."""
+    """Normalised advantages [M] from returns [M], values [M] (``baseline="value"``) or
+    the episodes' songs (``baseline="song"``: ``episode_ids`` [M] and ``episodes``)."""
     if baseline == "value":
         assert values is not None, "value baseline needs values"
         adv = returns - values
+    elif baseline == "song":
+        assert episode_ids is not None, "song baseline needs episode ids"
+        adv = returns - song_baseline(returns, episode_ids, episodes)
     else:
         adv = returns - returns.mean()
     if adv.numel() > 1:
@@ -647,9 +700,10 @@ def train(
         return v
 
     def env_seeds(epoch: int) -> list[int]:
-        # the envs draw their songs on reset, seeded by (seed, epoch)
+        # the envs draw their songs on reset, seeded by (seed, epoch); groups of
+        # song_group envs share a seed, so they edit the same songs in the same order
         base = (cfg.seed * 1_000_003 + epoch * cfg.n_envs) % 2**31
-        return [base + i for i in range(cfg.n_envs)]
+        return [base + i // max(1, cfg.song_group) for i in range(cfg.n_envs)]
 
     use_overlap = cfg.overlap and device.type == "cpu"
     if cfg.overlap and not use_overlap:
@@ -713,7 +767,8 @@ def train(
                 values_raw = ro.values * rms.std + rms.mean
             else:
                 targets, values_raw = returns, ro.values
-            adv = compute_advantages(returns, values_raw, baseline=cfg.baseline)
+            adv = compute_advantages(returns, values_raw, baseline=cfg.baseline,
+                                     episode_ids=ro.episode_ids, episodes=ro.episodes)
             obs_d = {k: v.to(device) for k, v in ro.obs.items()}
             actions_d, old_logp = ro.actions.to(device), ro.logp.to(device)
             adv, targets = adv.to(device), targets.to(device)

@@ -197,6 +197,36 @@ def test_entropy_schedule_and_advantages():
     assert adv_v.argmax() == 3 and torch.allclose(adv_v[:3], adv_v[0].expand(3))
 
 
+def test_song_baseline_is_the_leave_one_out_mean_of_the_same_song():
+    from rl.ppo import song_baseline
+
+    # episodes 0, 1, 2 of song "a" (returns 1, 2, 6), episode 3 of "b" alone (return 10)
+    ids = torch.tensor([0, 0, 1, 1, 1, 2, 3, 3])
+    g = torch.tensor([1.0, 1.0, 2.0, 2.0, 2.0, 6.0, 10.0, 10.0])
+    eps = [{"id": 0, "song": "a"}, {"id": 1, "song": "a"}, {"id": 2, "song": "a"}, {"id": 3, "song": "b"}]
+    b = song_baseline(g, ids, eps)
+    # a: others' means (2+6)/2, (1+6)/2, (1+2)/2; b: edited once -> mean of all 4 episodes
+    torch.testing.assert_close(b, torch.tensor([4.0, 4.0, 3.5, 3.5, 3.5, 1.5, 4.75, 4.75]))
+    adv = compute_advantages(g, None, baseline="song", episode_ids=ids, episodes=eps)
+    assert adv[5] > 0 > adv[0]  # the best edit of song "a" beats the worst one
+
+
+def test_song_groups_edit_the_same_songs():
+    # song_group envs share reset seeds: each song drawn is edited by the whole group
+    cfg = PPOConfig(seed=7, epochs=1, steps=8, n_envs=4, song_group=2, overlap=False, **FAST)  # envs here
+    seen = []
+
+    class Recording(TinyMaskedEnv):
+        def reset(self, *, seed=None, options=None):
+            obs, info = super().reset(seed=seed, options=options)
+            seen.append((seed, self._target))
+            return obs, info
+
+    train(cfg, policy=TinyPolicy(), env_fns=[Recording] * 4, log=_quiet)
+    seeds = [s for s, _ in seen if s is not None]
+    assert len(seeds) == 4 and seeds[0] == seeds[1] != seeds[2] == seeds[3]
+
+
 def test_type_collapse_warns():
     policy = TinyPolicy()
     with torch.no_grad():
