@@ -80,7 +80,7 @@ $(DEMO_RUN)/.pretrain-done: $(DEMO_LABELS) $(TRAIN_CODE) $(wildcard pretrain/*.p
 # 30 epochs: 10 leave the greedy edit at the BC policy's level (rl worker's measurement)
 $(DEMO_RUN)/.finetune-done: $(DEMO_RUN)/.pretrain-done $(wildcard rl/*.py)
 	rm -f $(DEMO_RUN)/checkpoints/ppo_last.pt
-	$(PY) -m rl.train --run demo --epochs 30
+	$(PY) -m rl.train --run demo
 	touch $@
 
 bench: setup

@@ -1,7 +1,8 @@
 """PPO fine-tuning benchmark: BC vs BC + PPO vs PPO alone, and throughput.
 
     python bench/finetune.py                                  # runs/demo (make demo)
-    python bench/finetune.py --run demo --runs_dir runs --epochs 30
+    python bench/finetune.py --run demo --runs_dir runs --epochs 60
+    python bench/finetune.py --pretrain_seed 2 --seed 2        # another split: BC retrained first
     python bench/finetune.py --skip_scratch --compare "old default=--update_epochs 4 --lr 3e-4"
 
 Needs a run with labels and a pretrained policy (``make demo``, or ``make align`` +
@@ -138,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run", default="demo")
     p.add_argument("--runs_dir", default="runs")
-    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--epochs", type=int, default=None, help="default: PPOConfig's")
     p.add_argument("--steps", type=int, default=None, help="default: PPOConfig's")
     p.add_argument("--n_envs", type=int, default=None, help="default: PPOConfig's")
     p.add_argument("--seed", type=int, default=1)
@@ -159,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     from rl.ppo import PPOConfig
 
     args.steps = PPOConfig.steps if args.steps is None else args.steps
+    args.epochs = PPOConfig.epochs if args.epochs is None else args.epochs
     args.n_envs = PPOConfig.n_envs if args.n_envs is None else args.n_envs
     logging.basicConfig(level=logging.WARNING)
     compare = []
