@@ -932,8 +932,12 @@ def _log_epoch(writer: Any, row: Mapping[str, float], actions: np.ndarray, step:
     for k in loss_keys:
         if k in row and not math.isnan(float(row[k])):
             writer.add_scalar(f"losses/{k}", row[k], step)
-    for k in ("time_data", "time_rollout", "time_update"):
-        writer.add_scalar(f"time/{k[5:]}", row[k], step)
+    for k in ("time_data", "time_rollout", "time_update", "time_worker_reset", "time_worker_rollout"):
+        if k in row:  # the worker's own times with overlap
+            writer.add_scalar(f"time/{k[5:]}", row[k], step)
+    for k in ("lag_weight", "lag_weight_clipped"):  # overlap: how stale the rollout was
+        if k in row:
+            writer.add_scalar(f"losses/{k}", row[k], step)
     for k, v in row.items():
         if k.startswith("reward/"):
             writer.add_scalar(f"charts/{k}", v, step)
