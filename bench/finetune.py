@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     tmp_runs = tempfile.TemporaryDirectory()
     if args.pretrain_seed is not None:
         from pretrain.train import PretrainConfig
-        from pretrain.train import train as pretrain
+        from pretrain.train import run as pretrain  # as make pretrain: BC + DAgger rounds
 
         if not (run_dir / "labels" / "index.json").is_file():
             print(f"error: no labels in {run_dir / 'labels'}; run `make align RUN={args.run}` first", file=sys.stderr)

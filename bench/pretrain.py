@@ -4,6 +4,8 @@
     python bench/pretrain.py --personas tight --augment 1     # + a run with augmentation
     python bench/pretrain.py --folds 4                        # 4-fold CV, every song held out once
     python bench/pretrain.py --folds 4 --no-context           # ablation: song-context channels zeroed
+    python bench/pretrain.py --folds 4 --dagger-eval-all      # ours after BC and after each DAgger round
+    python bench/pretrain.py --folds 4 --dagger-rounds 0      # plain behaviour cloning
 
 For each persona of ``datasets.demo.editors`` the persona's plan of every raw demo song
 (``plan_edit`` on the song's features: the same raw songs serve all personas) becomes
@@ -17,7 +19,8 @@ song, seeded). On the held-out songs:
   song and its plan is compared with the persona's (pretrain/evaluate.py: raw-usage
   IoU, keep-ratio error, join F-measure).
 
-Methods: ours (the policy, pretrain/train.py), majority, HistGradientBoosting per head,
+Methods: ours (the policy, pretrain/train.py, then DAgger rounds on the training songs,
+pretrain/dagger.py), majority, HistGradientBoosting per head,
 d3rlpy DiscreteBC and DiscreteCQL (pretrain/baselines.py). Also reported: training time,
 parameter count and per-step inference time. Ratios are against the majority baseline
 measured in the same run.
@@ -31,6 +34,7 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -194,16 +198,29 @@ def run_persona(persona: str, songs, args, fold: int = 0) -> list[dict]:
                 feature_dropout=args.feature_dropout, type_weight_power=args.type_weight_power, select=args.select,
             )
             t0 = time.perf_counter()
-            summary = train(cfg, data)
-            train_s = time.perf_counter() - t0
-            model = policy_from_checkpoint(load_checkpoint(summary[f"{args.checkpoint}_path"], expect_layout="current")).eval()
-        pred = predict(model, te_data.obs(te_idx), None)["action"].numpy()
-        row = {"persona": persona, "method": label, **_step_metrics(pred, te_data, te_idx),
-               **_episode_metrics(wrap(policy_fn(model)), sorted(test_names), env_songs, refs, target_keep),
-               "train_s": train_s, "params": model.n_parameters(), "epochs": summary["epoch"] + 1,
-               "infer_ms_b1": _inference_ms(model, te_data, te_idx, 1), "infer_ms_b16": _inference_ms(model, te_data, te_idx, 16)}
-        results.append(row)
-        log.info("%s", row)
+            evaluated = {"s": 0.0}  # evaluation time, not training time
+
+            def score(r: int, summary: dict, label=label, t0=t0, evaluated=evaluated) -> None:
+                e0 = time.perf_counter()
+                model = policy_from_checkpoint(load_checkpoint(summary[f"{args.checkpoint}_path"], expect_layout="current")).eval()
+                pred = predict(model, te_data.obs(te_idx), None)["action"].numpy()
+                row = {"persona": persona, "method": label if r == 0 else f"{label}+dagger{r}", **_step_metrics(pred, te_data, te_idx),
+                       **_episode_metrics(wrap(policy_fn(model)), sorted(test_names), env_songs, refs, target_keep),
+                       "train_s": e0 - t0 - evaluated["s"], "params": model.n_parameters(), "epochs": summary["epoch"] + 1,
+                       "infer_ms_b1": _inference_ms(model, te_data, te_idx, 1), "infer_ms_b16": _inference_ms(model, te_data, te_idx, 16)}
+                results.append(row)
+                log.info("%s", row)
+                evaluated["s"] += time.perf_counter() - e0
+
+            if args.dagger_rounds > 0 and label == "ours":
+                from pretrain.dagger import train_dagger
+
+                cfg = replace(cfg, dagger_rounds=args.dagger_rounds, dagger_epochs=args.dagger_epochs, refine_max_size=args.refine,
+                              dagger_flip=args.dagger_flip, dagger_rollouts=args.dagger_rollouts)
+                train_dagger(cfg, data, train_pairs, songs=env_songs, target_keep=target_keep,
+                             on_round=score if args.dagger_eval_all else lambda r, sm: score(r, sm) if r == args.dagger_rounds else None)
+            else:
+                score(0, train(cfg, data))
 
     baselines = {
         "majority": lambda: MajorityBaseline(),
@@ -304,6 +321,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--refine", type=int, default=1,
                     help="label refinement max size (1 = BAR, 2 = TWO_BARS, 3 = PHRASE, -1 = oracle as is)")
+    ap.add_argument("--dagger-rounds", type=int, default=3,
+                    help="DAgger rounds after BC (PretrainConfig.dagger_rounds; pretrain/dagger.py), on the training "
+                         "songs only; 0 = plain behaviour cloning")
+    ap.add_argument("--dagger-epochs", type=int, default=30, help="PretrainConfig.dagger_epochs: epochs per DAgger round")
+    ap.add_argument("--dagger-flip", type=float, default=0.1, help="PretrainConfig.dagger_flip (noise injection)")
+    ap.add_argument("--dagger-rollouts", type=int, default=2, help="PretrainConfig.dagger_rollouts")
+    ap.add_argument("--dagger-eval-all", action="store_true",
+                    help="with --dagger-rounds R: evaluate after BC and after every round (rows ours, ours+dagger1..R)")
     ap.add_argument("--augment", type=int, default=0, help="also train with K augmented copies per training song")
     ap.add_argument("--baselines", nargs="*", default=["majority", "hgb", "d3rlpy_bc", "d3rlpy_cql"])
     ap.add_argument("--hgb-iter", type=int, default=100)
@@ -328,11 +353,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(_table(rows))
-    ours = [r for r in rows if r["method"] == "ours"]
+    ours = [r for r in rows if r["method"].startswith("ours")]
     for r in ours:
         print(
             f"{r['persona']}: {r['n_train_songs']} train / {r['n_test_songs']} test songs, {r['n_train_steps']} train steps; "
-            f"ours {r['params']} parameters, trained {r['train_s']:.0f} s ({r['epochs']} epochs); "
+            f"{r['method']} {r['params']} parameters, trained {r['train_s']:.0f} s ({r['epochs']} epochs); "
             f"inference {r['infer_ms_b1']:.2f} ms/step (batch 1), {r['infer_ms_b16']:.2f} ms per batch of 16"
         )
     return 0
