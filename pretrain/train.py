@@ -38,6 +38,7 @@ from agent.checkpoint import load_checkpoint, policy_from_checkpoint, save_check
 from agent.device import pick_device
 from agent.model import N_TYPES, Policy, PolicyConfig
 from datasets.errors import EditorError, ParameterError
+from envs.observation import HEAD_INDEX, HISTORY_CHANNELS, WINDOW, channel_index
 from pretrain.dataset import BCData, build_bc_data, load_labels, split_by_song
 from pretrain.losses import LossWeights, bc_losses, classification_metrics, predict, type_class_weights
 
@@ -98,6 +99,14 @@ class PretrainConfig:
     """training only: probability that a raw feature column (the same column on every beat
     of a sample's window) is replaced by its training mean, so the policy cannot lean on
     a few incidental features of a small corpus"""
+    history_dropout: float = 0.0
+    """training only: probability, per sample, that the edit-history channels
+    (``envs.observation.HISTORY_CHANNELS`` except ``is_head`` / ``rel_pos``) of the window
+    rows BEHIND the read head are set to 0 - the value of a beat nothing has happened to
+    yet (every row ahead of the head, and padding, holds it), i.e. "history unknown" -
+    so the policy cannot copy "the previous bar was cut, so cut" from its own past
+    decisions (copycat / causal confusion: one closed-loop mistake then compounds).
+    The head row and the globals (keep ratio so far, ...) are left as they are."""
     patience: int = 12
     """early stopping: epochs without a better validation score (see ``select``)"""
     select: str = "last"
@@ -130,8 +139,10 @@ class PretrainConfig:
     """stop after this much training time (0 = no limit)"""
     resume: bool = True
     """continue from runs/RUN/checkpoints/bc_last.pt when it exists"""
-    threads: int = 0
-    """torch CPU threads (0 = torch's default)"""
+    threads: int = 1
+    """torch CPU threads (0 = torch's default). 1: the batches are small, and with 2
+    threads on a 2-core machine that is busy with anything else each small matmul
+    spin-waits (make demo's BC took 5 min 47 s instead of ~36 s with one thread)"""
     figure_every: int = 10
     """epochs between confusion-matrix images and action histograms in TensorBoard"""
 
@@ -144,6 +155,8 @@ class PretrainConfig:
             raise ParameterError(f"select={self.select!r}: choose last, nll or action_acc")
         if not 0.0 <= self.feature_dropout < 1.0:
             raise ParameterError(f"feature_dropout={self.feature_dropout} must be in [0, 1)")
+        if not 0.0 <= self.history_dropout <= 1.0:
+            raise ParameterError(f"history_dropout={self.history_dropout} must be in [0, 1]")
 
 
 # Fields that may change between a run and its resumption without changing the run.
@@ -151,6 +164,11 @@ class PretrainConfig:
 # trained before they existed still resume).
 _RESUMABLE_CHANGES = {"epochs", "resume", "max_minutes", "device", "threads", "patience", "figure_every",
                       "dagger_rounds", "dagger_epochs", "dagger_flip", "dagger_rollouts"}
+
+
+# Fields added after runs were trained: a checkpoint without the field was trained with
+# this value (so runs/demo, trained before history_dropout existed, still resumes).
+_ADDED_FIELDS = {"history_dropout": 0.0}
 
 
 def _seed_everything(seed: int) -> None:
@@ -198,6 +216,24 @@ def _drop_features(beats: torch.Tensor, mean: torch.Tensor, p: float) -> torch.T
     drop = torch.rand(beats.shape[0], 1, nf, device=beats.device) < p
     out = beats.clone()
     out[..., :nf] = torch.where(drop, mean.to(beats.dtype), beats[..., :nf])
+    return out
+
+
+# Edit-history columns that history dropout blanks (is_head / rel_pos say where a row
+# is, not what was decided: kept).
+_HISTORY_DROP_COLS = tuple(channel_index(c) for c in HISTORY_CHANNELS if c not in ("is_head", "rel_pos"))
+
+
+def _drop_history(beats: torch.Tensor, p: float, *, head_row: int = HEAD_INDEX) -> torch.Tensor:
+    """beats [B, W, C] with, per sample and with probability p, the edit-history columns
+    (``_HISTORY_DROP_COLS``) of rows [0, head_row) - the beats behind the read head - set
+    to 0 (raw units: history channels are not normalised); torch's RNG (resumable)."""
+    drop = torch.rand(beats.shape[0], device=beats.device) < p  # (B,)
+    out = beats.clone()
+    cols = torch.as_tensor(_HISTORY_DROP_COLS, device=beats.device)
+    behind = out[:, :head_row, :].index_select(-1, cols)  # (B, head_row, n_cols)
+    behind = torch.where(drop[:, None, None], torch.zeros_like(behind), behind)
+    out[:, :head_row, cols] = behind
     return out
 
 
@@ -350,7 +386,7 @@ def train(cfg: PretrainConfig, data: BCData | None = None, *, target_keep: float
         ck = load_checkpoint(last_path, expect_layout=layout)
         saved = ck["stage_config"]
         now = to_plain(cfg)  # as stored (tuples become lists)
-        diff = {k for k, v in now.items() if saved.get(k) != v and k not in _RESUMABLE_CHANGES}
+        diff = {k for k, v in now.items() if saved.get(k, _ADDED_FIELDS.get(k)) != v and k not in _RESUMABLE_CHANGES}
         if diff:
             raise ParameterError(f"{last_path}: was trained with other settings ({', '.join(sorted(diff))}); use --no-resume to start over")
         model = policy_from_checkpoint(ck, device=device)
@@ -395,6 +431,9 @@ def train(cfg: PretrainConfig, data: BCData | None = None, *, target_keep: float
             obs, actions, boundary, weight = _batch(data, j, device)
             if cfg.feature_dropout > 0:
                 obs["beats"] = _drop_features(obs["beats"], model.normalizer.mean, cfg.feature_dropout)
+            if cfg.history_dropout > 0:  # after feature dropout: runs without it keep their RNG stream
+                head_row = HEAD_INDEX if obs["beats"].shape[1] == WINDOW else pcfg.head_row
+                obs["beats"] = _drop_history(obs["beats"], cfg.history_dropout, head_row=head_row)
             loss, parts = bc_losses(model, obs, actions, boundary=boundary, weight=weight, type_weights=type_weights, energy_col=energy_col, lw=lw)
             (loss / cfg.accum_steps).backward()
             last_in_epoch = i + cfg.batch_size >= len(order)
