@@ -195,7 +195,7 @@ def run_persona(persona: str, songs, args, fold: int = 0) -> list[dict]:
                 kernel_size=args.kernel_size, dilations=tuple(args.dilations), dropout=args.dropout,
                 weight_decay=args.weight_decay, epochs=args.epochs, max_minutes=args.max_minutes, val_fraction=0.15,
                 patience=args.patience, resume=False, threads=args.threads, batch_size=args.batch_size, lr=args.lr,
-                feature_dropout=args.feature_dropout, type_weight_power=args.type_weight_power, select=args.select,
+                feature_dropout=args.feature_dropout, history_dropout=args.history_dropout, type_weight_power=args.type_weight_power, select=args.select,
             )
             t0 = time.perf_counter()
             evaluated = {"s": 0.0}  # evaluation time, not training time
@@ -310,6 +310,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--weight-decay", type=float, default=1e-4)
     ap.add_argument("--select", choices=("last", "nll", "action_acc"), default="last", help="PretrainConfig.select")
     ap.add_argument("--feature-dropout", type=float, default=0.5, help="PretrainConfig.feature_dropout")
+    ap.add_argument("--history-dropout", type=float, default=0.0,
+                    help="PretrainConfig.history_dropout: per-sample probability of blanking the edit history behind the head")
     ap.add_argument("--type-weight-power", type=float, default=0.5, help="PretrainConfig.type_weight_power")
     ap.add_argument("--epochs", type=int, default=150)
     ap.add_argument("--batch-size", type=int, default=64)

@@ -87,6 +87,48 @@ def test_feature_dropout_replaces_whole_columns_by_their_mean():
         PretrainConfig(feature_dropout=1.0)
 
 
+def test_history_dropout_blanks_only_the_history_behind_the_head():
+    from envs.observation import (
+        BEAT_CHANNELS,
+        HEAD_INDEX,
+        HISTORY_CHANNELS,
+        WINDOW,
+        channel_index,
+    )
+    from pretrain.train import _drop_history
+
+    torch.manual_seed(0)
+    beats = torch.rand(200, WINDOW, len(BEAT_CHANNELS)) + 1.0  # no zeros anywhere
+    out = _drop_history(beats, 0.5)
+    hist = [channel_index(c) for c in HISTORY_CHANNELS if c not in ("is_head", "rel_pos")]
+    assert len(hist) == 8
+    others = [i for i in range(len(BEAT_CHANNELS)) if i not in hist]
+    changed = out != beats
+    # nothing changes on or ahead of the head, nor in the other columns behind it
+    assert not changed[:, HEAD_INDEX:].any()
+    assert not changed[:, :, others].any()
+    # a sample is either untouched or has ALL its history behind the head at exactly 0
+    dropped = changed[:, :HEAD_INDEX][:, :, hist].reshape(200, -1)
+    assert torch.equal(dropped.all(1), dropped.any(1))
+    hit = dropped.all(1)
+    assert 0.35 < hit.float().mean() < 0.65
+    assert torch.all(out[hit][:, :HEAD_INDEX][:, :, hist] == 0)
+    assert torch.equal(_drop_history(beats, 0.0), beats)
+    assert torch.all(_drop_history(beats, 1.0)[:, :HEAD_INDEX][:, :, hist] == 0)
+    # a cropped window: the head row is given
+    out = _drop_history(beats[:, :24], 1.0, head_row=8)
+    assert torch.all(out[:, :8][:, :, hist] == 0) and torch.equal(out[:, 8:], beats[:, 8:24])
+    with pytest.raises(ParameterError, match="history_dropout"):
+        PretrainConfig(history_dropout=1.5)
+
+
+def test_history_dropout_trains_and_resumes(tmp_path, data):
+    cfg = PretrainConfig(run="h", runs_dir=str(tmp_path), epochs=2, val_fraction=0.0, figure_every=100, history_dropout=0.5, **SMALL)
+    first = train(cfg, data)
+    again = train(PretrainConfig(**{**cfg.__dict__, "epochs": 3}), data)
+    assert again["epoch"] == 2 and again["step"] > first["step"]
+
+
 def test_select_by_action_accuracy(tmp_path, data):
     cfg = PretrainConfig(run="acc", runs_dir=str(tmp_path), epochs=8, lr=1e-2, val_fraction=0.34, patience=1000,
                          select="action_acc", feature_dropout=0.3, figure_every=100, **SMALL)
