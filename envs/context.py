@@ -40,7 +40,7 @@ import numpy as np
 
 from datasets.beats import BARS_PER_PHRASE, BeatGrid
 from datasets.features import N_FEATURES, feature_index
-from datasets.structure import bar_index, phrase_units
+from datasets.structure import bar_index, phrase_units, unit_similarity
 
 __all__ = ["CONTEXT_CHANNELS", "N_CONTEXT", "SIMILAR", "SIMILAR_DB", "phrase_units", "song_context"]
 
@@ -71,12 +71,6 @@ SIMILAR = 0.8
 SIMILAR_DB = 2.5
 
 _RMS_DB = feature_index("rms_db")
-_CHROMA = [feature_index(f"chroma_{p}") for p in ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")]
-_MFCC = [feature_index(f"mfcc_{k}") for k in range(1, 13)]
-
-
-def _z(x: np.ndarray) -> np.ndarray:
-    return (x - x.mean(axis=0)) / (x.std(axis=0) + 1e-9)
 
 
 def _pct(x: np.ndarray) -> np.ndarray:
@@ -117,18 +111,7 @@ def song_context(values: np.ndarray, grid: BeatGrid) -> np.ndarray:
     # unit loudness (duration-weighted mean dB) and bar-by-bar descriptor sequences
     energy = np.array([np.average(rms_db[units[i] : units[i + 1]], weights=widths[units[i] : units[i + 1]]) for i in range(m)])
     seconds = np.array([widths[units[i] : units[i + 1]].sum() for i in range(m)])
-    desc = np.concatenate([_z(values[:, _CHROMA]), 0.7 * _z(values[:, _MFCC])], axis=1)
-    seqs = []
-    for i in range(m):
-        sl = slice(units[i], units[i + 1])
-        bars = grid.bar[sl]
-        seqs.append(np.stack([desc[sl][bars == b].mean(axis=0) for b in np.unique(bars)]))
-    sim = np.eye(m)
-    for i in range(m):
-        for j in range(i + 1, m):
-            k = min(len(seqs[i]), len(seqs[j]))
-            a, b = seqs[i][:k].ravel(), seqs[j][:k].ravel()
-            sim[i, j] = sim[j, i] = float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-9))
+    sim = unit_similarity(values, grid, units)
     off = sim - 2.0 * np.eye(m)  # exclude self-similarity from the maxima
     repeat = off.max(axis=1) if m > 1 else np.zeros(m)
     alike = (sim >= SIMILAR) & (np.abs(energy[:, None] - energy[None, :]) <= SIMILAR_DB) & ~np.eye(m, dtype=bool)

@@ -41,7 +41,7 @@ import numpy as np
 
 from datasets.beats import BeatGrid
 from datasets.errors import ParameterError
-from datasets.structure import phrase_units
+from datasets.structure import phrase_units, unit_similarity
 from envs.plan import EditPlan, Ops, Segment
 
 __all__ = ["SongView", "Persona", "PERSONAS", "analyse", "plan_edit", "persona_names"]
@@ -100,10 +100,6 @@ class SongView:
         return out
 
 
-def _zscore_cols(x: np.ndarray) -> np.ndarray:
-    return (x - x.mean(axis=0)) / (x.std(axis=0) + 1e-9)
-
-
 def analyse(features) -> SongView:
     """Cut the song into phrase units and describe them (see the module docstring).
 
@@ -112,35 +108,20 @@ def analyse(features) -> SongView:
     grid: BeatGrid = features.grid
     widths = np.diff(grid.bounds)
     rms_db = features.column("rms_db").astype(np.float64)
-    chroma = np.stack([features.column(f"chroma_{p}") for p in ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")], 1)
-    mfcc = np.stack([features.column(f"mfcc_{k}") for k in range(1, 13)], 1).astype(np.float64)
-
     # 1. Phrase units aligned to the section changes (datasets.structure: the same units
     #    the environment describes to the policy).
     units = phrase_units(features.values, grid)[0]
     m = len(units) - 1
 
-    # 2. Per-unit loudness and per-bar descriptors.
+    # 2. Per-unit loudness.
     seconds = np.array([widths[units[i] : units[i + 1]].sum() for i in range(m)])
     energy = np.array(
         [np.average(rms_db[units[i] : units[i + 1]], weights=widths[units[i] : units[i + 1]]) for i in range(m)]
     )
-    desc = np.concatenate([_zscore_cols(chroma.astype(np.float64)), 0.7 * _zscore_cols(mfcc)], axis=1)
-    bar_desc: list[np.ndarray] = []
-    for i in range(m):
-        sl = slice(units[i], units[i + 1])
-        bars = grid.bar[sl]
-        rows = [desc[sl][bars == b].mean(axis=0) for b in np.unique(bars)]
-        bar_desc.append(np.stack(rows))
 
-    # 3. Similarity: cosine of the bar-by-bar descriptor sequences (aligned from each
-    #    unit's start, over the shorter unit), so order of chords counts, not just the mix.
-    sim = np.eye(m)
-    for i in range(m):
-        for j in range(i + 1, m):
-            k = min(len(bar_desc[i]), len(bar_desc[j]))
-            a, b = bar_desc[i][:k].ravel(), bar_desc[j][:k].ravel()
-            sim[i, j] = sim[j, i] = float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-9))
+    # 3. Similarity: cosine of the bar-by-bar chroma + timbre sequences (datasets.structure,
+    #    the same measure the environment's song context uses).
+    sim = unit_similarity(features.values, grid, units)
 
     # 4. Section types: greedy clustering in song order (a unit joins the first type
     #    whose first unit it resembles in sound and level).
