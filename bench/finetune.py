@@ -180,8 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     run_dir = Path(args.runs_dir) / args.run
     bc_path = run_dir / "checkpoints" / "bc_best.pt"
-    tmp_runs = tempfile.TemporaryDirectory()
     if args.pretrain_seed is not None:
+        tmp_runs = tempfile.TemporaryDirectory()  # removed when main returns
         from pretrain.train import PretrainConfig
         from pretrain.train import run as pretrain  # as make pretrain: BC + DAgger rounds
 

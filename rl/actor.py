@@ -91,8 +91,7 @@ def _worker_main(
             # the frozen reference's log-probs (the KL anchor) cost a forward pass: done
             # here, the learner's core is the busier one
             ref = None if reference is None else _to_numpy(rollout_logp(reference, ro.obs, ro.actions))
-            fields = {f: _to_numpy(getattr(ro, f)) for f in ("obs", "actions", "logp", "values", "rewards", "dones", "episode_ids")}
-            payload = (fields, ro.episodes, ro.env_steps, ref)
+            payload = (_to_numpy(vars(ro)), ref)  # Rollout's fields, tensors as numpy
             conn.send(("ok", payload, t1 - t0, t2 - t1, time.process_time() - c0))
     except (KeyboardInterrupt, EOFError):
         pass
@@ -156,8 +155,8 @@ class RolloutWorker:
         self._pending = False
         if msg[0] == "error":
             raise RuntimeError(f"rollout worker failed:\n{msg[1]}")
-        _, (fields, episodes, env_steps, ref), t_reset, t_rollout, cpu = msg
-        ro = Rollout(**_to_torch(fields), episodes=episodes, env_steps=env_steps)
+        _, (fields, ref), t_reset, t_rollout, cpu = msg
+        ro = Rollout(**_to_torch(fields))
         return RolloutResult(ro, None if ref is None else torch.from_numpy(ref), t_reset, t_rollout, cpu)
 
     def close(self) -> None:

@@ -271,17 +271,21 @@ def run(args: TrainArgs, *, log_fn=print) -> dict:
         if not start_path.is_file():
             raise ParameterError(f"pretrained checkpoint not found: {start_path}; run `make pretrain RUN={args.run}` first")
 
+    start_ck = load_checkpoint(start_path) if start_path is not None else None
+
     # -- songs (data sample happens inside the envs at each reset)
     t0 = time.perf_counter()
     pairs_songs = load_run_songs(run_dir, stems=args.stems, with_audio=True)
-    # the songs held out are the pretrained policy's validation songs; from scratch holds
-    # out the same ones as the run's pretrained policy, so the two compare on equal terms
-    split_path = start_path or (Path(args.pretrained) if args.pretrained else run_dir / "checkpoints" / "bc_best.pt")
-    split_ck = load_checkpoint(split_path) if split_path.is_file() else None
+    # the songs held out are the pretrained policy's validation songs: a resumed fine-tune
+    # keeps those of the policy it started from, and from scratch holds out the same ones
+    # as the run's pretrained policy, so the two compare on equal terms
     if resume_ck is not None:
-        # a resumed fine-tune keeps the split of the pretrained policy it started from
-        pre = resume_ck["extra"]["ppo"].get("extra", {}).get("pretrained") or ""
-        split_ck = load_checkpoint(pre) if pre and Path(pre).is_file() else None
+        split_path = Path(resume_ck["extra"]["ppo"].get("extra", {}).get("pretrained") or "")
+    elif start_ck is None:
+        split_path = Path(args.pretrained) if args.pretrained else run_dir / "checkpoints" / "bc_best.pt"
+    split_ck = start_ck if start_ck is not None else (
+        load_checkpoint(split_path) if split_path.name and split_path.is_file() else None
+    )
     train_idx, held_idx, split_from = heldout_split(
         [p for p, _ in pairs_songs], checkpoint=split_ck, fraction=args.heldout_fraction, seed=cfg.seed
     )
@@ -305,8 +309,8 @@ def run(args: TrainArgs, *, log_fn=print) -> dict:
         policy.normalizer.fit(obs["beats"][..., : policy.cfg.n_features], obs["beat_mask"])
         policy.global_normalizer.fit(obs["globals"])
     else:
-        policy = policy_from_checkpoint(load_checkpoint(start_path))
-        reference = policy_from_checkpoint(load_checkpoint(start_path))
+        policy = policy_from_checkpoint(start_ck)
+        reference = policy_from_checkpoint(start_ck)
     if reference is None and cfg.anchor != "none":
         cfg = dataclasses.replace(cfg, anchor="none")
         log_fn("finetune: no pretrained policy to anchor to; anchor=none")
@@ -316,7 +320,7 @@ def run(args: TrainArgs, *, log_fn=print) -> dict:
            f"{'resume' if resume_ck is not None else start_path or 'scratch'}")
 
     # the user's style settings travel from the pretrained checkpoint to every PPO one
-    src = resume_ck if resume_ck is not None else (load_checkpoint(start_path) if start_path else {})
+    src = resume_ck if resume_ck is not None else (start_ck or {})
     style = {k: v for k, v in src.get("extra", {}).items() if k in ("target_keep", "stem_method")}
 
     songs = [s for _, s in train_ps]
