@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         rc = infer_main([str(song), "--checkpoint", str(ckpt), "--out", str(out)])
         if rc != 0:
             return rc
-        reports.append(out / "report.html")
+        reports.append(out / f"{song.stem}.report.html")
     print("\nDemo done. Open these pages in a browser to listen and look:")
     for r in reports:
         print(f"  {r.resolve()}")

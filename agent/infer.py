@@ -9,15 +9,19 @@ Steps: load audio -> beats + features (cached) -> the policy walks the song in t
 editing environment with masks (greedy unless --sample) -> EditPlan -> (optional)
 bar-level fit to --target-duration -> a fade when the edit stops before the song
 does -> render at the input's native rate and channels ->
-edited audio, plan.json, Audacity labels, Reaper project, PNG and report.html.
+NAME_edited.wav, NAME.plan.json, NAME.labels.txt, NAME.rpp, NAME.edit.png and
+NAME.report.html.
 
-Everything is checked before anything is written (input, checkpoint, output folder), and
-each output is written atomically, so a bad input leaves no partial files.
+Everything is checked before anything is written (input, checkpoint, output folder; no
+output may be an input, datasets.safety), each output is written atomically, and the set
+is written under the output folder's lock, so a bad input leaves no partial files and
+concurrent runs into one folder leave one run's consistent set.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import os
 import sys
@@ -30,9 +34,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from datasets.atomic import locked_folder
 from datasets.errors import EditorError, ParameterError
+from datasets.safety import refuse_overwrite
 
-__all__ = ["EditResult", "edit_song", "newest_checkpoint", "main"]
+__all__ = ["EditResult", "edit_song", "newest_checkpoint", "output_paths", "main"]
 
 log = logging.getLogger("agent.infer")
 
@@ -97,6 +103,41 @@ def get_parser() -> argparse.ArgumentParser:
     return p
 
 
+def output_paths(args: argparse.Namespace) -> dict[str, Path]:
+    """Every file one edit writes, by kind (the keys of ``envs.export.export_all`` plus
+    audio, png and report). They are named after the song, or after ``--output``'s file
+    name when given, so edits of several songs, or several edits of one song, can share a
+    folder without replacing each other's files. Checked, not created."""
+    import soundfile as sf
+
+    from envs.export import HAVE_OTIO
+
+    src = Path(args.input)
+    if args.output:
+        audio = Path(args.output)
+        out_dir, stem = audio.parent, audio.stem
+        fmt = audio.suffix.lstrip(".").upper() or "WAV"
+        if fmt not in sf.available_formats():
+            raise ParameterError(f"{audio}: cannot write audio format '{fmt.lower()}' (use .wav or .flac)")
+    else:
+        out_dir = Path(args.out) if args.out else Path("runs") / "infer" / src.stem
+        stem = src.stem
+        audio = out_dir / f"{stem}_edited.{args.format}"
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ParameterError(f"{out_dir}: is a file, not a folder; name a folder for the outputs")
+    paths = {
+        "audio": audio,
+        "json": out_dir / f"{stem}.plan.json",
+        "audacity": out_dir / f"{stem}.labels.txt",
+        "reaper": out_dir / f"{stem}.rpp",
+    }
+    if HAVE_OTIO:
+        paths["otio"] = out_dir / f"{stem}.otio"
+    paths["png"] = out_dir / f"{stem}.edit.png"
+    paths["report"] = out_dir / f"{stem}.report.html"
+    return paths
+
+
 def _check_writable(folder: Path) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -144,6 +185,12 @@ def run(args: argparse.Namespace) -> dict:
     if args.target_duration is not None and args.target_duration <= 0:
         raise ParameterError(f"--target-duration {args.target_duration} must be > 0 seconds")
     ckpt_path = Path(args.checkpoint) if args.checkpoint else newest_checkpoint(args.newest_in)
+    outputs = output_paths(args)
+    # Never write over the recording or the checkpoint, whatever the flags, and refuse a
+    # folder given as --output, before the checkpoint loads and the song is analysed.
+    refuse_overwrite(outputs.values(), [src, ckpt_path])
+    out_dir = outputs["audio"].parent
+    _check_writable(out_dir)
     t = time.perf_counter()
     ckpt = load_checkpoint(ckpt_path)
     device = pick_device(args.device)
@@ -151,13 +198,6 @@ def run(args: argparse.Namespace) -> dict:
     t = lap("checkpoint", t)
     audio = load_audio(src)
     t = lap("load", t)
-    if args.output:
-        edited_path = Path(args.output)
-        out_dir = edited_path.parent
-    else:
-        out_dir = Path(args.out) if args.out else Path("runs") / "infer" / src.stem
-        edited_path = out_dir / f"{src.stem}_edited.{args.format}"
-    _check_writable(out_dir)
 
     # 2. Beats and features: the same pipeline (and stem method) the policy trained on.
     method = (ckpt.get("extra") or {}).get("stem_method") or "auto"  # "dsp" or "demucs:<model>"
@@ -203,12 +243,8 @@ def run(args: argparse.Namespace) -> dict:
     clicks = detect_clicks(y=rendered.y, sr=audio.sr, positions=rendered.cut_positions)
     t = lap("render", t)
 
-    # 5. Outputs, each atomic.
-    write_audio(edited_path, y=rendered.y, sr=audio.sr)
-    files = export_all(plan, raw_path=src.resolve(), sr=audio.sr, out_dir=out_dir, stem=src.stem, crossfade_ms=args.crossfade_ms)
-    png = plot_edit(
-        plan, y=audio.y, sr=audio.sr, path=out_dir / f"{src.stem}.edit.png", title=f"{src.name}: edit", crossfade_ms=args.crossfade_ms
-    )
+    # 5. Outputs: each file atomic, and the whole set written under the folder's lock, so
+    # runs into one folder at once leave one run's set (the last one), never a mix.
     types = [a[0] for a in result.actions]
     summary = {
         "input": str(src),
@@ -229,15 +265,24 @@ def run(args: argparse.Namespace) -> dict:
     }
     if args.target_duration is not None:
         summary["target duration"] = f"{args.target_duration:.1f} s"
-    report = write_report_html(
-        out_dir=out_dir,
-        raw_audio=src,
-        edited_audio=edited_path,
-        png=png,
-        plan=plan,
-        summary=summary,
-        timeline=output_timeline(plan, sr=audio.sr, crossfade_ms=args.crossfade_ms),
-    )
+    edited_path = outputs["audio"]
+    with locked_folder(out_dir):
+        write_audio(edited_path, y=rendered.y, sr=audio.sr)
+        stem = outputs["json"].name.removesuffix(".plan.json")
+        files = export_all(plan, raw_path=src.resolve(), sr=audio.sr, out_dir=out_dir, stem=stem, crossfade_ms=args.crossfade_ms)
+        assert set(files.values()) <= set(outputs.values()), (files, outputs)  # the names checked in step 1
+        png = plot_edit(plan, y=audio.y, sr=audio.sr, path=outputs["png"], title=f"{src.name}: edit", crossfade_ms=args.crossfade_ms)
+        # names the plan the page describes: the page and NAME.plan.json beside it agree
+        summary["edit id"] = hashlib.sha256(files["json"].read_bytes()).hexdigest()[:12]
+        report = write_report_html(
+            path=outputs["report"],
+            raw_audio=src,
+            edited_audio=edited_path,
+            png=png,
+            plan=plan,
+            summary=summary,
+            timeline=output_timeline(plan, sr=audio.sr, crossfade_ms=args.crossfade_ms),
+        )
     t = lap("exports", t)
     timings["total"] = time.perf_counter() - t_start
     summary["outputs"] = ", ".join(str(p) for p in [edited_path, *files.values(), png, report])

@@ -1,4 +1,4 @@
-"""What a musician looks at after an edit: a PNG of the edit and a report.html.
+"""What a musician looks at after an edit: a PNG of the edit and NAME.report.html.
 
 The PNG draws the raw waveform with kept / cut / looped / effected regions coloured and
 the output timeline below it (which raw span plays when). The HTML page opens from disk
@@ -134,7 +134,7 @@ def _src(target: Path, out_dir: Path) -> str:
 
 def write_report_html(
     *,
-    out_dir: str | os.PathLike,
+    path: str | os.PathLike,
     raw_audio: str | os.PathLike,
     edited_audio: str | os.PathLike,
     png: str | os.PathLike,
@@ -142,8 +142,11 @@ def write_report_html(
     summary: dict[str, str],
     timeline: list[OutputSegment],
 ) -> Path:
-    """Write out_dir/report.html (atomically) and return its path."""
-    out_dir = Path(out_dir)
+    """Write the page to ``path`` (atomically) and return it. Name it after the song
+    (NAME.report.html) so edits of several songs can share one folder; its links to the
+    audio and the PNG are relative to its folder."""
+    path = Path(path)
+    out_dir = path.parent
     rows = "\n".join(
         f"<tr><td>{s.index}</td><td>{s.raw_start:.2f} - {s.raw_end:.2f}</td>"
         f"<td>{s.out_start:.2f} - {s.out_end:.2f}</td><td>{html.escape(s.ops)}</td></tr>"
@@ -168,4 +171,4 @@ td,th{{border:1px solid #ccc;padding:2px 8px;text-align:left}}img{{max-width:100
 </table>
 </body></html>
 """
-    return atomic_write_text(out_dir / "report.html", page)
+    return atomic_write_text(path, page)

@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         rc = infer_main([str(song), "--checkpoint", str(ckpt), "--out", str(args.out)])
         if rc != 0:
             return rc
-    html = args.out / "report.html"
+    html = args.out / f"{args.song.stem}.report.html"
     png = screenshot(html, args.out / "report.png")
     st = screenshot_stats(png)
     print(f"checkpoint: {desc}")

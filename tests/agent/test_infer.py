@@ -42,7 +42,7 @@ def test_edit_writes_every_output(song, checkpoint, tmp_path, capsys):
     assert main([str(song), "--checkpoint", str(checkpoint), "--out", str(out), "--target-duration", "18"]) == 0
     stem = song.stem
     names = _files(out)
-    for n in (f"{stem}_edited.wav", f"{stem}.plan.json", f"{stem}.labels.txt", f"{stem}.rpp", f"{stem}.edit.png", "report.html"):
+    for n in (f"{stem}_edited.wav", f"{stem}.plan.json", f"{stem}.labels.txt", f"{stem}.rpp", f"{stem}.edit.png", f"{stem}.report.html"):
         assert n in names, names
     assert not [n for n in names if n.startswith(".")], names  # no temp files left
     y, sr = sf.read(out / f"{stem}_edited.wav", always_2d=True)
@@ -67,7 +67,7 @@ def test_edit_writes_every_output(song, checkpoint, tmp_path, capsys):
 def test_output_flag_names_the_audio(song, checkpoint, tmp_path):
     target = tmp_path / "mine" / "edit.flac"
     assert main([str(song), "--checkpoint", str(checkpoint), "--output", str(target)]) == 0
-    assert target.exists() and (tmp_path / "mine" / "report.html").exists()
+    assert target.exists() and (tmp_path / "mine" / "edit.report.html").exists()
 
 
 def test_bad_inputs_fail_cleanly(song, checkpoint, tmp_path, capsys):

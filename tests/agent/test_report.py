@@ -46,7 +46,7 @@ def test_report_links_resolve_from_disk(tmp_path):
     edited = write_audio(out / "edited.wav", y=np.zeros((1, 8000), np.float32), sr=8000)
     png = out / "edit.png"
     png.write_bytes(b"\x89PNG\r\n\x1a\n")
-    page = write_report_html(out_dir=out, raw_audio=raw, edited_audio=edited, png=png, plan=plan, summary={"keep ratio": "0.75"}, timeline=output_timeline(plan, sr=8000))
+    page = write_report_html(path=out / "raw take.report.html", raw_audio=raw, edited_audio=edited, png=png, plan=plan, summary={"keep ratio": "0.75"}, timeline=output_timeline(plan, sr=8000))
     p = _Links()
     p.feed(page.read_text())
     assert len(p.srcs) == 3

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
-    """An edit of 20 s of a real recording by a tiny untrained policy -> report.html."""
+    """An edit of 20 s of a real recording by a tiny untrained policy -> NAME.report.html."""
     a = load_audio(music_file("race1-jt.ogg"))
     d = tmp_path_factory.mktemp("edit")
     song = write_audio(d / "race1 slice.wav", y=a.y[:, : 20 * a.sr], sr=a.sr)
@@ -33,7 +33,7 @@ def report(tmp_path_factory):
     )
     out = d / "out dir"  # a space: the page's links must be percent-encoded to load
     assert main([str(song), "--checkpoint", str(ckpt), "--out", str(out)]) == 0
-    return out / "report.html"
+    return out / f"{song.stem}.report.html"
 
 
 def test_page_is_drawn_with_the_edit_image(report, tmp_path):
