@@ -162,6 +162,7 @@ def run(args: argparse.Namespace) -> dict:
     from agent.ending import soften_ending
     from agent.report import output_timeline, plot_edit, write_report_html
     from datasets.audio import load_audio, write_audio
+    from alignment.grid import editor_grid_features
     from datasets.features import extract_features, feature_index
     from envs.actions import Amount, ActionType, Size
     from envs.env import AudioEditEnv, Song
@@ -203,6 +204,11 @@ def run(args: argparse.Namespace) -> dict:
     method = (ckpt.get("extra") or {}).get("stem_method") or "auto"  # "dsp" or "demucs:<model>"
     stems, _, stem_model = method.partition(":")
     feats = extract_features(audio, stems=stems, stem_model=stem_model or None, use_cache=not args.no_cache)
+    # ... on the trained editor's phase of the grid (where they hear bars and phrases)
+    feats, grid_phase = editor_grid_features(
+        audio, feats, (ckpt.get("extra") or {}).get("editor_grid"),
+        stems=stems, stem_model=stem_model or None, use_cache=not args.no_cache,
+    )
     t = lap("beats+features", t)
 
     # 3. The policy edits the song in the environment, masks on.
@@ -254,6 +260,7 @@ def run(args: argparse.Namespace) -> dict:
         "duration out": f"{rendered.duration:.1f} s",
         "keep ratio": f"{plan.keep_ratio:.2f}",
         "tempo / meter": f"{feats.grid.tempo:.1f} BPM, {feats.grid.beats_per_bar}/4",
+        "editor's grid": f"downbeat shift {grid_phase.downbeat_shift} beats, bar offset {grid_phase.bar_offset}",
         "actions": str(len(result.actions)),
         "types": _distribution(types, [x.name for x in ActionType]),
         "sizes": _distribution([a[1] for a in result.actions], [x.name for x in Size]),

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from alignment.align import AlignConfig, Alignment, align
+from alignment.grid import GridPhase, PhaseFit, cut_points, fit_phase
 from datasets.audio import ANALYSIS_SR, Audio, load_audio, resample, to_mono
 from datasets.beats import BeatGrid
 from datasets.errors import AudioError, EditorError
@@ -36,7 +37,8 @@ __all__ = ["LABEL_FORMAT_VERSION", "raw_grid", "snap_plan", "plan_actions", "pla
 
 log = logging.getLogger(__name__)
 
-LABEL_FORMAT_VERSION = 1
+#: 2: plans and actions on the editor's phase of the grid (alignment/grid.py).
+LABEL_FORMAT_VERSION = 2
 #: A gain change smaller than this is no change: two thirds of the smallest GAIN step
 #: (1.5 dB), because a mastering compressor leaves +-1 dB of level noise per segment.
 GAIN_DEADBAND_DB = 1.0
@@ -236,6 +238,7 @@ class PairLabels:
     raw: Audio
     edited: Audio
     seconds: float
+    grid_fit: PhaseFit | None = None
 
     def raw_beat_confidence(self) -> np.ndarray:
         """[shape=(n_beats,)] confidence of each raw beat's label: the segment's for a
@@ -268,6 +271,7 @@ class PairLabels:
                 "raw_sha256": self.raw.sha256,
                 "edited_sha256": self.edited.sha256,
                 "seconds": self.seconds,
+                "editor_grid": None if self.grid_fit is None else self.grid_fit.to_dict(),
             }
         )
         return d
@@ -281,10 +285,13 @@ def label_pair(
     config: AlignConfig = AlignConfig(),
     with_actions: bool = True,
     with_fidelity: bool = True,
+    editor_grid: bool = True,
 ) -> PairLabels:
     """Align a pair and derive its beat plan, actions and fidelity.
 
     grid : the raw's grid (default ``raw_grid(raw)``)
+    editor_grid : relabel on the phase of that grid the edit's cut points agree with
+        (alignment/grid.py); the plan's grid then carries the editor's bars and phrases
     Raises ``AudioError`` for unreadable/silent files or an edited file shorter than
     one bar of the raw; ``EditorError`` when nothing aligns.
     """
@@ -304,6 +311,12 @@ def label_pair(
             f"{edited.path}: no part of it matches {raw.path} (confidence {al.confidence:.2f}); is it an edit of that recording?"
         )
     plan, confs = snap_plan(al, grid, source_sha256=raw.sha256)
+    # The editor's own bar and phrase lines (alignment/grid.py): relabel on the phase
+    # their cut points agree with, so a phrase-level edit becomes phrase-level actions.
+    grid_fit = fit_phase(grid, cut_points(plan.segments, grid.n_beats))
+    if editor_grid and grid_fit.phase != GridPhase():
+        grid = grid_fit.phase.apply(grid)
+        plan, confs = snap_plan(al, grid, source_sha256=raw.sha256)
     plan.validate()
     actions = exact = None
     notes: list[str] = []
@@ -324,4 +337,5 @@ def label_pair(
         raw=raw,
         edited=edited,
         seconds=time.perf_counter() - t0,
+        grid_fit=grid_fit if editor_grid else None,
     )

@@ -21,6 +21,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 from alignment.__main__ import write_json
+from alignment.grid import GRID_MODEL_FILE, fit_grid_model
 from alignment.labels import LABEL_FORMAT_VERSION
 from datasets.errors import EditorError
 
@@ -130,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
                     _collect(r, entries, failed, bar)
     index = {n: entries[n] for n in sorted(entries)}
     write_json(out_dir / "index.json", index)
+    fit_grid_model([e["label"] for e in index.values()], out=out_dir / GRID_MODEL_FILE)
     _write_train(out_dir, index)
     _print_table(index, failed)
     if not index:

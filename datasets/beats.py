@@ -134,6 +134,30 @@ class BeatGrid:
             beats_per_bar=int(d["beats_per_bar"]),
         )
 
+    def rephased(self, *, downbeat_shift: int = 0, bar_offset: int = 0) -> "BeatGrid":
+        """The same beats counted the way another listener counts them.
+
+        downbeat_shift : int in [0, beats_per_bar) beats: that listener's downbeats are
+            the beats with ``beat_in_bar == downbeat_shift`` here
+        bar_offset : int >= 0 bars added to the bar numbering, which moves the 2-bar,
+            phrase (``bar // 4``) and 2-phrase (``bar // 8``) groups: with offset o,
+            groups of k bars start on the bars b (counted from the first downbeat)
+            where (b + o) % k == 0
+
+        Beat boundaries are unchanged; only where bars and phrases start moves (an
+        editor's cut points say where *they* hear those lines, alignment/grid.py).
+        """
+        bpb = self.beats_per_bar
+        if not 0 <= downbeat_shift < bpb or bar_offset < 0:
+            raise ParameterError(f"rephased: downbeat_shift {downbeat_shift} not in [0, {bpb}) or bar_offset {bar_offset} < 0")
+        beat_in_bar = np.mod(self.beat_in_bar - downbeat_shift, bpb).astype(np.int64)
+        n_down = np.cumsum(beat_in_bar == 0)  # downbeats at or before each beat
+        bar = n_down - (1 if beat_in_bar[0] == 0 else 0)  # a leading pickup is bar 0
+        return BeatGrid(
+            bounds=self.bounds, beat_in_bar=beat_in_bar, bar=(bar + bar_offset).astype(np.int64),
+            tempo=self.tempo, beats_per_bar=bpb,
+        )
+
     @classmethod
     def from_beat_times(
         cls, beat_times: np.ndarray, *, duration: float, beats_per_bar: int, downbeat_index: int = 0

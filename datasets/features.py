@@ -798,7 +798,7 @@ def _one(path: str, out: str | None, stems: str, use_cache: bool) -> dict:
         "tempo": g.tempo,
         "meter": g.beats_per_bar,
         "beats": g.n_beats,
-        "bars": int(g.bar.max()) + 1,
+        "bars": len(np.unique(g.bar)),
         "duration": g.duration,
         "stem_method": feats.stem_method,
         "seconds": time.perf_counter() - t0,

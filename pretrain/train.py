@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from alignment.grid import load_grid_model
 from agent.checkpoint import load_checkpoint, policy_from_checkpoint, save_checkpoint, to_plain
 from agent.device import pick_device
 from agent.model import N_TYPES, Policy, PolicyConfig
@@ -337,6 +338,8 @@ def train(cfg: PretrainConfig, data: BCData | None = None, *, target_keep: float
     device = pick_device(cfg.device)
     run_dir = Path(cfg.runs_dir) / cfg.run
     ckpt_dir = run_dir / "checkpoints"
+    # where this editor hears bars and phrases (make align fitted it); inference uses it
+    editor_grid = load_grid_model(run_dir / "labels").to_dict()
     last_path, best_path = ckpt_dir / "bc_last.pt", ckpt_dir / "bc_best.pt"
     t_start = time.perf_counter()
 
@@ -481,7 +484,7 @@ def train(cfg: PretrainConfig, data: BCData | None = None, *, target_keep: float
             bad_epochs += 1
         extra = {"epoch": epoch, "best": best, "best_nll": best_nll, "bad_epochs": bad_epochs, "torch_rng": torch.get_rng_state(),
                  "val_songs": [data.song_keys[s] for s in np.unique(data.song[val_idx])], "metrics": _plain_metrics(m),
-                 "target_keep": target_keep, "stem_method": stem_method}
+                 "target_keep": target_keep, "stem_method": stem_method, "editor_grid": editor_grid}
         common = dict(model=model, optimizer=opt, step=global_step, stage="pretrain", stage_config=cfg, layout=layout, extra=extra)
         if improved:
             save_checkpoint(best_path, **common)

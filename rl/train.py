@@ -321,7 +321,7 @@ def run(args: TrainArgs, *, log_fn=print) -> dict:
 
     # the user's style settings travel from the pretrained checkpoint to every PPO one
     src = resume_ck if resume_ck is not None else (start_ck or {})
-    style = {k: v for k, v in src.get("extra", {}).items() if k in ("target_keep", "stem_method")}
+    style = {k: v for k, v in src.get("extra", {}).items() if k in ("target_keep", "stem_method", "editor_grid")}
 
     songs = [s for _, s in train_ps]
     env_kw = dict(run_dir=run_dir, reward_audio=args.reward_audio)

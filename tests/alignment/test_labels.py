@@ -54,7 +54,8 @@ def test_beat_plan_actions_round_trip(pair):
     assert plan.segments[3].ops.gain_db == -3.0
     assert plan.segments[-1].ops.fade_out_s > 0
     assert lab.exact is True
-    assert execute(grid, lab.actions, source_sha256=plan.source_sha256) == plan.merged()
+    assert execute(plan.grid, lab.actions, source_sha256=plan.source_sha256) == plan.merged()
+    assert np.array_equal(plan.grid.bounds, grid.bounds)  # the editor's phase of the same beats
     rec = lab.to_dict()
     assert all(tuple(s) == SEGMENT_KEYS for s in rec["segments"])
     assert len(rec["raw_beat_confidence"]) == grid.n_beats

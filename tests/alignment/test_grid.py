@@ -1,0 +1,110 @@
+"""The editor's grid: phase from cut points, phrase-level labels, the audio ranker."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from alignment.grid import GridModel, GridPhase, candidate_features, cut_points, fit_phase
+from alignment.labels import plan_actions
+from datasets.beats import BeatGrid
+from datasets.features import FEATURE_NAMES, N_FEATURES, BeatFeatures, feature_index
+from envs.actions import ActionType, Size
+from envs.plan import EditPlan, Segment
+
+
+def _grid(n_beats: int = 160, pickup: int = 0) -> BeatGrid:
+    """4/4 at 120 BPM; the tracker's downbeat on beat ``pickup``."""
+    return BeatGrid.from_beat_times(np.arange(n_beats) * 0.5, duration=n_beats * 0.5, beats_per_bar=4,
+                                    downbeat_index=pickup)
+
+
+def _phrase_starts(g: BeatGrid, bars: int = 4) -> np.ndarray:
+    return np.flatnonzero((g.beat_in_bar == 0) & (g.bar % bars == 0))
+
+
+def _editor_plan(base: BeatGrid, editor: BeatGrid) -> EditPlan:
+    """Keeps the intro, cuts the 2nd and 4th of the editor's phrases, plays the 3rd twice."""
+    p = _phrase_starts(editor)
+    n = base.n_beats
+    segs = [Segment(0, int(p[1])), Segment(int(p[2]), int(p[3])), Segment(int(p[2]), int(p[3])), Segment(int(p[4]), n)]
+    return EditPlan(segments=tuple(segs), grid=base)
+
+
+def test_rephased_grid_moves_bars_and_phrases():
+    g = _grid()
+    r = g.rephased(downbeat_shift=1, bar_offset=3)
+    assert np.array_equal(r.bounds, g.bounds)
+    assert np.array_equal(np.flatnonzero(r.beat_in_bar == 0), np.flatnonzero(g.beat_in_bar == 1))
+    assert r.bar[0] == 3  # beat 0 is a pickup beat of bar 0 + offset
+    first_phrase = _phrase_starts(r)[0]
+    assert first_phrase == 1  # the pickup is bar 3, so the first downbeat (beat 1) is bar 4: a phrase start
+    assert _phrase_starts(r)[1] == 1 + 16
+    assert GridPhase().apply(g) is g
+
+
+@pytest.mark.parametrize("shift,offset", [(0, 0), (1, 3), (3, 6), (2, 1)])
+def test_fit_phase_recovers_a_known_offset(shift, offset):
+    base = _grid()
+    editor = base.rephased(downbeat_shift=shift, bar_offset=offset)
+    plan = _editor_plan(base, editor)
+    cuts = cut_points(plan.segments, base.n_beats)
+    fit = fit_phase(base, cuts)
+    # phrase-level cuts fix the downbeat and the 4-bar phase; the 8-bar parity may tie
+    assert GridPhase(shift, offset) in fit.ties
+    assert fit.phase.downbeat_shift == shift and fit.phase.bar_offset % 4 == offset % 4
+    assert fit.on_bar_after == 1.0
+    assert fit.on_bar_before == (1.0 if shift == 0 else 0.0)
+
+
+def test_cut_points_ignore_continuations():
+    g = _grid(64)
+    segs = (Segment(0, 8), Segment(8, 16), Segment(24, 32), Segment(24, 32), Segment(40, 64))
+    assert cut_points(segs, g.n_beats).tolist() == [16, 24, 32, 40]
+    assert cut_points((Segment(0, 64),), 64).tolist() == []
+    fit = fit_phase(g, np.array([], dtype=np.int64))
+    assert fit.phase == GridPhase() and fit.n_cuts == 0  # no evidence: the product's own phase
+
+
+def test_phrase_edit_on_offset_grid_becomes_phrase_actions():
+    base = _grid()
+    editor = base.rephased(downbeat_shift=1, bar_offset=2)
+    plan = _editor_plan(base, editor)
+    fit = fit_phase(base, cut_points(plan.segments, base.n_beats))
+    before, _, exact_b, _ = plan_actions(plan)
+    after, _, exact_a, _ = plan_actions(EditPlan(segments=plan.segments, grid=fit.phase.apply(base)))
+    assert exact_b and exact_a
+    assert sum(a[1] == Size.BEAT for a in before) > 0  # off-phase: beat-level fiddling
+    assert sum(a[1] == Size.BEAT for a in after) == 0
+    assert any(a[0] == ActionType.LOOP for a in after)
+    assert not any(a[0] == ActionType.JUMP_BACK for a in after)
+    assert len(after) < len(before)
+
+
+def _song(rng: np.random.Generator, accent_phase: int, n_beats: int = 192) -> BeatFeatures:
+    """Random features with a kick (low-band energy, drums) on every 4th beat from
+    ``accent_phase``: the music says where that editor hears the bar."""
+    grid = _grid(n_beats)
+    v = rng.normal(size=(n_beats, N_FEATURES)).astype(np.float32)
+    v[:, feature_index("rms_db")] = -20 + rng.normal(scale=0.5, size=n_beats)
+    on = (np.arange(n_beats) % 4) == accent_phase
+    for name in ("energy_low", "stem_drums_rms", "onset_strength"):
+        v[on, feature_index(name)] += 3.0
+    return BeatFeatures(values=v, names=FEATURE_NAMES, grid=grid, stem_method="dsp")
+
+
+def test_ranker_learns_what_in_the_audio_marks_the_editors_downbeat():
+    rng = np.random.default_rng(0)
+    train = []
+    for i in range(8):
+        phase = i % 4  # the tracker's downbeat is beat 0; the kick says otherwise
+        feats = _song(rng, phase)
+        cands, X = candidate_features(feats)
+        train.append((X, np.array([c.downbeat_shift == phase for c in cands])))  # 4-bar phase unknown
+    model = GridModel.fit(train)
+    assert model.weights is not None and model.agreement == 1.0
+    for phase in range(4):
+        assert model.predict(_song(rng, phase)).downbeat_shift == phase
+    back = GridModel.from_dict(model.to_dict())
+    assert back.predict(_song(rng, 2)) == model.predict(_song(rng, 2)) or back.predict(_song(rng, 2)).downbeat_shift == 2
+    assert GridModel().predict(_song(rng, 1)) == GridPhase()  # no evidence: the tracker's phase
