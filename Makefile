@@ -42,11 +42,12 @@ test: setup
 align: setup
 	$(PY) -m alignment.run --data $(DATA) --run $(RUN) --jobs $(JOBS)
 
+# Both continue the run's own last checkpoint (a killed run resumes); ARGS=--restart starts over.
 pretrain: setup
-	$(PY) -m pretrain.train --run $(RUN)
+	$(PY) -m pretrain.train --run $(RUN) $(ARGS)
 
 finetune: setup
-	$(PY) -m rl.train --run $(RUN)
+	$(PY) -m rl.train --run $(RUN) $(ARGS)
 
 # make infer INPUT=song.wav [CHECKPOINT=path] [OUT=dir] [ARGS="--target-duration 180"]
 infer: setup
@@ -71,16 +72,18 @@ demo: demo-data
 	$(MAKE) --no-print-directory $(DEMO_RUN)/.finetune-done
 	$(PY) -m agent.demo_infer --run demo
 
-# A finished run whose inputs changed starts afresh; a killed run (no stamp) resumes.
+# A stage continues its own last checkpoint when that is newer than every input (a killed
+# run resumes); one older than an input belongs to a run of earlier labels or code, and
+# the stage starts over (--restart). A restarted run killed before its first save
+# restarts again: its checkpoint is still the old one.
+restart_if_older = $$(if [ -f $(1) ] && [ -n "$$(find $(2) -newer $(1) -print -quit)" ]; then echo --restart; fi)
+
 $(DEMO_RUN)/.pretrain-done: $(DEMO_LABELS) $(TRAIN_CODE) $(wildcard pretrain/*.py)
-	if [ -f $@ ]; then rm -f $(DEMO_RUN)/checkpoints/bc_*.pt $@; fi
-	$(PY) -m pretrain.train --run demo
+	$(PY) -m pretrain.train --run demo $(call restart_if_older,$(DEMO_RUN)/checkpoints/bc_last.pt,$^)
 	touch $@
 
-# 30 epochs: 10 leave the greedy edit at the BC policy's level (rl worker's measurement)
 $(DEMO_RUN)/.finetune-done: $(DEMO_RUN)/.pretrain-done $(wildcard rl/*.py)
-	rm -f $(DEMO_RUN)/checkpoints/ppo_last.pt
-	$(PY) -m rl.train --run demo
+	$(PY) -m rl.train --run demo $(call restart_if_older,$(DEMO_RUN)/checkpoints/ppo_last.pt,$^)
 	touch $@
 
 bench: setup

@@ -24,6 +24,7 @@ from alignment.__main__ import write_json
 from alignment.grid import GRID_MODEL_FILE, fit_grid_model
 from alignment.labels import LABEL_FORMAT_VERSION
 from datasets.errors import EditorError
+from datasets.procs import pool_kwargs
 
 __all__ = ["main", "label_one", "up_to_date"]
 
@@ -121,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
                     r = {"name": t[0], "error": f"{type(exc).__name__}: {exc}"}
                 _collect(r, entries, failed, bar)
         else:
-            with ProcessPoolExecutor(max_workers=jobs) as pool:
+            # workers die with this process (a killed `make align` leaves no orphans)
+            with ProcessPoolExecutor(max_workers=jobs, **pool_kwargs()) as pool:
                 futs = {pool.submit(label_one, *t): t[0] for t in todo}
                 for f in as_completed(futs):
                     try:

@@ -194,7 +194,7 @@ def run_persona(persona: str, songs, args, fold: int = 0) -> list[dict]:
                 run="bench", runs_dir=tmp, seed=args.seed, hidden=args.hidden, n_layers=args.n_layers, n_heads=args.n_heads,
                 kernel_size=args.kernel_size, dilations=tuple(args.dilations), dropout=args.dropout,
                 weight_decay=args.weight_decay, epochs=args.epochs, max_minutes=args.max_minutes, val_fraction=0.15,
-                patience=args.patience, resume=False, threads=args.threads, batch_size=args.batch_size, lr=args.lr,
+                patience=args.patience, restart=True, threads=args.threads, batch_size=args.batch_size, lr=args.lr,
                 feature_dropout=args.feature_dropout, history_dropout=args.history_dropout, type_weight_power=args.type_weight_power, select=args.select,
             )
             t0 = time.perf_counter()

@@ -866,7 +866,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
-        with ProcessPoolExecutor(max_workers=args.jobs, initializer=_worker_init, initargs=(level,)) as ex:
+        from datasets.procs import pool_kwargs  # workers die with this process
+
+        with ProcessPoolExecutor(max_workers=args.jobs, **pool_kwargs(_worker_init, (level,))) as ex:
             futs = [ex.submit(_one, f, o, method, not args.no_cache) for f, o in zip(files, outs)]
             for fut in tqdm(as_completed(futs), total=len(futs), desc="features", unit="file"):
                 results.append(fut.result())

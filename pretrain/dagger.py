@@ -351,30 +351,51 @@ def train_dagger(cfg, data, pairs, *, songs: dict | None = None, target_keep: fl
     epochs. on_round(r, summary) is called after round 0 (plain BC) and every round.
     Returns the last round's summary plus "dagger_samples" (new samples per round);
     "seconds" covers the whole run.
+
+    Resume: the weights each round collected with are stored in every later checkpoint
+    (``extra["dagger"]``), so a run killed in round r and started again rebuilds rounds
+    1..r's data exactly (the rollouts are deterministic given the weights and the seed)
+    instead of collecting it with the later weights it finds in bc_last.pt.
     """
     from agent.checkpoint import load_checkpoint, policy_from_checkpoint
     from pretrain.dataset import BCData
     from pretrain.evaluate import policy_fn
-    from pretrain.train import train
+    from pretrain.train import data_key, train
 
     if cfg.dagger_rounds < 0 or cfg.dagger_epochs < 1:
         raise ParameterError(f"dagger_rounds={cfg.dagger_rounds} must be >= 0 and dagger_epochs={cfg.dagger_epochs} >= 1")
     refine = None if cfg.refine_max_size < 0 else cfg.refine_max_size
     t0 = time.perf_counter()
-    summary = train(cfg, data, target_keep=target_keep)
+    labels_key = data_key(data)  # of the labels: the rounds add samples, not labels
+    summary = train(cfg, data, target_keep=target_keep, labels_key=labels_key)
     if on_round is not None:
         on_round(0, summary)
     added: list[int] = []
+    rounds: list[dict] = []  # per round: the weights it collected with, and its sample count
+    ck = load_checkpoint(summary["last_path"])
+    stored = ck["extra"].get("dagger") or []
+    if len(stored) == cfg.dagger_rounds and int(ck["extra"]["epoch"]) >= cfg.epochs + cfg.dagger_rounds * cfg.dagger_epochs - 1:
+        log.info("DAgger: all %d rounds of %s are done; nothing to do", cfg.dagger_rounds, summary["last_path"])
+        return {**summary, "dagger_samples": [int(d["samples"]) for d in stored], "seconds": time.perf_counter() - t0}
     for r in range(1, cfg.dagger_rounds + 1):
-        model = policy_from_checkpoint(load_checkpoint(summary["last_path"])).eval()
+        ck = load_checkpoint(summary["last_path"])
+        stored = ck["extra"].get("dagger") or []
+        resumed = len(stored) >= r  # this round was started by an earlier, killed session
+        weights = stored[r - 1]["weights"] if resumed else ck["model"]
+        model = policy_from_checkpoint({**ck, "model": weights}).eval()
         extra = collect_dagger(policy_fn(model), pairs, songs or {}, target_keep=target_keep, refine_max_size=refine,
                                flip_prob=cfg.dagger_flip, n_rollouts=cfg.dagger_rollouts, seed=cfg.seed * 1000 + r)
         added.append(0 if extra is None else len(extra))
+        if resumed and int(stored[r - 1]["samples"]) != added[-1]:
+            log.warning("DAgger round %d: rebuilt %d samples where the interrupted session had %d "
+                        "(DAgger settings changed); the round continues on the new data", r, added[-1], stored[r - 1]["samples"])
+        rounds.append({"weights": weights, "samples": added[-1]})
         if extra is not None:
             data = BCData.concat([data, extra])
-        log.info("DAgger round %d: %d new samples, %d in all", r, added[-1], len(data))
-        rcfg = replace(cfg, epochs=cfg.epochs + r * cfg.dagger_epochs, resume=True)
-        summary = train(rcfg, data, target_keep=target_keep)
+        log.info("DAgger round %d: %d new samples, %d in all%s", r, added[-1], len(data),
+                 " (rebuilt from the round's stored policy)" if resumed else "")
+        rcfg = replace(cfg, epochs=cfg.epochs + r * cfg.dagger_epochs, restart=False)
+        summary = train(rcfg, data, target_keep=target_keep, labels_key=labels_key, extra_state={"dagger": rounds})
         if on_round is not None:
             on_round(r, summary)
     summary["dagger_samples"] = added

@@ -2,7 +2,7 @@
 
     python -m pretrain.train --run demo                  # labels in runs/demo/labels
     python -m pretrain.train --run demo --augment 2      # + 2 augmented copies per pair
-    python -m pretrain.train --run demo --no-resume      # start over
+    python -m pretrain.train --run demo --restart        # start over (the log says so)
     python -m pretrain.train --run demo --dagger-rounds 0  # behaviour cloning only, no DAgger
 
 Reads runs/RUN/labels (``make align``), replays every pair's oracle actions in the
@@ -11,19 +11,29 @@ the three heads (weighted cross-entropy) plus the auxiliary heads. Writes
 runs/RUN/checkpoints/bc_last.pt (every epoch) and bc_best.pt (the epoch ``select`` picks:
 by default the last one, see PretrainConfig.select),
 both atomic and loadable with ``weights_only=True``, and TensorBoard logs under
-runs/RUN/tb/pretrain_seedS/. A killed run started again with the same arguments
-resumes from bc_last.pt and continues exactly where it stopped (the shuffling of
-epoch e depends only on (seed, e)).
+runs/RUN/tb/pretrain_seedS/.
+
+Resume: a run started again finds its own bc_last.pt and continues it; ``--restart``
+starts over (and says so). A killed run started again with the same arguments
+continues bit for bit as if it had never stopped (on the CPU; tests/faults): the
+checkpoint holds weights, optimizer, the torch / numpy / python RNG states and the
+early-stopping counters, the shuffling of epoch e depends only on (seed, e), and each
+DAgger round's data is rebuilt from the policy that collected it (stored in the
+checkpoint; the rollouts are deterministic). A checkpoint trained with other settings
+or other labels is never continued: the run stops with an error naming ``--restart``.
+Not exact: on CUDA, kernels without a deterministic backward (natten's, scatter-adds)
+make even two uninterrupted runs differ in the last bits; TensorBoard shows the epochs
+between the last checkpoint and the kill twice.
 
 Then ``dagger_rounds`` DAgger rounds (pretrain/dagger.py): the policy is rolled out on
 the labelled songs (with random KEEP <-> CUT flips), the states it reaches are labelled by
 an expert that continues toward the editor's plan from any state, and training
-continues on the aggregate. The rollouts' data is not saved: a DAgger run killed
-mid-way and started again resumes its epochs but not the data of earlier rounds.
+continues on the aggregate.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
 import sys
@@ -142,8 +152,10 @@ class PretrainConfig:
     """DAgger rollouts per training song and round"""
     max_minutes: float = 0.0
     """stop after this much training time (0 = no limit)"""
-    resume: bool = True
-    """continue from runs/RUN/checkpoints/bc_last.pt when it exists"""
+    restart: bool = False
+    """start over even when runs/RUN/checkpoints/bc_last.pt exists (it is replaced at the
+    first epoch's end; the log says so). Without it a run continues its own last
+    checkpoint, and refuses one trained with other settings or labels"""
     threads: int = 1
     """torch CPU threads (0 = torch's default). 1: the batches are small, and with 2
     threads on a 2-core machine that is busy with anything else each small matmul
@@ -167,7 +179,7 @@ class PretrainConfig:
 # Fields that may change between a run and its resumption without changing the run.
 # The DAgger fields too: the behaviour-cloning epochs do not depend on them (and runs
 # trained before they existed still resume).
-_RESUMABLE_CHANGES = {"epochs", "resume", "max_minutes", "device", "threads", "patience", "figure_every",
+_RESUMABLE_CHANGES = {"epochs", "restart", "max_minutes", "device", "threads", "patience", "figure_every",
                       "dagger_rounds", "dagger_epochs", "dagger_flip", "dagger_rollouts"}
 
 
@@ -182,6 +194,37 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     torch.backends.cudnn.deterministic = True
     torch.backends.cudnn.benchmark = False
+
+
+def _rng_state() -> dict:
+    """Every global RNG an epoch may draw from, as checkpoint-safe types (the loop itself
+    uses torch's; numpy's and python's are stored so nothing else can break resume)."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "numpy": [name, torch.as_tensor(keys.astype(np.int64)), pos, has_gauss, gauss],
+            "python": random.getstate(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def _set_rng_state(extra: dict) -> None:
+    torch.set_rng_state(extra["torch_rng"])
+    rng = extra.get("rng")  # absent in checkpoints from before numpy / python were stored
+    if rng is None:
+        return
+    name, keys, pos, has_gauss, gauss = rng["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), int(pos), int(has_gauss), float(gauss)))
+    version, state, gauss_next = rng["python"]
+    random.setstate((version, tuple(state), gauss_next))
+    if rng["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def data_key(data: BCData) -> str:
+    """Fingerprint of a data set's labels: songs, episodes, actions, confidences. A
+    checkpoint trained on other labels (new pairs, a new alignment) is not continued."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update("\n".join(data.song_keys).encode() + b"\0" + "\n".join(data.episode_names).encode() + b"\0")
+    for k in ("actions", "weight", "song", "episode", "step"):
+        h.update(np.ascontiguousarray(getattr(data, k)).tobytes())
+    return h.hexdigest()
 
 
 def _energy_col(cfg: PolicyConfig) -> int | None:
@@ -324,12 +367,16 @@ def build_run_data(cfg: PretrainConfig) -> tuple[BCData, list, float]:
     return data, pairs, target_keep
 
 
-def train(cfg: PretrainConfig, data: BCData | None = None, *, target_keep: float | None = None) -> dict:
+def train(cfg: PretrainConfig, data: BCData | None = None, *, target_keep: float | None = None,
+          labels_key: str | None = None, extra_state: dict | None = None) -> dict:
     """Run (or resume) behaviour cloning; returns a summary dict.
 
     data : the replayed dataset; None builds it from runs/RUN/labels (``build_run_data``).
     target_keep : the env's target keep ratio the data was replayed with, recorded in the
         checkpoints for fine-tuning and inference (set from the run when data is None).
+    labels_key : ``data_key`` of the labels the run trains on, checked on resume (default:
+        of ``data``; DAgger passes its base data's, as its rounds add samples)
+    extra_state : stored in every checkpoint's ``extra`` (DAgger's rounds)
     ``cfg.dagger_rounds`` is not run here: see ``pretrain.dagger.train_dagger``.
     """
     if cfg.threads > 0:
@@ -346,6 +393,7 @@ def train(cfg: PretrainConfig, data: BCData | None = None, *, target_keep: float
     # 1. data: replay the labels in the env, split by song
     if data is None:
         data, _, target_keep = build_run_data(cfg)
+    labels_key = labels_key or data_key(data)
     # inference must compute stems the way training did (DESIGN.md: stems were zeros in
     # training but real at inference in the predecessor); record the method that ran
     from datasets.stems import resolve_method
@@ -389,13 +437,17 @@ def train(cfg: PretrainConfig, data: BCData | None = None, *, target_keep: float
 
     start_epoch, global_step, best, bad_epochs = 0, 0, float("inf"), 0
     best_nll = float("inf")
-    if cfg.resume and last_path.is_file():
+    if cfg.restart and last_path.is_file():
+        log.info("--restart: starting over; %s (%s) is replaced at the end of the first epoch", last_path, _describe(last_path))
+    if not cfg.restart and last_path.is_file():
         ck = load_checkpoint(last_path, expect_layout=layout)
         saved = ck["stage_config"]
         now = to_plain(cfg)  # as stored (tuples become lists)
         diff = {k for k, v in now.items() if saved.get(k, _ADDED_FIELDS.get(k)) != v and k not in _RESUMABLE_CHANGES}
         if diff:
-            raise ParameterError(f"{last_path}: was trained with other settings ({', '.join(sorted(diff))}); use --no-resume to start over")
+            raise ParameterError(f"{last_path}: was trained with other settings ({', '.join(sorted(diff))}); --restart starts over")
+        if ck["extra"].get("labels_key", labels_key) != labels_key:
+            raise ParameterError(f"{last_path}: was trained on other labels (pairs or alignments changed since); --restart starts over")
         model = policy_from_checkpoint(ck, device=device)
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         opt.load_state_dict(ck["optimizer"])
@@ -403,7 +455,7 @@ def train(cfg: PretrainConfig, data: BCData | None = None, *, target_keep: float
         start_epoch, global_step = int(ex["epoch"]) + 1, int(ck["step"])
         best, bad_epochs = float(ex["best"]), int(ex["bad_epochs"])
         best_nll = float(ex.get("best_nll", best))
-        torch.set_rng_state(ex["torch_rng"])
+        _set_rng_state(ex)
         log.info("resumed from %s at epoch %d (step %d)", last_path, start_epoch, global_step)
 
     # 3. logging
@@ -482,7 +534,9 @@ def train(cfg: PretrainConfig, data: BCData | None = None, *, target_keep: float
             best, best_nll, bad_epochs = score, m["nll"], 0
         else:
             bad_epochs += 1
-        extra = {"epoch": epoch, "best": best, "best_nll": best_nll, "bad_epochs": bad_epochs, "torch_rng": torch.get_rng_state(),
+        rng = _rng_state()
+        extra = {**(extra_state or {}), "epoch": epoch, "best": best, "best_nll": best_nll, "bad_epochs": bad_epochs,
+                 "torch_rng": rng.pop("torch"), "rng": rng, "labels_key": labels_key,
                  "val_songs": [data.song_keys[s] for s in np.unique(data.song[val_idx])], "metrics": _plain_metrics(m),
                  "target_keep": target_keep, "stem_method": stem_method, "editor_grid": editor_grid}
         common = dict(model=model, optimizer=opt, step=global_step, stage="pretrain", stage_config=cfg, layout=layout, extra=extra)
@@ -521,6 +575,14 @@ def train(cfg: PretrainConfig, data: BCData | None = None, *, target_keep: float
     }
 
 
+def _describe(path: Path) -> str:
+    """ "epoch N" of a pretraining checkpoint, for log lines."""
+    try:
+        return f"epoch {int(load_checkpoint(path, expect_layout=None)['extra']['epoch'])}"
+    except (EditorError, KeyError, TypeError, ValueError):
+        return "unreadable"
+
+
 def _plain_metrics(m: dict) -> dict:
     return {k: float(v) for k, v in m.items() if isinstance(v, (int, float, np.floating))}
 
@@ -528,6 +590,9 @@ def _plain_metrics(m: dict) -> dict:
 def run(cfg: PretrainConfig) -> dict:
     """``make pretrain``: behaviour cloning on the run's labels, then ``cfg.dagger_rounds``
     DAgger rounds (pretrain/dagger.py); returns the summary."""
+    last = Path(cfg.runs_dir) / cfg.run / "checkpoints" / "bc_last.pt"
+    if last.is_file() and not cfg.restart:
+        log.info("continuing %s (%s); --restart starts over", last, _describe(last))
     if cfg.dagger_rounds <= 0:
         return train(cfg)
     from pretrain.dagger import train_dagger

@@ -11,7 +11,8 @@ policy at the start of the update and each sample is weighted by
 pi_prox / pi_behaviour.
 
 The worker is forked, so the env factories (closures over songs, features and audio)
-are not pickled; weights go to it by value (numpy) and rollouts come back by value, so
+are not pickled; it dies with the learner (``datasets.procs.die_with_parent``: a killed
+learner used to leave it running, holding its memory, with PPID 1); weights go to it by value (numpy) and rollouts come back by value, so
 no memory is shared with the learner while it updates in place. Action sampling is
 seeded per epoch (``sample_seed``), which makes a resumed run continue identically from
 the checkpoint's behaviour weights (rl/ppo.py stores them).
@@ -23,6 +24,7 @@ update is not the bottleneck (``rl/ppo.py`` turns overlap off there and says so)
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
@@ -62,14 +64,21 @@ def _to_torch(tree: Any) -> Any:
 
 
 def _worker_main(
+    parent_pid: int,
+    learner_end: Any,
     conn: Any,
     make_envs: Callable[[], gym.vector.VectorEnv],
     policy: nn.Module,
     reference: nn.Module | None,
     steps: int,
 ) -> None:
+    from datasets.procs import die_with_parent
     from rl.ppo import collect_rollout, rollout_logp
 
+    die_with_parent(parent_pid)
+    # the fork copied the learner's end of the pipe: close it, so that recv() sees EOF
+    # when the learner is gone instead of waiting on an end this process holds itself
+    learner_end.close()
     torch.set_num_threads(1)  # one core each: the learner keeps the other
     envs = None
     try:
@@ -131,7 +140,8 @@ class RolloutWorker:
     ) -> None:
         ctx = mp.get_context("fork")
         self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_worker_main, args=(child, make_envs, policy, reference, steps), daemon=daemon)
+        self._proc = ctx.Process(target=_worker_main, daemon=daemon,
+                                 args=(os.getpid(), self._conn, child, make_envs, policy, reference, steps))
         self._proc.start()
         child.close()
         self._pending = False

@@ -62,6 +62,7 @@ Usage (the CLI with real songs is rl/train.py)::
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import os
 import random
@@ -317,7 +318,13 @@ def make_vector_env(env_fns: Sequence[Callable[[], gym.Env]], *, subprocess: boo
     """
     mode = gym.vector.AutoresetMode.SAME_STEP
     if subprocess:
-        return gym.vector.AsyncVectorEnv(list(env_fns), autoreset_mode=mode)
+        # gymnasium's own worker, started so that it dies with this process (datasets/procs.py)
+        from gymnasium.vector.async_vector_env import _async_worker
+
+        from datasets.procs import child_call
+
+        worker = functools.partial(child_call, os.getpid(), _async_worker)
+        return gym.vector.AsyncVectorEnv(list(env_fns), autoreset_mode=mode, worker=worker)
     return gym.vector.SyncVectorEnv(list(env_fns), autoreset_mode=mode)
 
 

@@ -2,7 +2,7 @@
 
     python -m rl.train --run demo                                   # from runs/demo/checkpoints/bc_best.pt
     python -m rl.train --run demo --epochs 200 --steps 128 --n_envs 8 --lr 5e-5 --subprocess
-    python -m rl.train --run demo --checkpoint runs/demo/checkpoints/ppo_last.pt   # resume
+    python -m rl.train --run demo --restart                         # start over (the log says so)
     python -m rl.train --run demo --from_scratch                    # PPO without behaviour cloning
 
 Songs: every labelled pair of runs/RUN/labels/index.json (``make align``): the raw
@@ -12,17 +12,26 @@ songs (``--heldout_fraction``, whole songs) is never trained on: every ``--eval_
 epochs the policy edits the first of them greedily and TensorBoard gets its reward, plan
 IoU against the human plan, action distribution and the edited audio.
 
-Writes runs/RUN/checkpoints/ppo_last.pt (``--save_dir`` to change the folder), in
-agent/checkpoint.py's format (``stage="finetune"``): ``python -m agent.infer`` reads it
-like a pretrained one, and ``--checkpoint`` resumes from it exactly (optimizer,
-scheduler, running return statistics, RNG states, epoch). ``--checkpoint`` naming a
-pretrained (BC) checkpoint starts from that policy instead. TensorBoard:
-runs/RUN/tb/ppo_seedS/ (``ppo_scratch_seedS`` with ``--from_scratch``).
+Writes runs/RUN/checkpoints/ppo_last.pt (``--save_dir`` to change the folder; every
+``--save_every`` epochs and at the end), in agent/checkpoint.py's format
+(``stage="finetune"``): ``python -m agent.infer`` reads it like a pretrained one.
+TensorBoard: runs/RUN/tb/ppo_seedS/ (``ppo_scratch_seedS`` with ``--from_scratch``).
+
+Resume, as in pretraining: a run that finds its own last checkpoint (SAVE_DIR/ppo_last.pt)
+continues it, bit for bit as if it had never stopped (optimizer, scheduler, running
+return statistics, RNG states, the overlapped worker's behaviour weights, epoch; the
+epochs after the last save are redone); ``--restart`` starts over from the pretrained
+policy and says so. A later checkpoint is never replaced silently: starting from another
+policy (``--checkpoint``) where a run's ppo_last.pt exists, or continuing a run whose
+pretrained policy was retrained since, stops with an error naming ``--restart``.
+``--checkpoint`` naming a fine-tuning checkpoint resumes that run; naming a pretrained
+(BC) one starts from that policy.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import sys
 import time
@@ -55,6 +64,10 @@ class TrainArgs:
     """checkpoint folder (default runs/RUN/checkpoints)"""
     checkpoint: str | None = None
     """resume from a fine-tuning checkpoint, or start from this pretrained checkpoint"""
+    restart: bool = False
+    """start over from the pretrained policy even when SAVE_DIR/ppo_last.pt exists (it is
+    replaced at the first save; the log says so). Without it a run continues its own
+    last checkpoint"""
     pretrained: str | None = None
     """pretrained checkpoint to start from (default runs/RUN/checkpoints/bc_best.pt)"""
     from_scratch: bool = False
@@ -231,6 +244,14 @@ def _agent_save_fn(policy, stage_config: dict, layout: dict, style: dict):
     return save
 
 
+def _is_finetune(ck: dict) -> bool:
+    return ck.get("stage") == "finetune" and "ppo" in ck.get("extra", {})
+
+
+def _file_sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
 def _resume_state(ckpt: dict) -> dict:
     """agent-format fine-tuning checkpoint -> the flat dict rl.ppo.train resumes from."""
     return {"policy": ckpt["model"], "optimizer": ckpt["optimizer"], **ckpt["extra"]["ppo"]}
@@ -254,24 +275,65 @@ def run(args: TrainArgs, *, log_fn=print) -> dict:
     device = pick_device(args.device)
     log_fn(f"finetune: device {device}")
 
-    # -- starting policy: a fine-tuning checkpoint resumes, a pretrained one starts
-    resume_ck = None
+    # -- starting policy: the run's own last checkpoint (or --checkpoint naming a
+    # fine-tuning one) resumes; a pretrained one (or nothing: --from_scratch) starts
+    resume_ck, resume_path = None, None
     start_path: Path | None = None
+    start_ck = None
+    own_path = save_dir / f"{'ppo_scratch' if args.from_scratch else 'ppo'}_last.pt"
     if args.checkpoint:
         ck = load_checkpoint(args.checkpoint)
-        if ck.get("stage") == "finetune" and "ppo" in ck.get("extra", {}):
-            resume_ck = ck
-            log_fn(f"finetune: resuming {args.checkpoint} at epoch {ck['extra']['ppo']['epoch']}")
-            cfg = PPOConfig(**{**dataclasses.asdict(cfg),
-                               **{k: v for k, v in ck["extra"]["ppo"]["config"].items() if k in _RUN_DEFINING}})
+        if _is_finetune(ck):
+            if args.restart:
+                raise ParameterError(f"--restart starts over, but --checkpoint {args.checkpoint} is a fine-tuning run to "
+                                     "continue: give one of them")
+            resume_ck, resume_path = ck, Path(args.checkpoint)
         else:
-            start_path = Path(args.checkpoint)
+            start_path, start_ck = Path(args.checkpoint), ck
+    elif own_path.is_file() and not args.restart:
+        ck = load_checkpoint(own_path)
+        if not _is_finetune(ck):
+            raise ParameterError(f"{own_path}: not a fine-tuning checkpoint; --restart starts over (and replaces it)")
+        resume_ck, resume_path = ck, own_path
+        # a run of an earlier pretrained policy is not continued on top of a new one
+        ppo_extra = ck["extra"]["ppo"].get("extra", {})
+        src, sha = Path(ppo_extra.get("pretrained") or ""), ppo_extra.get("pretrained_sha256")
+        if sha and src.name and src.is_file() and _file_sha256(src) != sha:
+            raise ParameterError(f"{own_path} fine-tunes an earlier {src} (retrained since); --restart fine-tunes the new one "
+                                 "from the start (and replaces it)")
     elif not args.from_scratch:
         start_path = Path(args.pretrained) if args.pretrained else run_dir / "checkpoints" / "bc_best.pt"
-        if not start_path.is_file():
-            raise ParameterError(f"pretrained checkpoint not found: {start_path}; run `make pretrain RUN={args.run}` first")
+    if start_path is not None and not start_path.is_file():
+        raise ParameterError(f"pretrained checkpoint not found: {start_path}; run `make pretrain RUN={args.run}` first")
+    if start_path is not None and start_ck is None:
+        start_ck = load_checkpoint(start_path)
 
-    start_ck = load_checkpoint(start_path) if start_path is not None else None
+    if resume_ck is not None:
+        done = int(resume_ck["extra"]["ppo"]["epoch"])
+        cfg = PPOConfig(**{**dataclasses.asdict(cfg),
+                           **{k: v for k, v in resume_ck["extra"]["ppo"]["config"].items() if k in _RUN_DEFINING}})
+        if done >= cfg.epochs:
+            log_fn(f"finetune: {resume_path} has finished its {done} epochs; nothing to do (--epochs N > {done} "
+                   "continues it, --restart starts over)")
+            return {"history": [], "checkpoint": str(resume_path), "finished": True}
+        log_fn(f"finetune: resuming {resume_path} at epoch {done} of {cfg.epochs} (--restart starts over)")
+
+    # -- never replace another run's later checkpoint without being told to
+    was_scratch = resume_ck["stage_config"].get("from_scratch", False) if resume_ck is not None else args.from_scratch
+    tag = "ppo_scratch" if was_scratch else "ppo"
+    save_path = save_dir / f"{tag}_last.pt"
+    if save_path.is_file() and (resume_path is None or resume_path.resolve() != save_path.resolve()):
+        try:
+            there = f"epoch {int(load_checkpoint(save_path)['extra']['ppo']['epoch'])}"
+        except (EditorError, KeyError, TypeError, ValueError):
+            there = "not a readable fine-tuning checkpoint"
+        start = resume_path or start_path or "scratch"
+        if not args.restart:
+            raise ParameterError(f"{save_path} holds another fine-tuning run ({there}); starting from {start} would replace "
+                                 "it: --restart to do so, or --save_dir for another folder")
+        log_fn(f"finetune: --restart: starting over from {start}; {save_path} ({there}) is replaced at the first save")
+    elif args.restart:
+        log_fn(f"finetune: --restart: starting over from {start_path or 'scratch'}")
 
     # -- songs (data sample happens inside the envs at each reset)
     t0 = time.perf_counter()
@@ -329,8 +391,6 @@ def run(args: TrainArgs, *, log_fn=print) -> dict:
     def make_env():
         return AudioEditEnv(songs, **env_kw)
 
-    was_scratch = resume_ck["stage_config"].get("from_scratch", False) if resume_ck is not None else args.from_scratch
-    tag = "ppo_scratch" if was_scratch else "ppo"
     writer = SummaryWriter(str(run_dir / "tb" / f"{tag}_seed{cfg.seed}"))
     table = "\n".join(f"|{k}|{v}|" for k, v in {**dataclasses.asdict(cfg), "run": args.run, "songs": len(songs),
                                                   "pretrained": str(start_path)}.items())
@@ -344,9 +404,15 @@ def run(args: TrainArgs, *, log_fn=print) -> dict:
         log_fn(f"finetune: greedy edit of {eval_song.name} at epoch {epoch}: reward {res['reward']:.3f}, "
                f"IoU {res['iou']:.3f}, {len(res['actions'])} actions")
 
+    # where the run started from, kept by every session (the held-out split and the
+    # "retrained since" check read it)
+    if resume_ck is not None:
+        pretrained_state = dict(resume_ck["extra"]["ppo"].get("extra", {}))
+    else:
+        pretrained_state = {"pretrained": str(start_path or ""),
+                            "pretrained_sha256": _file_sha256(start_path) if start_path is not None else ""}
     stage_config = {**dataclasses.asdict(cfg), "run": args.run, "from_scratch": was_scratch}
     save = _agent_save_fn(policy, stage_config, observation_layout(), style)
-    save_path = save_dir / (f"{tag}_last.pt")
     try:
         history = train(
             cfg,
@@ -362,7 +428,7 @@ def run(args: TrainArgs, *, log_fn=print) -> dict:
             subprocess=args.subprocess,
             stop_after=args.stop_after,
             greedy_eval=evaluate,
-            extra_state={"pretrained": str(start_path or "")},
+            extra_state=pretrained_state,
             log=log_fn,
         )
     finally:

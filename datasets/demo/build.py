@@ -326,7 +326,9 @@ def build(cfg: BuildConfig, *, progress: bool = True) -> list[dict]:
             from concurrent.futures import ProcessPoolExecutor, as_completed
             from concurrent.futures.process import BrokenProcessPool
 
-            with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=_worker_init) as pool:
+            from datasets.procs import pool_kwargs  # workers die with this process
+
+            with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), **pool_kwargs(_worker_init)) as pool:
                 try:
                     for fut in as_completed([pool.submit(_run, w) for w in work]):
                         rows.append(fut.result())

@@ -185,7 +185,7 @@ def test_flips_take_a_label_following_policy_off_its_trajectory():
 def test_train_dagger_rounds_continue_the_run(tmp_path):
     pairs, songs = synth_corpus([0, 1, 2, 3])
     data = build_bc_data(pairs, songs=songs, target_keep=0.5, refine_max_size=1)
-    cfg = PretrainConfig(run="d", runs_dir=str(tmp_path), epochs=2, dagger_rounds=2, dagger_epochs=1, resume=False,
+    cfg = PretrainConfig(run="d", runs_dir=str(tmp_path), epochs=2, dagger_rounds=2, dagger_epochs=1, restart=True,
                          threads=1, hidden=16, n_heads=2, n_layers=1, val_fraction=0.25)
     seen = []
     summary = train_dagger(cfg, data, pairs, songs=songs, target_keep=0.5, on_round=lambda r, sm: seen.append((r, sm["epoch"])))

@@ -50,7 +50,7 @@ def test_resume_continues_the_same_run(tmp_path, data):
     for k in a["model"]:
         torch.testing.assert_close(a["model"][k], b["model"][k], rtol=0, atol=0)
     # other settings cannot silently resume
-    with pytest.raises(ParameterError, match="no-resume"):
+    with pytest.raises(ParameterError, match="--restart"):
         train(PretrainConfig(run="b", runs_dir=str(tmp_path), **{**base, "lr": 1e-2}), data)
     # validation split is by song and recorded
     assert len(a["extra"]["val_songs"]) == 2
