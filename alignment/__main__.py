@@ -78,8 +78,11 @@ def main(argv: list[str] | None = None) -> int:
     args = get_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from alignment.labels import label_pair
+    from datasets.safety import refuse_overwrite
 
     try:
+        # before the alignment runs: a folder as --json, or an output over an input
+        refuse_overwrite([args.json_out, args.plot], [args.raw, args.edited])
         labels = label_pair(args.raw, args.edited, with_actions=not args.no_actions, with_fidelity=not args.no_fidelity)
     except EditorError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -30,7 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
+from datasets.atomic import atomic_path
 from datasets.errors import EditorError
+from datasets.safety import refuse_overwrite
 
 __all__ = ["flatten_observation", "episode_arrays", "build_dataset", "main"]
 
@@ -132,16 +134,15 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
+        # the labels are read, never written: the dataset goes elsewhere
+        refuse_overwrite([args.out], sorted(Path(args.labels).glob("*.json")))
         ds, names = build_dataset(args.labels, reward_audio=args.reward_audio, min_confidence=args.min_confidence)
     except EditorError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    with open(tmp, "w+b") as f:
+    with atomic_path(out) as tmp, open(tmp, "w+b") as f:
         ds.dump(f)
-    tmp.replace(out)
     n = sum(len(ep.actions) for ep in ds.episodes)
     print(f"d3rlpy: {len(names)} episodes, {n} steps -> {out}")
     return 0

@@ -24,6 +24,7 @@ from alignment.__main__ import write_json
 from alignment.grid import GRID_MODEL_FILE, fit_grid_model
 from alignment.labels import LABEL_FORMAT_VERSION
 from datasets.errors import EditorError
+from datasets.safety import refuse_overwrite
 from datasets.procs import pool_kwargs
 
 __all__ = ["main", "label_one", "up_to_date"]
@@ -97,6 +98,10 @@ def main(argv: list[str] | None = None) -> int:
         pairs = find_pairs(args.data)
         if not pairs:
             raise EditorError(f"{args.data}: no raw/edited pairs found")
+        # the data folder is never written: labels go to a folder that neither is, lies in,
+        # nor holds the data or any of its audio files
+        inputs = [args.data, *(f for p in pairs for f in (p.raw, p.edited))]
+        refuse_overwrite([], inputs, folders=[Path(args.runs_dir) / args.run / "labels"])
     except EditorError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -121,6 +121,7 @@ from datasets import stems as _stems
 from datasets.audio import ANALYSIS_SR, Audio, load_audio
 from datasets.beats import BARS_PER_PHRASE, HOP_LENGTH, BeatGrid, track_beats
 from datasets.errors import EditorError, ParameterError
+from datasets.safety import refuse_overwrite
 
 __all__ = [
     "FEATURE_NAMES",
@@ -833,6 +834,11 @@ def main(argv: list[str] | None = None) -> int:
     _worker_init(level)
     src = Path(args.input)
     if not src.is_dir():
+        try:
+            refuse_overwrite([args.out], [src])  # --out song.wav would replace the song
+        except EditorError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         r = _one(str(src), args.out, args.stems, not args.no_cache)
         if "error" in r:
             print(f"error: {r['error']}", file=sys.stderr)
@@ -848,6 +854,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --jobs must be >= 1, got {args.jobs}", file=sys.stderr)
         return 2
     outs = [str(Path(args.out) / (Path(f).stem + ".npz")) if args.out else None for f in files]
+    try:  # a.wav and a.flac would both write a.npz; --out must not be (in) an input
+        refuse_overwrite([o for o in outs if o], files)
+    except EditorError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     # Decide the stem method once here, so workers neither retry a missing model nor
     # repeat the fallback warning once per process.
     try:

@@ -64,7 +64,7 @@ def refuse_overwrite(
     dirs = [Path(d) for d in folders if d is not None]
     for k, o in enumerate(outs):
         if o.is_dir():
-            raise ParameterError(f"{o}: is a folder; name the file to write (e.g. {o / 'edit.wav'})")
+            raise ParameterError(f"{o}: is a folder, not a file; name the file to write")
         for other in outs[:k]:
             if _same(o, other):
                 raise ParameterError(f"{o}: named for two outputs (also {other}); give each its own file")

@@ -326,15 +326,20 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     from datasets.audio import load_audio
     from datasets.errors import EditorError, ParameterError
+    from datasets.safety import refuse_overwrite
 
     try:
+        stem = args.stem or Path(args.raw).stem
+        names = [f"{stem}.plan.json", f"{stem}.labels.txt", f"{stem}.rpp"] + ([f"{stem}.otio"] if HAVE_OTIO else [])
+        # re-exporting NAME.plan.json into its own folder would rewrite the plan it reads
+        refuse_overwrite([Path(args.out_dir) / n for n in names], [args.raw, args.plan])
         audio = load_audio(args.raw)
         p = Path(args.plan)
         if not p.is_file():
             raise ParameterError(f"{p}: plan file not found")
         plan = EditPlan.from_json(p.read_text()).validate(source_sha256=audio.sha256)
         files = export_all(plan, raw_path=args.raw, sr=audio.sr, out_dir=args.out_dir,
-                           stem=args.stem or Path(args.raw).stem, crossfade_ms=args.crossfade_ms)
+                           stem=stem, crossfade_ms=args.crossfade_ms)
     except (EditorError, KeyError, TypeError) as exc:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         print(f"error: {msg}", file=sys.stderr)

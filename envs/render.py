@@ -684,8 +684,10 @@ def main(argv: list[str] | None = None) -> int:
     args = get_parser().parse_args(argv)
     try:
         from datasets.audio import load_audio, write_audio
+        from datasets.safety import refuse_overwrite
         from envs.quality import detect_clicks
 
+        refuse_overwrite([args.out], [args.raw, args.plan])  # never render over the raw or the plan
         audio = load_audio(args.raw)
         p = Path(args.plan)
         if not p.is_file():

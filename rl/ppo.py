@@ -64,7 +64,6 @@ from __future__ import annotations
 import copy
 import functools
 import math
-import os
 import random
 import time
 import warnings
@@ -587,12 +586,12 @@ def _set_rng_state(state: Mapping[str, Any], generator: torch.Generator, sample_
 
 
 def save_checkpoint(path: str | Path, state: Mapping[str, Any]) -> None:
-    """torch.save to a temp file beside ``path``, then os.replace (never a half file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(dict(state), tmp)
-    os.replace(tmp, path)
+    """torch.save through the one atomic writer (datasets.atomic: never a half file, the
+    user's umask)."""
+    from datasets.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        torch.save(dict(state), tmp)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -41,6 +41,7 @@ import numpy as np
 
 from datasets.atomic import atomic_write_json
 from datasets.errors import EditorError, ParameterError
+from datasets.safety import refuse_overwrite
 
 __all__ = ["BuildConfig", "Item", "plan_items", "build_item", "build", "main"]
 
@@ -270,11 +271,14 @@ def _up_to_date(item: Item, out: Path) -> bool:
         return False
 
 
-def _check_out(out: Path) -> None:
-    """Refuse to write where the user's data lives."""
+def _check_out(out: Path, midi_dir: Path) -> None:
+    """Refuse to write where the user's data lives, or where the MIDI files it reads are."""
     resolved = out.resolve()
     if "training_data" in resolved.parts:
         raise ParameterError(f"{out}: refusing to write the demo corpus inside training_data/ (the user's data)")
+    if resolved.exists() and not resolved.is_dir():
+        raise ParameterError(f"{out}: is a file, not a folder; name a folder for the demo corpus")
+    refuse_overwrite([], [midi_dir], folders=[out])  # the corpus folder's stale files are deleted
     if resolved.exists() and any(resolved.iterdir()) and not (resolved / "manifest.json").exists():
         raise ParameterError(f"{out}: folder exists, is not empty and is not a demo corpus (no manifest.json)")
 
@@ -294,7 +298,7 @@ def _run(args: tuple[Item, str]) -> dict:
 def build(cfg: BuildConfig, *, progress: bool = True) -> list[dict]:
     """Build (or bring up to date) the corpus; returns one summary row per song built."""
     out = Path(cfg.out)
-    _check_out(out)
+    _check_out(out, Path(cfg.midi_dir))
     items = plan_items(cfg)
     todo = [it for it in items if not _up_to_date(it, out)]
     out.mkdir(parents=True, exist_ok=True)
