@@ -64,6 +64,7 @@ from __future__ import annotations
 import copy
 import functools
 import math
+import os
 import random
 import time
 import warnings
