@@ -100,10 +100,14 @@ def main(argv: list[str] | None = None) -> int:
         f"beat segments {len(rec['plan']['segments'])}  actions {n_act} (exact {rec['actions_exact']})  "
         f"{rec['seconds']:.1f} s"
     )
-    if args.json_out:
-        write_json(args.json_out, rec)
-    if args.plot:
-        plot_alignment(args.plot, rec, title=f"{Path(args.edited).name} vs {Path(args.raw).name}")
+    try:
+        if args.json_out:
+            write_json(args.json_out, rec)
+        if args.plot:
+            plot_alignment(args.plot, rec, title=f"{Path(args.edited).name} vs {Path(args.raw).name}")
+    except OSError as exc:  # a read-only or missing folder: one line, not a traceback
+        print(f"error: {exc.filename or args.json_out}: cannot write ({exc.strerror or exc})", file=sys.stderr)
+        return 2
     return 0
 
 
