@@ -162,6 +162,7 @@ def run(args: argparse.Namespace) -> dict:
     from agent.ending import soften_ending
     from agent.report import output_timeline, plot_edit, write_report_html
     from datasets.audio import load_audio, write_audio
+    from agent.planner import Planner
     from alignment.grid import editor_grid_features
     from datasets.features import extract_features, feature_index
     from envs.actions import Amount, ActionType, Size
@@ -218,7 +219,9 @@ def run(args: argparse.Namespace) -> dict:
         keep = args.keep_ratio if args.keep_ratio is not None else (ckpt.get("extra") or {}).get("target_keep")
     if torch.device(device).type == "cpu":  # one 64-beat window per step: more threads only spin on a busy CPU (~100x slower)
         torch.set_num_threads(1)
-    song = Song.from_features(feats, audio=audio, name=src.stem)
+    planner = Planner.from_state((ckpt.get("extra") or {}).get("planner"))
+    prior = None if planner is None else planner.prior(feats.values, feats.grid)
+    song = Song.from_features(feats, audio=audio, name=src.stem, plan_prior=prior)
     env = AudioEditEnv([song], target_keep=keep)
     policy.eval()
     result = edit_song(policy, env, deterministic=not args.sample, seed=args.seed)

@@ -42,7 +42,7 @@ from datasets.beats import BARS_PER_PHRASE, BeatGrid
 from datasets.features import N_FEATURES, feature_index
 from datasets.structure import bar_index, phrase_units, unit_similarity
 
-__all__ = ["CONTEXT_CHANNELS", "N_CONTEXT", "SIMILAR", "SIMILAR_DB", "phrase_units", "song_context"]
+__all__ = ["CONTEXT_CHANNELS", "PLAN_CHANNELS", "PLAN_PRIOR_COLUMNS", "N_CONTEXT", "plan_channels", "SIMILAR", "SIMILAR_DB", "phrase_units", "song_context"]
 
 CONTEXT_CHANNELS: tuple[str, ...] = (
     "ctx_loud_pct",
@@ -62,6 +62,18 @@ CONTEXT_CHANNELS: tuple[str, ...] = (
     "ctx_unit_occurrence",
     "ctx_unit_change",
 )
+#: The whole-song plan of this editor (agent/planner.py) when the song carries one
+#: (``Song.plan_prior``); all zeros with ``plan_known`` 0 otherwise:
+#: ``plan_keep`` / ``plan_keep_phrase`` / ``plan_repeat`` / ``plan_fade`` are the
+#: planner's probabilities for the beat's bar (and the mean over its phrase);
+#: ``plan_budget_keep`` is 1 on the bars that the planner's keep scores rank first
+#: until the target keep ratio is filled (the "cut until X % is left" decision, made
+#: over the whole song at once, for the ratio this episode aims at).
+PLAN_CHANNELS: tuple[str, ...] = ("plan_keep", "plan_keep_phrase", "plan_repeat", "plan_fade", "plan_budget_keep", "plan_known")
+#: The planner's per-beat prior columns (``Song.plan_prior``), in this order.
+PLAN_PRIOR_COLUMNS: tuple[str, ...] = PLAN_CHANNELS[:4]
+SONG_CHANNELS = CONTEXT_CHANNELS
+CONTEXT_CHANNELS = SONG_CHANNELS + PLAN_CHANNELS
 N_CONTEXT = len(CONTEXT_CHANNELS)
 
 #: Two units sound alike above this similarity (repeated sections score ~0.9,
@@ -87,11 +99,49 @@ def _pct(x: np.ndarray) -> np.ndarray:
     return ranks / (n - 1)
 
 
-def song_context(values: np.ndarray, grid: BeatGrid) -> np.ndarray:
+def budget_keep(score: np.ndarray, grid: BeatGrid, target_keep: float) -> np.ndarray:
+    """[shape=(n_beats,)] 1 on the bars kept when bars are taken in order of ``score``
+    (per beat, constant over a bar; ties to the earlier bar) until their duration
+    reaches ``target_keep`` of the song."""
+    n = grid.n_beats
+    bar = np.asarray(grid.bar)
+    starts = np.r_[0, np.flatnonzero(bar[1:] != bar[:-1]) + 1]
+    ends = np.r_[starts[1:], n]
+    dur = grid.bounds[ends] - grid.bounds[starts]
+    order = np.argsort(-score[starts], kind="stable")
+    cum = np.cumsum(dur[order]) / max(grid.duration, 1e-9)
+    k = int(np.searchsorted(cum, float(np.clip(target_keep, 0.0, 1.0)) - 1e-9)) + 1
+    keep_bar = np.zeros(len(starts), dtype=bool)
+    keep_bar[order[:k]] = True
+    return np.repeat(keep_bar, ends - starts).astype(np.float64)
+
+
+def plan_channels(plan_prior: np.ndarray | None, grid: BeatGrid, *, target_keep: float) -> np.ndarray:
+    """The ``PLAN_CHANNELS`` of every beat [shape=(n_beats, len(PLAN_CHANNELS)), float32].
+
+    plan_prior : [shape=(n_beats, 4)] ``PLAN_PRIOR_COLUMNS`` (agent/planner.py), or None
+    target_keep : the keep ratio the budgeted plan fills (the env's)
+    """
+    n = grid.n_beats
+    out = np.zeros((n, len(PLAN_CHANNELS)), dtype=np.float64)
+    if plan_prior is None or n == 0:
+        return out.astype(np.float32)
+    prior = np.nan_to_num(np.asarray(plan_prior, dtype=np.float64))
+    assert prior.shape == (n, len(PLAN_PRIOR_COLUMNS)), f"plan prior {prior.shape} does not match {n} beats"
+    out[:, :4] = prior
+    # the phrase's mean decides; the bar's own probability breaks ties inside a phrase
+    out[:, 4] = budget_keep(prior[:, 1] + 0.1 * prior[:, 0], grid, target_keep)
+    out[:, 5] = 1.0
+    return out.astype(np.float32)
+
+
+def song_context(values: np.ndarray, grid: BeatGrid, *, plan_prior: np.ndarray | None = None, target_keep: float = 0.5) -> np.ndarray:
     """The ``CONTEXT_CHANNELS`` of every beat.
 
     values : np.ndarray [shape=(n_beats, 121)] raw beat features
     grid : the song's BeatGrid
+    plan_prior, target_keep : the planner's prior and the episode's keep target
+        (``plan_channels``)
 
     Returns np.ndarray [shape=(n_beats, N_CONTEXT), float32], finite.
     """
@@ -145,7 +195,8 @@ def song_context(values: np.ndarray, grid: BeatGrid) -> np.ndarray:
         "ctx_unit_occurrence": np.minimum(occurrence / 3.0, 1.0)[unit_of],
         "ctx_unit_change": unit_change[unit_of],
     }
-    assert tuple(cols) == CONTEXT_CHANNELS
-    for c, name in enumerate(CONTEXT_CHANNELS):
+    assert tuple(cols) == SONG_CHANNELS
+    for c, name in enumerate(SONG_CHANNELS):
         out[:, c] = cols[name]
+    out[:, len(SONG_CHANNELS) :] = plan_channels(plan_prior, grid, target_keep=target_keep)
     return np.nan_to_num(out).astype(np.float32)

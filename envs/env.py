@@ -52,6 +52,9 @@ class Song:
     y, sr : optional raw audio [shape=(channels, n)] at its native rate, for the reward's
         click / level check at the real joins
     human_plan : optional aligned human plan of this song (the reward's imitation term)
+    plan_prior : optional [shape=(n_beats, 4)] whole-song plan of the editor's style
+        (agent/planner.py; ``envs.context.PLAN_PRIOR_COLUMNS``), shown to the policy as
+        the plan channels of the observation
     """
 
     values: np.ndarray
@@ -61,6 +64,7 @@ class Song:
     y: np.ndarray | None = None
     sr: int | None = None
     human_plan: EditPlan | None = None
+    plan_prior: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         from datasets.features import N_FEATURES
@@ -71,9 +75,12 @@ class Song:
             )
         if self.human_plan is not None and self.human_plan.grid.n_beats != self.grid.n_beats:
             raise ParameterError(f"song {self.name}: human plan has {self.human_plan.grid.n_beats} beats, grid {self.grid.n_beats}")
+        if self.plan_prior is not None and self.plan_prior.shape != (self.grid.n_beats, 4):
+            raise ParameterError(f"song {self.name}: plan prior {self.plan_prior.shape} does not match its grid ({self.grid.n_beats} beats x 4)")
 
     @classmethod
-    def from_features(cls, feats, *, audio=None, human_plan: EditPlan | None = None, name: str | None = None) -> "Song":
+    def from_features(cls, feats, *, audio=None, human_plan: EditPlan | None = None, name: str | None = None,
+                      plan_prior: np.ndarray | None = None) -> "Song":
         """From ``datasets.features.BeatFeatures`` (+ optional ``datasets.audio.Audio``)."""
         return cls(
             values=np.ascontiguousarray(feats.values, dtype=np.float32),
@@ -83,6 +90,7 @@ class Song:
             y=None if audio is None else audio.y,
             sr=None if audio is None else audio.sr,
             human_plan=human_plan,
+            plan_prior=plan_prior,
         )
 
     @classmethod
@@ -136,7 +144,7 @@ class _SongState:
 
     def __init__(self, song: Song, env: "AudioEditEnv") -> None:
         self.song = song
-        self.builder = ObservationBuilder(song.values, song.grid)
+        self.builder = ObservationBuilder(song.values, song.grid, plan_prior=song.plan_prior, target_keep=env.target_keep)
         self.executor = Executor(
             song.grid, source_sha256=song.sha256, max_steps=env.max_steps, jump_budget=env.jump_budget, loop_budget=env.loop_budget
         )
@@ -309,7 +317,9 @@ class AudioEditEnv(gym.Env):
             keep_ratio_decided=kept_s / decided_s if decided_s > 0 else 0.0,
             raw_remaining=(st.duration - st.cum[min(head, ex.n_beats)]) / st.duration,
             output_so_far=ex.out_seconds / st.duration,
-            loops_left=(allowance - ex.n_loops) / LOOP_BASE_ALLOWANCE,
+            # saturates at 2 x the base allowance: a long song's many cuts would otherwise
+            # raise it far past anything a training song shows (envs.observation)
+            loops_left=min(allowance - ex.n_loops, 2 * LOOP_BASE_ALLOWANCE) / LOOP_BASE_ALLOWANCE,
             jumps_left=ex.jumps_left / ex.jump_budget if ex.jump_budget > 0 else 0.0,
             steps_used=ex.n_steps / ex.max_steps,
         )

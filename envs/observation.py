@@ -9,7 +9,8 @@ next phrase starts, whether to loop what comes), and what was already decided is
 summarised by the edit-history channels, so the window looks mostly forward. In 4/4 the
 48 beats ahead are 12 bars: the largest chunk (TWO_PHRASES, 8 bars) plus the phrase
 after it, so the policy sees where any action would land.
-Columns: the 121 raw (unnormalised) features of ``datasets.features.FEATURE_NAMES``,
+Columns: the 121 raw (unnormalised) features of ``datasets.features.FEATURE_NAMES``
+(the four that count absolute time are shown length-free, ``LENGTH_FREE`` below),
 then the song-level context ``envs.context.CONTEXT_CHANNELS`` (where the beat and its
 phrase stand in the whole song: loudness percentiles, repetition, novelty, phrase units
 aligned to the section changes; computed once per song, so whole-song decisions such as
@@ -40,10 +41,23 @@ already feature columns (``bar_phase``, ``is_downbeat``, ``is_phrase_start``,
 beat in its phrase, position in the
 song, target keep ratio, keep ratio so far (of the whole song and of the decided part),
 raw duration remaining and output duration so far (both / song duration), loops left
-before the reward's loop penalty ((2 + cuts // 3 - loops) / 2; negative = over budget),
+before the reward's loop penalty ((2 + cuts // 3 - loops) / 2, at most 2; negative = over
+budget),
 JUMP_BACKs left (fraction of the executor's jump budget), fraction of the step cap used,
-tempo / 200 BPM, beats per bar / 4, log2(n_beats) / 10. The env fills them
+tempo / 200 BPM, beats per bar / 4. The env fills them
 (``envs.env.AudioEditEnv._obs``); this module holds their order.
+
+Length-free: nothing in the observation grows with the song's length, so a
+30-minute recording is edited in the style learned on 1-3 minute songs. The features
+that count seconds or phrases from the song's start (``time_s``, ``phrase_index``) or to
+its end (``time_to_end_s``) saturate at ``EDGE_S`` = 30 s (``EDGE_PHRASES`` = 4 phrases):
+every training song (the demo corpus: 60-120 s; ``data/tracks``: 120 s) spans the whole
+range at both of its ends, so intros and outros stay visible while the middle of a long
+song reads like the middle of a short one. The song's duration (``song_duration_s``) is
+not shown (0): how long the edit should be comes in as the target keep ratio. Measured
+before this (a BC policy of 2-minute songs on a 10-minute recording): the normalised
+``song_duration_s`` was 1e5 standard deviations off its training value, ``time_s`` 17,
+``log2(n_beats)`` (a global then) 4.4, and the policy cut or skipped 89 % of its steps.
 
 ``"type_mask"`` int8 [18], ``"size_mask"`` int8 [18, 5], ``"amount_mask"`` int8 [18, 5]:
 the executor's masks (size and amount given the type).
@@ -73,6 +87,10 @@ __all__ = [
     "channel_index",
     "global_index",
     "ObservationBuilder",
+    "EDGE_S",
+    "EDGE_PHRASES",
+    "LENGTH_FREE",
+    "length_free",
 ]
 
 #: Beats in the observation window (see the module docstring for why 64).
@@ -94,7 +112,34 @@ HISTORY_CHANNELS: tuple[str, ...] = (
     "is_head",
     "rel_pos",
 )
-BEAT_CHANNELS: tuple[str, ...] = tuple(FEATURE_NAMES) + CONTEXT_CHANNELS + HISTORY_CHANNELS
+#: Seconds from either end of the song up to which absolute time is shown (module docstring).
+EDGE_S = 30.0
+#: ... and phrases from the start (4 phrases of 4 bars: ~32 s at 120 BPM).
+EDGE_PHRASES = 4.0
+#: Feature columns that count absolute time: their name in the observation and the value
+#: they saturate at (0: not shown). The new names make a checkpoint trained on the raw
+#: columns fail ``agent.layout.check_layout`` with a clear message instead of loading.
+LENGTH_FREE: dict[str, tuple[str, float]] = {
+    "time_s": ("time_s_upto30", EDGE_S),
+    "time_to_end_s": ("time_to_end_s_upto30", EDGE_S),
+    "song_duration_s": ("song_duration_s_hidden", 0.0),
+    "phrase_index": ("phrase_index_upto4", EDGE_PHRASES),
+}
+_LENGTH_COLS = [(FEATURE_NAMES.index(f), cap) for f, (_, cap) in LENGTH_FREE.items()]
+
+
+def length_free(values: np.ndarray) -> np.ndarray:
+    """The raw features as the observation shows them [shape=(n_beats, 121)]: a copy
+    with the ``LENGTH_FREE`` columns clipped to [0, cap]."""
+    out = np.array(values, dtype=np.float32, copy=True)
+    for c, cap in _LENGTH_COLS:
+        out[:, c] = np.clip(out[:, c], 0.0, cap)
+    return out
+
+
+BEAT_CHANNELS: tuple[str, ...] = (
+    tuple(LENGTH_FREE[f][0] if f in LENGTH_FREE else f for f in FEATURE_NAMES) + CONTEXT_CHANNELS + HISTORY_CHANNELS
+)
 N_BEAT_CHANNELS = len(BEAT_CHANNELS)
 
 GLOBAL_NAMES: tuple[str, ...] = (
@@ -112,7 +157,6 @@ GLOBAL_NAMES: tuple[str, ...] = (
     "steps_used",
     "tempo",
     "beats_per_bar",
-    "log_n_beats",
 )
 N_GLOBALS = len(GLOBAL_NAMES)
 
@@ -138,7 +182,7 @@ assert (_USED, _EFFECT, _GAIN, _FADE) == (_DECIDED + 1, _DECIDED + 2, _DECIDED +
 assert GLOBAL_NAMES == (
     "head_beat_phase", "head_bar_phase", "head_phrase_phase", "position", "target_keep", "keep_ratio",
     "keep_ratio_decided", "raw_remaining", "output_so_far", "loops_left", "jumps_left", "steps_used",
-    "tempo", "beats_per_bar", "log_n_beats",
+    "tempo", "beats_per_bar",
 )
 _REL_COLUMN = ((np.arange(WINDOW) - HEAD_INDEX) / WINDOW).astype(np.float32)
 
@@ -150,9 +194,11 @@ class ObservationBuilder:
     ----------
     values : np.ndarray [shape=(n_beats, 121), float32] raw beat features
     grid : the song's BeatGrid (n_beats must match)
+    plan_prior, target_keep : the planner's per-beat prior (``Song.plan_prior``) and the
+        episode's keep target, for the plan channels (``envs.context.plan_channels``)
     """
 
-    def __init__(self, values: np.ndarray, grid: BeatGrid) -> None:
+    def __init__(self, values: np.ndarray, grid: BeatGrid, *, plan_prior: np.ndarray | None = None, target_keep: float = 0.5) -> None:
         n = grid.n_beats
         assert values.shape == (n, N_FEATURES), f"features {values.shape} do not match grid ({n} beats x {N_FEATURES})"
         self.n_beats = n
@@ -163,8 +209,8 @@ class ObservationBuilder:
         self._beats = np.zeros((n + WINDOW, N_BEAT_CHANNELS), dtype=np.float32)
         self._mask = np.zeros(n + WINDOW, dtype=np.float32)
         song = slice(HEAD_INDEX, HEAD_INDEX + n)
-        self._beats[song, :N_FEATURES] = values
-        self._beats[song, N_FEATURES : N_FEATURES + N_CONTEXT] = song_context(values, grid)
+        self._beats[song, :N_FEATURES] = length_free(values)
+        self._beats[song, N_FEATURES : N_FEATURES + N_CONTEXT] = song_context(values, grid, plan_prior=plan_prior, target_keep=target_keep)
         self._mask[song] = 1.0
         bpb = grid.beats_per_bar
         self._head_phase = np.stack(
@@ -175,8 +221,8 @@ class ObservationBuilder:
             ],
             axis=1,
         ).astype(np.float32)
-        # the last three globals, in GLOBAL_NAMES order
-        self._static_globals = (grid.tempo / 200.0, bpb / 4.0, float(np.log2(max(n, 1))) / 10.0)
+        # the last two globals, in GLOBAL_NAMES order (no song length: module docstring)
+        self._static_globals = (grid.tempo / 200.0, bpb / 4.0)
 
     def reset(self) -> None:
         """Clear the edit history (a new episode on the same song)."""

@@ -46,6 +46,7 @@ class LabeledPair:
     actions: tuple[tuple[int, int, int], ...]
     plan: object  # envs.plan.EditPlan
     confidence: np.ndarray | None  # [n_beats] label confidence per raw beat
+    plan_prior: np.ndarray | None = None  # [n_beats, 4] the planner's out-of-fold plan (agent/planner.py)
 
 
 def load_labels(run_dir: str | Path) -> list[LabeledPair]:
@@ -169,7 +170,7 @@ def song_for(pair: LabeledPair, aug: Augmentation = IDENTITY, *, stems: str = "a
     audio = augment_audio(load_audio(pair.raw_path), aug)
     feats = extract_features(audio, grid=pair.plan.grid, stems=stems)
     name = pair.name if aug.is_identity else f"{pair.name}#{aug.key()}"
-    return Song.from_features(feats, audio=None, human_plan=pair.plan, name=name)
+    return Song.from_features(feats, audio=None, human_plan=pair.plan, name=name, plan_prior=pair.plan_prior)
 
 
 # Types whose action on a chunk equals the same action on its parts, one after the other

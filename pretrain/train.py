@@ -48,6 +48,7 @@ from alignment.grid import load_grid_model
 from agent.checkpoint import load_checkpoint, policy_from_checkpoint, save_checkpoint, to_plain
 from agent.device import pick_device
 from agent.model import N_TYPES, Policy, PolicyConfig
+from agent.planner import attach_priors
 from datasets.errors import EditorError, ParameterError
 from envs.observation import HEAD_INDEX, HISTORY_CHANNELS, WINDOW, channel_index
 from pretrain.dataset import BCData, build_bc_data, load_labels, split_by_song
@@ -89,6 +90,10 @@ class PretrainConfig:
     radio 0.66 / 0.71 / ~0.72; /work/notes/bc-quality.md)"""
     stems: str = "auto"
     """stem features: auto / demucs / dsp (datasets.features)"""
+    planner: bool = True
+    """show the policy the whole-song planner's plan of each song (agent/planner.py): out
+    of fold for training songs, the planner fitted on all of them (saved in the
+    checkpoint) at fine-tuning and inference"""
     val_fraction: float = 0.2
     """fraction of songs held out for validation (split by song)"""
     epochs: int = 150
@@ -348,6 +353,14 @@ def _confusion_figure(cm: np.ndarray):
     return fig
 
 
+def _run_planner_state(cfg: PretrainConfig, run_dir: Path) -> dict | None:
+    """The planner fitted on the run's labelled pairs (None: off, or no labels)."""
+    if not cfg.planner or not (run_dir / "labels" / "index.json").is_file():
+        return None
+    _, planner = attach_priors(load_labels(run_dir), stems=cfg.stems)
+    return None if planner is None else planner.to_state()
+
+
 def build_run_data(cfg: PretrainConfig) -> tuple[BCData, list, float]:
     """(data, pairs, target_keep) of a run: its labels (runs/RUN/labels) replayed in the
     env, x (1 + cfg.augment) versions, with the env's target keep ratio as fine-tuning and
@@ -357,6 +370,8 @@ def build_run_data(cfg: PretrainConfig) -> tuple[BCData, list, float]:
 
     run_dir = Path(cfg.runs_dir) / cfg.run
     pairs = load_labels(run_dir)
+    if cfg.planner:
+        pairs, _ = attach_priors(pairs, stems=cfg.stems)
     augs = [IDENTITY] + random_augmentations(cfg.augment, seed=cfg.seed)
     target_keep = default_target_keep(run_dir)
     data = build_bc_data(
@@ -387,6 +402,9 @@ def train(cfg: PretrainConfig, data: BCData | None = None, *, target_keep: float
     ckpt_dir = run_dir / "checkpoints"
     # where this editor hears bars and phrases (make align fitted it); inference uses it
     editor_grid = load_grid_model(run_dir / "labels").to_dict()
+    # the whole-song planner inference will use: fitted on every labelled song (the
+    # training data carries out-of-fold plans, build_run_data)
+    planner_state = _run_planner_state(cfg, run_dir)
     last_path, best_path = ckpt_dir / "bc_last.pt", ckpt_dir / "bc_best.pt"
     t_start = time.perf_counter()
 
@@ -538,7 +556,8 @@ def train(cfg: PretrainConfig, data: BCData | None = None, *, target_keep: float
         extra = {**(extra_state or {}), "epoch": epoch, "best": best, "best_nll": best_nll, "bad_epochs": bad_epochs,
                  "torch_rng": rng.pop("torch"), "rng": rng, "labels_key": labels_key,
                  "val_songs": [data.song_keys[s] for s in np.unique(data.song[val_idx])], "metrics": _plain_metrics(m),
-                 "target_keep": target_keep, "stem_method": stem_method, "editor_grid": editor_grid}
+                 "target_keep": target_keep, "stem_method": stem_method, "editor_grid": editor_grid,
+                 "planner": planner_state}
         common = dict(model=model, optimizer=opt, step=global_step, stage="pretrain", stage_config=cfg, layout=layout, extra=extra)
         if improved:
             save_checkpoint(best_path, **common)

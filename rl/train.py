@@ -98,18 +98,24 @@ class TrainArgs:
 # ---------------------------------------------------------------------------- data
 
 
-def load_run_songs(run_dir: Path, *, stems: str = "auto", with_audio: bool = True) -> list[tuple[Any, Any]]:
-    """(LabeledPair, envs.env.Song) for every labelled pair, features on the label's grid."""
+def load_run_songs(run_dir: Path, *, stems: str = "auto", with_audio: bool = True, planner: bool = False) -> list[tuple[Any, Any]]:
+    """(LabeledPair, envs.env.Song) for every labelled pair, features on the label's grid;
+    ``planner``: with the whole-song planner's out-of-fold plan (agent/planner.py)."""
+    from agent.planner import attach_priors
     from datasets.audio import load_audio
     from datasets.features import extract_features
     from envs.env import Song
     from pretrain.dataset import load_labels
 
     out = []
-    for pair in load_labels(run_dir):
+    pairs = load_labels(run_dir)
+    if planner:  # the same out-of-fold plans behaviour cloning saw (deterministic)
+        pairs, _ = attach_priors(pairs, stems=stems)
+    for pair in pairs:
         audio = load_audio(pair.raw_path)
         feats = extract_features(audio, grid=pair.plan.grid, stems=stems)
-        song = Song.from_features(feats, audio=audio if with_audio else None, human_plan=pair.plan, name=pair.name)
+        song = Song.from_features(feats, audio=audio if with_audio else None, human_plan=pair.plan, name=pair.name,
+                                  plan_prior=pair.plan_prior)
         out.append((pair, song))
     return out
 
@@ -337,7 +343,9 @@ def run(args: TrainArgs, *, log_fn=print) -> dict:
 
     # -- songs (data sample happens inside the envs at each reset)
     t0 = time.perf_counter()
-    pairs_songs = load_run_songs(run_dir, stems=args.stems, with_audio=True)
+    # a policy that learned with the whole-song planner's plans gets them here too
+    uses_planner = ((resume_ck if resume_ck is not None else start_ck) or {}).get("extra", {}).get("planner") is not None
+    pairs_songs = load_run_songs(run_dir, stems=args.stems, with_audio=True, planner=uses_planner)
     # the songs held out are the pretrained policy's validation songs: a resumed fine-tune
     # keeps those of the policy it started from, and from scratch holds out the same ones
     # as the run's pretrained policy, so the two compare on equal terms
@@ -383,7 +391,7 @@ def run(args: TrainArgs, *, log_fn=print) -> dict:
 
     # the user's style settings travel from the pretrained checkpoint to every PPO one
     src = resume_ck if resume_ck is not None else (start_ck or {})
-    style = {k: v for k, v in src.get("extra", {}).items() if k in ("target_keep", "stem_method", "editor_grid")}
+    style = {k: v for k, v in src.get("extra", {}).items() if k in ("target_keep", "stem_method", "editor_grid", "planner")}
 
     songs = [s for _, s in train_ps]
     env_kw = dict(run_dir=run_dir, reward_audio=args.reward_audio)
