@@ -95,6 +95,17 @@ class PolicyConfig:
     """auxiliary head: energy (normalised rms_db) of the n_energy beats after the read head.
     The other auxiliary head (phrase-boundary detection, SPEC.md) scores every window
     beat for being a boundary of the editor's sections (pretrain/dataset.py)."""
+    plan_cols: tuple[int, ...] = ()
+    """columns of obs["beats"] holding the whole-song plan (envs.context.PLAN_CHANNELS,
+    agent/planner.py); () = none. The step head reads them for ``plan_ahead`` beats from
+    the read head directly, beside the encoder: whether to keep the chunk at the head is
+    mostly the song-level plan's call, and a straight path makes following the plan a
+    near-linear function that a few songs can teach (through the attention alone, a BC
+    policy of 3 songs followed a perfect plan on 2 of 4 new songs; tests/pretrain/
+    test_style_transfer.py)"""
+    plan_ahead: int = 16
+    """beats from the read head (itself included) whose plan the step head reads: the
+    largest chunk most edits decide at once (a 4/4 phrase)"""
 
     def __post_init__(self) -> None:
         if self.hidden <= 0 or self.n_heads <= 0 or self.hidden % self.n_heads != 0:
@@ -135,9 +146,15 @@ class PolicyConfig:
         """Slot of the read head among the rows read."""
         return self.head_index - self.rows.start
 
+    @property
+    def plan_rows(self) -> slice:
+        """Rows (among the rows read) whose plan channels the step head reads."""
+        return slice(self.head_row, min(self.n_rows, self.head_row + self.plan_ahead))
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["dilations"] = list(self.dilations)
+        d["plan_cols"] = list(self.plan_cols)
         return d
 
     @classmethod
@@ -152,6 +169,8 @@ class PolicyConfig:
         d.setdefault("read_ahead", -1)
         if "dilations" in d:
             d["dilations"] = tuple(int(x) for x in d["dilations"])
+        if "plan_cols" in d:
+            d["plan_cols"] = tuple(int(x) for x in d["plan_cols"])
         return cls(**d)
 
     @classmethod
@@ -166,6 +185,7 @@ class PolicyConfig:
             n_globals=lay["n_globals"],
             window=lay["window"],
             head_index=lay["head_index"],
+            plan_cols=tuple(i for i, c in enumerate(lay["channel_names"]) if c.startswith("plan_")),
         )
         base.update(overrides)
         return cls(**base)
@@ -317,6 +337,10 @@ class Policy(nn.Module):
         self.ln_f = nn.LayerNorm(d)
         self.glob = _mlp(max(cfg.n_globals, 1), d, d)
         trunk_in = 3 * d  # read-head token, masked mean over the window, globals
+        if cfg.plan_cols:  # + the whole-song plan of the beats ahead (PolicyConfig.plan_cols)
+            k = cfg.plan_rows.stop - cfg.plan_rows.start
+            self.plan_in = nn.Sequential(nn.Linear(k * len(cfg.plan_cols), d), nn.GELU())
+            trunk_in += d
         self.trunk = nn.Sequential(nn.Linear(trunk_in, 2 * d), nn.GELU(), nn.Linear(2 * d, d), nn.GELU())
         self.type_head = nn.Linear(d, N_TYPES)
         self.type_emb_size = nn.Embedding(N_TYPES, cfg.type_embed)
@@ -382,7 +406,12 @@ class Policy(nn.Module):
         pooled = x.sum(1) / n  # (B, d) masked mean
         g = obs["globals"]
         g = self.global_normalizer(g) if cfg.n_globals > 0 else torch.zeros(B, 1, device=x.device)
-        z = self.trunk(torch.cat([head, pooled, self.glob(g)], dim=-1))  # (B, d)
+        parts = [head, pooled, self.glob(g)]
+        if cfg.plan_cols:
+            rows = cfg.plan_rows
+            plan = beats[:, rows][..., list(cfg.plan_cols)] * mask[:, rows, None]  # (B, k, P), 0 past the song's end
+            parts.append(self.plan_in(plan.reshape(B, -1)))
+        z = self.trunk(torch.cat(parts, dim=-1))  # (B, d)
         return z, x
 
     # ------------------------------------------------------------------ heads
