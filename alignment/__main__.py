@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from datasets.atomic import atomic_path, atomic_write_json
-from datasets.errors import EditorError
+from datasets.errors import EditorError, ParameterError
 
 __all__ = ["main", "write_json", "plot_alignment"]
 
@@ -71,19 +71,28 @@ def get_parser() -> argparse.ArgumentParser:
     ap.add_argument("--plot", help="write a PNG of edited time vs raw time here")
     ap.add_argument("--no-actions", action="store_true", help="skip the oracle actions")
     ap.add_argument("--no-fidelity", action="store_true", help="skip rendering the plan back")
+    ap.add_argument(
+        "--min-confidence", type=float, default=None,
+        help="refuse the pair below this alignment confidence (default: alignment.labels.MIN_CONFIDENCE, calibrated)",
+    )
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
     args = get_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from alignment.labels import label_pair
+    from alignment.labels import MIN_CONFIDENCE, label_pair
     from datasets.safety import refuse_overwrite
 
     try:
         # before the alignment runs: a folder as --json, or an output over an input
         refuse_overwrite([args.json_out, args.plot], [args.raw, args.edited])
-        labels = label_pair(args.raw, args.edited, with_actions=not args.no_actions, with_fidelity=not args.no_fidelity)
+        min_conf = MIN_CONFIDENCE if args.min_confidence is None else args.min_confidence
+        if not 0.0 <= min_conf <= 1.0:  # also refuses nan
+            raise ParameterError(f"--min-confidence must be in [0, 1], got {min_conf}")
+        labels = label_pair(
+            args.raw, args.edited, with_actions=not args.no_actions, with_fidelity=not args.no_fidelity, min_confidence=min_conf
+        )
     except EditorError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -98,8 +107,14 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"confidence {rec['confidence']:.3f}  fidelity {rec['fidelity']:.2f} dB  keep ratio {rec['keep_ratio']:.3f}  "
         f"beat segments {len(rec['plan']['segments'])}  actions {n_act} (exact {rec['actions_exact']})  "
+        f"reproduced {'-' if labels.loss is None else format(labels.loss.reproduced, '.3f')}  "
         f"{rec['seconds']:.1f} s"
     )
+    loss = labels.loss
+    if loss is not None and (loss.lost_s > 0 or loss.extra_s > 0.05):
+        # what the action vocabulary could not say (a reversed song's first beat, a repeat
+        # past the output cap): one line, with make align's verdict
+        print(f"warning: {args.edited}: {loss.line()}", file=sys.stderr)
     try:
         if args.json_out:
             write_json(args.json_out, rec)

@@ -5,8 +5,17 @@ record of alignment.labels.PairLabels.to_dict) and then ``runs/NAME/labels/index
 (pair -> label file, raw path, keep ratio, confidence, fidelity) and
 ``runs/NAME/labels/train.json`` (every pair's beat plan, grid and actions in one file,
 what pretraining reads). Pairs whose label is newer than both audio files and was
-made by this label format are skipped. A pair that fails is reported and skipped;
-no pair at all exits with status 2.
+made by this label format are not aligned again. A pair that fails is reported and
+skipped; no pair at all exits with status 2.
+
+Verdicts (the rule, alignment.labels): a pair trains when its alignment confidence is
+at least ``--min-confidence`` (below it the edit is not recognisably of that raw: the
+pair is refused and no label is written) and its labels reproduce at least
+``--min-reproduced`` of the edited duration (``LabelLoss.reproduced``: what the action
+vocabulary could not express, e.g. a repeat past the executor's 1.5x output cap, is
+lost). Other pairs are skipped: left out of index.json and train.json, so training
+never sees them, listed in ``runs/NAME/labels/skipped.json`` (pair -> reason, message,
+numbers) and at the end of the printed table.
 """
 
 from __future__ import annotations
@@ -22,10 +31,10 @@ from pathlib import Path
 
 from alignment.__main__ import write_json
 from alignment.grid import GRID_MODEL_FILE, fit_grid_model
-from alignment.labels import LABEL_FORMAT_VERSION
-from datasets.errors import EditorError
-from datasets.safety import refuse_overwrite
+from alignment.labels import LABEL_FORMAT_VERSION, MIN_CONFIDENCE, MIN_REPRODUCED, RefusedPair
+from datasets.errors import EditorError, ParameterError
 from datasets.procs import pool_kwargs
+from datasets.safety import refuse_overwrite
 
 __all__ = ["main", "label_one", "up_to_date"]
 
@@ -45,15 +54,18 @@ def up_to_date(label: Path, raw: Path, edited: Path) -> bool:
     return rec.get("format_version") == LABEL_FORMAT_VERSION
 
 
-def label_one(name: str, raw: str, edited: str, out: str) -> dict:
-    """Worker: label one pair and write its JSON; returns the index entry (or an error)."""
+def label_one(name: str, raw: str, edited: str, out: str, min_confidence: float = MIN_CONFIDENCE) -> dict:
+    """Worker: label one pair and write its JSON; returns the index entry, a refusal
+    (``"refused"``: confidence below ``min_confidence``, nothing written) or an error."""
     # one BLAS thread per worker: the pool already uses the cores
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     from alignment.labels import label_pair
 
     t0 = time.perf_counter()
     try:
-        lab = label_pair(raw, edited)
+        lab = label_pair(raw, edited, min_confidence=min_confidence)
+    except RefusedPair as exc:
+        return {"name": name, "refused": str(exc), "confidence": exc.confidence, "raw_path": raw, "edited_path": edited}
     except EditorError as exc:
         return {"name": name, "error": str(exc)}
     rec = lab.to_dict()
@@ -63,6 +75,7 @@ def label_one(name: str, raw: str, edited: str, out: str) -> dict:
 
 
 def _entry(name: str, out: str, rec: dict, seconds: float) -> dict:
+    loss = rec.get("loss") or {}
     return {
         "name": name,
         "label": str(out),
@@ -73,6 +86,9 @@ def _entry(name: str, out: str, rec: dict, seconds: float) -> dict:
         "confidence": rec["confidence"],
         "fidelity": rec["fidelity"],
         "actions_exact": rec.get("actions_exact"),
+        "reproduced": loss.get("reproduced"),
+        "lost_s": loss.get("lost_s"),
+        "loss": loss.get("summary"),
         "seconds": seconds,
     }
 
@@ -84,6 +100,14 @@ def get_parser() -> argparse.ArgumentParser:
     ap.add_argument("--runs-dir", default="runs", help="where runs live")
     ap.add_argument("--jobs", type=int, default=2, help="pairs labelled in parallel")
     ap.add_argument("--force", action="store_true", help="relabel pairs whose label is up to date")
+    ap.add_argument(
+        "--min-confidence", type=float, default=MIN_CONFIDENCE,
+        help=f"refuse pairs aligning below this confidence (default {MIN_CONFIDENCE}, calibrated; see alignment/labels.py)",
+    )
+    ap.add_argument(
+        "--min-reproduced", type=float, default=MIN_REPRODUCED,
+        help=f"train a pair only when its labels reproduce this share of the edit (default {MIN_REPRODUCED})",
+    )
     return ap
 
 
@@ -95,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     from datasets.pairs import find_pairs
 
     try:
+        for flag, v in (("--min-confidence", args.min_confidence), ("--min-reproduced", args.min_reproduced)):
+            if not 0.0 <= v <= 1.0:  # also refuses nan
+                raise ParameterError(f"{flag} must be in [0, 1], got {v}")
         pairs = find_pairs(args.data)
         if not pairs:
             raise EditorError(f"{args.data}: no raw/edited pairs found")
@@ -115,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
             rec = json.loads(out.read_text())
             entries[p.name] = _entry(p.name, str(out), rec, 0.0) | {"skipped": True}
         else:
-            todo.append((p.name, str(p.raw), str(p.edited), str(out)))
+            todo.append((p.name, str(p.raw), str(p.edited), str(out), args.min_confidence))
     failed: dict[str, str] = {}
     jobs = max(1, int(args.jobs))
     with tqdm(total=len(todo), desc="align", unit="pair", disable=not todo) as bar:
@@ -136,13 +163,14 @@ def main(argv: list[str] | None = None) -> int:
                     except Exception as exc:  # a crash in one pair must not stop the others
                         r = {"name": futs[f], "error": f"{type(exc).__name__}: {exc}"}
                     _collect(r, entries, failed, bar)
-    index = {n: entries[n] for n in sorted(entries)}
+    index, skipped = _verdicts(entries, failed, min_confidence=args.min_confidence, min_reproduced=args.min_reproduced)
     write_json(out_dir / "index.json", index)
+    write_json(out_dir / "skipped.json", skipped)
     fit_grid_model([e["label"] for e in index.values()], out=out_dir / GRID_MODEL_FILE)
     _write_train(out_dir, index)
-    _print_table(index, failed)
+    _print_table(index, skipped)
     if not index:
-        print(f"error: no pair could be labelled ({len(failed)} failed)", file=sys.stderr)
+        print(f"error: no pair could be labelled ({len(skipped)} skipped, {len(failed)} of them failed)", file=sys.stderr)
         return 2
     return 0
 
@@ -154,6 +182,31 @@ def _collect(r: dict, entries: dict, failed: dict, bar) -> None:
     else:
         entries[r["name"]] = r
     bar.update(1)
+
+
+def _verdicts(entries: dict, failed: dict, *, min_confidence: float, min_reproduced: float) -> tuple[dict, dict]:
+    """(index of the pairs that train, skipped pairs -> reason), by the module's rule.
+
+    Cached labels go through the same rule, so a stricter threshold applies to them too.
+    """
+    index: dict[str, dict] = {}
+    skipped: dict[str, dict] = {}
+    for n in sorted(entries):
+        e = entries[n]
+        paths = {"raw_path": e.get("raw_path"), "edited_path": e.get("edited_path")}
+        if "refused" in e:
+            skipped[n] = {"reason": "refused", "message": e["refused"], "confidence": e["confidence"], **paths}
+        elif e["confidence"] < min_confidence:
+            msg = f"alignment confidence {e['confidence']:.2f} < {min_confidence:.2f}"
+            skipped[n] = {"reason": "refused", "message": msg, "confidence": e["confidence"], "label": e["label"], **paths}
+        elif e.get("reproduced") is not None and e["reproduced"] < min_reproduced:
+            msg = f"{e['loss']} (< {100 * min_reproduced:.0f} % reproduced)"
+            skipped[n] = {"reason": "labels lose the edit", "message": msg, "reproduced": e["reproduced"], "label": e["label"], **paths}
+        else:
+            index[n] = e
+    for n in sorted(failed):
+        skipped[n] = {"reason": "failed", "message": failed[n]}
+    return index, skipped
 
 
 def _write_train(out_dir: Path, index: dict) -> None:
@@ -175,13 +228,25 @@ def _write_train(out_dir: Path, index: dict) -> None:
     write_json(out_dir / "train.json", {"format_version": LABEL_FORMAT_VERSION, "episodes": episodes})
 
 
-def _print_table(index: dict, failed: dict) -> None:
-    print(f"{'pair':<28} {'segs':>5} {'keep':>6} {'conf':>6} {'fid dB':>7} {'sec':>6}")
+def _print_table(index: dict, skipped: dict) -> None:
+    """The pairs that train (``repr``: share of the edit the labels reproduce), then
+    those whose labels lose some of the edit but still train, then the skipped ones."""
+    print(f"{'pair':<28} {'segs':>5} {'keep':>6} {'conf':>6} {'repr':>6} {'fid dB':>7} {'sec':>6}")
     for n, e in index.items():
         sec = "cached" if e.get("skipped") else f"{e['seconds']:.1f}"
-        print(f"{n[:28]:<28} {e['segments']:>5} {e['keep_ratio']:>6.3f} {e['confidence']:>6.3f} {e['fidelity']:>7.2f} {sec:>6}")
-    for n, err in failed.items():
-        print(f"{n[:28]:<28} FAILED: {err}")
+        rep = "-" if e.get("reproduced") is None else f"{e['reproduced']:.3f}"
+        print(
+            f"{n[:28]:<28} {e['segments']:>5} {e['keep_ratio']:>6.3f} {e['confidence']:>6.3f} {rep:>6} {e['fidelity']:>7.2f} {sec:>6}"
+        )
+    lossy = {n: e for n, e in index.items() if (e.get("lost_s") or 0.0) > 0.0}
+    if lossy:
+        print(f"trains, but the labels lose part of the edit ({len(lossy)}):")
+        for n, e in lossy.items():
+            print(f"  {n}: {e['loss']}")
+    if skipped:
+        print(f"skipped, not trained on ({len(skipped)}; listed in skipped.json beside index.json):")
+        for n, s in skipped.items():
+            print(f"  {n}: {s['reason']}: {s['message']}")
 
 
 if __name__ == "__main__":
