@@ -258,7 +258,7 @@ def _flipped(ex, label: tuple[int, int, int]) -> tuple[int, int, int] | None:
 
 def collect_dagger(act: Callable[[dict], np.ndarray], pairs, songs: dict, *, target_keep: float,
                    refine_max_size: int | None = 1, skip_label_states: bool = True, flip_prob: float = 0.0,
-                   n_rollouts: int = 1, seed: int = 0):
+                   n_rollouts: int = 1, seed: int = 0, stems: str = "auto"):
     """Roll ``act`` out on every pair's song and label each visited state with the expert.
 
     act : ``act(obs) -> (t, s, a)`` for one env observation (pretrain.evaluate.policy_fn)
@@ -273,6 +273,7 @@ def collect_dagger(act: Callable[[dict], np.ndarray], pairs, songs: dict, *, tar
         their label trajectories, while on new songs it makes exactly such unit mistakes;
         the flips put it in those states, and the labels teach what to do after one.
     n_rollouts : rollouts per song (they differ only through the flips)
+    stems : stem method of a song built here: the one the behaviour-cloning data used
 
     Returns a BCData (same arrays as ``build_bc_data``) or None when the policy stayed
     on every label trajectory.
@@ -288,7 +289,7 @@ def collect_dagger(act: Callable[[dict], np.ndarray], pairs, songs: dict, *, tar
     rng = np.random.default_rng(seed)
     parts = []
     for pair in [p for p in pairs for _ in range(n_rollouts)]:
-        song = (songs or {}).get((pair.name, IDENTITY.key())) or song_for(pair)
+        song = (songs or {}).get((pair.name, IDENTITY.key())) or song_for(pair, stems=stems)
         env = AudioEditEnv([song], score_episodes=False, reward_audio=False, target_keep=target_keep)
         plan = pair.plan
         seen = set()
@@ -384,7 +385,8 @@ def train_dagger(cfg, data, pairs, *, songs: dict | None = None, target_keep: fl
         weights = stored[r - 1]["weights"] if resumed else ck["model"]
         model = policy_from_checkpoint({**ck, "model": weights}).eval()
         extra = collect_dagger(policy_fn(model), pairs, songs or {}, target_keep=target_keep, refine_max_size=refine,
-                               flip_prob=cfg.dagger_flip, n_rollouts=cfg.dagger_rollouts, seed=cfg.seed * 1000 + r)
+                               flip_prob=cfg.dagger_flip, n_rollouts=cfg.dagger_rollouts, seed=cfg.seed * 1000 + r,
+                               stems=cfg.stems)
         added.append(0 if extra is None else len(extra))
         if resumed and int(stored[r - 1]["samples"]) != added[-1]:
             log.warning("DAgger round %d: rebuilt %d samples where the interrupted session had %d "
