@@ -41,8 +41,9 @@ __all__ = ["main", "label_one", "up_to_date"]
 log = logging.getLogger(__name__)
 
 
-def up_to_date(label: Path, raw: Path, edited: Path) -> bool:
-    """True when ``label`` exists, is newer than both audio files and has this format."""
+def up_to_date(label: Path, raw: Path, edited: Path, *, editor_grid: bool = True) -> bool:
+    """True when ``label`` exists, is newer than both audio files and has this format
+    (and was labelled on the editor's grid, or not, as asked)."""
     if not label.exists():
         return False
     if label.stat().st_mtime < max(raw.stat().st_mtime, edited.stat().st_mtime):
@@ -51,10 +52,11 @@ def up_to_date(label: Path, raw: Path, edited: Path) -> bool:
         rec = json.loads(label.read_text())
     except (OSError, json.JSONDecodeError):
         return False
-    return rec.get("format_version") == LABEL_FORMAT_VERSION
+    return rec.get("format_version") == LABEL_FORMAT_VERSION and (rec.get("editor_grid") is not None) == editor_grid
 
 
-def label_one(name: str, raw: str, edited: str, out: str, min_confidence: float = MIN_CONFIDENCE) -> dict:
+def label_one(name: str, raw: str, edited: str, out: str, min_confidence: float = MIN_CONFIDENCE,
+              editor_grid: bool = True) -> dict:
     """Worker: label one pair and write its JSON; returns the index entry, a refusal
     (``"refused"``: confidence below ``min_confidence``, nothing written) or an error."""
     # one BLAS thread per worker: the pool already uses the cores
@@ -63,7 +65,7 @@ def label_one(name: str, raw: str, edited: str, out: str, min_confidence: float 
 
     t0 = time.perf_counter()
     try:
-        lab = label_pair(raw, edited, min_confidence=min_confidence)
+        lab = label_pair(raw, edited, min_confidence=min_confidence, editor_grid=editor_grid)
     except RefusedPair as exc:
         return {"name": name, "refused": str(exc), "confidence": exc.confidence, "raw_path": raw, "edited_path": edited}
     except EditorError as exc:
@@ -108,6 +110,11 @@ def get_parser() -> argparse.ArgumentParser:
         "--min-reproduced", type=float, default=MIN_REPRODUCED,
         help=f"train a pair only when its labels reproduce this share of the edit (default {MIN_REPRODUCED})",
     )
+    ap.add_argument(
+        "--no-editor-grid", dest="editor_grid", action="store_false",
+        help="label on the beat tracker's own bar/phrase phase instead of the one the edits' cut points agree with "
+             "(alignment/grid.py; for comparisons)",
+    )
     return ap
 
 
@@ -138,11 +145,11 @@ def main(argv: list[str] | None = None) -> int:
     todo = []
     for p in pairs:
         out = out_dir / f"{p.name}.json"
-        if not args.force and up_to_date(out, Path(p.raw), Path(p.edited)):
+        if not args.force and up_to_date(out, Path(p.raw), Path(p.edited), editor_grid=args.editor_grid):
             rec = json.loads(out.read_text())
             entries[p.name] = _entry(p.name, str(out), rec, 0.0) | {"skipped": True}
         else:
-            todo.append((p.name, str(p.raw), str(p.edited), str(out), args.min_confidence))
+            todo.append((p.name, str(p.raw), str(p.edited), str(out), args.min_confidence, args.editor_grid))
     failed: dict[str, str] = {}
     jobs = max(1, int(args.jobs))
     with tqdm(total=len(todo), desc="align", unit="pair", disable=not todo) as bar:
