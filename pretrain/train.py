@@ -22,8 +22,8 @@ DAgger round's data is rebuilt from the policy that collected it (stored in the
 checkpoint; the rollouts are deterministic). A checkpoint trained with other settings
 or other labels is never continued: the run stops with an error naming ``--restart``.
 Not exact: on CUDA, kernels without a deterministic backward (natten's, scatter-adds)
-make even two uninterrupted runs differ in the last bits; TensorBoard shows the epochs
-between the last checkpoint and the kill twice.
+make even two uninterrupted runs differ in the last bits (the resume log says so).
+TensorBoard hides what the killed session logged after its last checkpoint.
 
 Then ``dagger_rounds`` DAgger rounds (pretrain/dagger.py): the policy is rolled out on
 the labelled songs (with random KEEP <-> CUT flips), the states it reaches are labelled by
@@ -474,12 +474,14 @@ def train(cfg: PretrainConfig, data: BCData | None = None, *, target_keep: float
         best, bad_epochs = float(ex["best"]), int(ex["bad_epochs"])
         best_nll = float(ex.get("best_nll", best))
         _set_rng_state(ex)
-        log.info("resumed from %s at epoch %d (step %d)", last_path, start_epoch, global_step)
+        log.info("resumed from %s at epoch %d (step %d)%s", last_path, start_epoch, global_step,
+                 "; on CUDA it matches an uninterrupted run only up to nondeterministic kernels" if device.type == "cuda" else "")
 
     # 3. logging
     from torch.utils.tensorboard import SummaryWriter
 
-    writer = SummaryWriter(str(run_dir / "tb" / f"pretrain_seed{cfg.seed}"))
+    # a resumed run hides what a killed session logged after its last checkpoint
+    writer = SummaryWriter(str(run_dir / "tb" / f"pretrain_seed{cfg.seed}"), purge_step=global_step + 1 if start_epoch else None)
     if start_epoch == 0:
         writer.add_text(
             "hyperparameters",

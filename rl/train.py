@@ -20,8 +20,9 @@ TensorBoard: runs/RUN/tb/ppo_seedS/ (``ppo_scratch_seedS`` with ``--from_scratch
 Resume, as in pretraining: a run that finds its own last checkpoint (SAVE_DIR/ppo_last.pt)
 continues it, bit for bit as if it had never stopped (optimizer, scheduler, running
 return statistics, RNG states, the overlapped worker's behaviour weights, epoch; the
-epochs after the last save are redone); ``--restart`` starts over from the pretrained
-policy and says so. A later checkpoint is never replaced silently: starting from another
+epochs after the last save are redone; TensorBoard hides what the killed session logged
+after it; on CUDA nondeterministic kernels make even uninterrupted runs differ in the last
+bits); ``--restart`` starts over from the pretrained policy and says so. A later checkpoint is never replaced silently: starting from another
 policy (``--checkpoint``) where a run's ppo_last.pt exists, or continuing a run whose
 pretrained policy was retrained since, stops with an error naming ``--restart``.
 ``--checkpoint`` naming a fine-tuning checkpoint resumes that run; naming a pretrained
@@ -322,7 +323,8 @@ def run(args: TrainArgs, *, log_fn=print) -> dict:
             log_fn(f"finetune: {resume_path} has finished its {done} epochs; nothing to do (--epochs N > {done} "
                    "continues it, --restart starts over)")
             return {"history": [], "checkpoint": str(resume_path), "finished": True}
-        log_fn(f"finetune: resuming {resume_path} at epoch {done} of {cfg.epochs} (--restart starts over)")
+        log_fn(f"finetune: resuming {resume_path} at epoch {done} of {cfg.epochs} (--restart starts over)"
+               + ("; on CUDA it matches an uninterrupted run only up to nondeterministic kernels" if device.type == "cuda" else ""))
 
     # -- never replace another run's later checkpoint without being told to
     was_scratch = resume_ck["stage_config"].get("from_scratch", False) if resume_ck is not None else args.from_scratch
@@ -399,7 +401,9 @@ def run(args: TrainArgs, *, log_fn=print) -> dict:
     def make_env():
         return AudioEditEnv(songs, **env_kw)
 
-    writer = SummaryWriter(str(run_dir / "tb" / f"{tag}_seed{cfg.seed}"))
+    # a resumed run hides what a killed session logged after its last checkpoint
+    purge = int(resume_ck["extra"]["ppo"]["global_step"]) + 1 if resume_ck is not None else None
+    writer = SummaryWriter(str(run_dir / "tb" / f"{tag}_seed{cfg.seed}"), purge_step=purge)
     table = "\n".join(f"|{k}|{v}|" for k, v in {**dataclasses.asdict(cfg), "run": args.run, "songs": len(songs),
                                                   "pretrained": str(start_path)}.items())
     writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + table)
