@@ -473,5 +473,14 @@ def make_vector_env(songs, n_envs: int = 2, *, asynchronous: bool = False, copy_
 
     fns = [thunk] * n_envs
     if asynchronous:
-        return AsyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP, copy=copy_obs)
+        import functools
+        import os
+
+        from gymnasium.vector.async_vector_env import _async_worker
+
+        from datasets.procs import child_call
+
+        # gymnasium's own worker, started so that it dies with this process
+        worker = functools.partial(child_call, os.getpid(), _async_worker)
+        return AsyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP, copy=copy_obs, worker=worker)
     return SyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP, copy=copy_obs)
