@@ -33,6 +33,7 @@ continues on the aggregate.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import random
@@ -355,9 +356,16 @@ def _confusion_figure(cm: np.ndarray):
 
 def _run_planner_state(cfg: PretrainConfig, run_dir: Path) -> dict | None:
     """The planner fitted on the run's labelled pairs (None: off, or no labels)."""
-    if not cfg.planner or not (run_dir / "labels" / "index.json").is_file():
+    index = run_dir / "labels" / "index.json"
+    if not cfg.planner or not index.is_file():
         return None
-    _, planner = attach_priors(load_labels(run_dir), stems=cfg.stems)
+    return _planner_state_for(str(index.resolve()), index.stat().st_mtime_ns, cfg.stems)
+
+
+@functools.lru_cache(maxsize=4)
+def _planner_state_for(index: str, mtime_ns: int, stems: str) -> dict | None:
+    """Fitted once per labels version: DAgger calls ``train`` once per round."""
+    _, planner = attach_priors(load_labels(Path(index).parent.parent), stems=stems)
     return None if planner is None else planner.to_state()
 
 
