@@ -7,8 +7,8 @@
 
 Steps: load audio -> beats + features (cached) -> the policy walks the song in the
 editing environment with masks (greedy unless --sample) -> EditPlan -> (optional)
-bar-level fit to --target-duration -> a fade when the edit stops before the song
-does -> render at the input's native rate and channels ->
+bar-level fit to --target-duration or --keep-ratio (agent/duration.py) -> a fade when
+the edit stops before the song does -> render at the input's native rate and channels ->
 NAME_edited.wav, NAME.plan.json, NAME.labels.txt, NAME.rpp, NAME.edit.png and
 NAME.report.html.
 
@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
+import math
 import os
 import sys
 import tempfile
@@ -83,7 +84,28 @@ def newest_checkpoint(root: str | os.PathLike = "runs") -> Path:
     return max(found, key=lambda p: p.stat().st_mtime)
 
 
+def _number(what: str, *, lo: float | None = None, hi: float | None = None, above: float | None = None):
+    """argparse type of a float flag: refuses nan/inf and values out of range with one line
+    (``--target-duration inf`` once gave a 0.34 s edit)."""
+
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number ({what})") from None
+        if not math.isfinite(v):
+            raise argparse.ArgumentTypeError(f"{text} is not a finite number ({what})")
+        if (lo is not None and v < lo) or (hi is not None and v > hi) or (above is not None and v <= above):
+            rng = f"> {above:g}" if above is not None else f"in [{lo:g}, {hi:g}]" if hi is not None else f">= {lo:g}"
+            raise argparse.ArgumentTypeError(f"{text} is out of range ({what} {rng})")
+        return v
+
+    return parse
+
+
 def get_parser() -> argparse.ArgumentParser:
+    from agent.duration import KEEP_RATIO_RANGE
+
     p = argparse.ArgumentParser(prog="python -m agent.infer", description="Edit a raw recording with a trained policy.")
     p.add_argument("input", help="raw recording (wav, flac, ogg, opus, mp3)")
     p.add_argument("--checkpoint", help="policy checkpoint (.pt); default: the newest under --newest-in")
@@ -91,12 +113,15 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default: runs/infer/<song name>)")
     p.add_argument("--output", help="file name of the edited audio (the spec's flag); its folder is the output folder")
     length = p.add_mutually_exclusive_group()
-    length.add_argument("--target-duration", type=float, help="wanted length of the edit in seconds (lands within a bar)")
-    length.add_argument("--keep-ratio", type=float, help="fraction of the raw to keep (0.2-0.7); default: the training style")
+    length.add_argument("--target-duration", type=_number("seconds", above=0), metavar="SEC",
+                        help="wanted length of the edit in seconds, > 0 (lands within a bar; longer than the song: clamped, with a warning)")
+    lo, hi = KEEP_RATIO_RANGE
+    length.add_argument("--keep-ratio", type=_number("fraction of the raw", lo=lo, hi=hi), metavar="R",
+                        help=f"fraction of the raw to keep, {lo:g}-{hi:g} (lands within a bar); default: the training style")
     p.add_argument("--sample", action="store_true", help="sample actions instead of the greedy choice")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--format", choices=("wav", "flac"), default="wav", help="edited audio format")
-    p.add_argument("--crossfade-ms", type=float, default=10.0, help="equal-power crossfade at each join")
+    p.add_argument("--crossfade-ms", type=_number("milliseconds", lo=0.0), default=10.0, help="equal-power crossfade at each join")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     p.add_argument("--no-cache", action="store_true", help="recompute features instead of reading the cache")
     p.add_argument("--no-end-fade", action="store_true", help="keep a dead stop when the edit ends before the song does")
@@ -158,7 +183,7 @@ def run(args: argparse.Namespace) -> dict:
     """Do the edit; returns the summary (also printed)."""
     from agent.checkpoint import load_checkpoint, policy_from_checkpoint
     from agent.device import pick_device
-    from agent.duration import fit_duration
+    from agent.duration import LengthRequest, fit_length, policy_target_keep, trained_keep_range
     from agent.ending import soften_ending
     from agent.report import output_timeline, plot_edit, write_report_html
     from datasets.audio import load_audio, write_audio
@@ -182,10 +207,7 @@ def run(args: argparse.Namespace) -> dict:
 
     # 1. Check everything before writing anything.
     src = Path(args.input)
-    if args.keep_ratio is not None and not 0.05 <= args.keep_ratio <= 0.95:
-        raise ParameterError(f"--keep-ratio {args.keep_ratio} outside [0.05, 0.95]")
-    if args.target_duration is not None and args.target_duration <= 0:
-        raise ParameterError(f"--target-duration {args.target_duration} must be > 0 seconds")
+    length = LengthRequest(target_s=args.target_duration, keep_ratio=args.keep_ratio)  # checks both
     ckpt_path = Path(args.checkpoint) if args.checkpoint else newest_checkpoint(args.newest_in)
     outputs = output_paths(args)
     # Never write over the recording or the checkpoint, whatever the flags, and refuse a
@@ -213,10 +235,10 @@ def run(args: argparse.Namespace) -> dict:
     t = lap("beats+features", t)
 
     # 3. The policy edits the song in the environment, masks on.
-    if args.target_duration is not None:
-        keep = float(np.clip(args.target_duration / audio.duration, 0.05, 1.0))
-    else:
-        keep = args.keep_ratio if args.keep_ratio is not None else (ckpt.get("extra") or {}).get("target_keep")
+    # The policy aims at a keep ratio inside its training range; the bar-level fit below
+    # lands the plan on what was asked (agent/duration.py).
+    keep = policy_target_keep(length, duration_s=audio.duration, style_keep=(ckpt.get("extra") or {}).get("target_keep"),
+                              trained=trained_keep_range(policy))
     if torch.device(device).type == "cpu":  # one 64-beat window per step: more threads only spin on a busy CPU (~100x slower)
         torch.set_num_threads(1)
     planner = Planner.from_state((ckpt.get("extra") or {}).get("planner"))
@@ -225,24 +247,16 @@ def run(args: argparse.Namespace) -> dict:
     env = AudioEditEnv([song], target_keep=keep)
     policy.eval()
     result = edit_song(policy, env, deterministic=not args.sample, seed=args.seed)
-    plan = result.plan
-    if args.target_duration is not None:
-        plan = fit_duration(
-            plan,
-            target_s=args.target_duration,
-            energy=feats.values[:, feature_index("rms_db")],
-            output_seconds=lambda p: output_duration(p, audio.sr, args.crossfade_ms),
-        )
-    elif plan.keep_ratio < KEEP_RATIO_MIN:
-        # Below the reward's hard floor (cut at most 80 %): the policy missed its own limit,
-        # e.g. on a clip much shorter than its training songs. Bring bars back up to the
-        # style's keep ratio rather than hand the musician a fragment.
-        plan = fit_duration(
-            plan,
-            target_s=env.target_keep * audio.duration,
-            energy=feats.values[:, feature_index("rms_db")],
-            output_seconds=lambda p: output_duration(p, audio.sr, args.crossfade_ms),
-        )
+    plan, length_note = fit_length(
+        result.plan,
+        length,
+        style_keep=env.target_keep,
+        energy=feats.values[:, feature_index("rms_db")],
+        output_seconds=lambda p: output_duration(p, audio.sr, args.crossfade_ms),
+        floor_keep=KEEP_RATIO_MIN,
+    )
+    if length_note:
+        log.warning("warning: %s", length_note)
     if not args.no_end_fade:
         plan = soften_ending(plan)
     t = lap("policy", t)
