@@ -164,8 +164,9 @@ def fit_phase(grid: BeatGrid, cuts: np.ndarray) -> PhaseFit:
 #: Per-beat accents whose contrast at candidate downbeats says where bars start
 #: (datasets/features.py column names; deltas are taken against the previous beat).
 _ACCENTS = (
-    "onset_strength", "beat_salience", "chroma_change", "mfcc_novelty", "structure_novelty",
-    "energy_low", "stem_drums_rms", "stem_bass_rms",
+    "onset_strength", "onset_strength_max", "beat_salience", "chroma_change", "mfcc_novelty", "structure_novelty",
+    "energy_low", "stem_drums_rms", "stem_bass_rms", "band_sub_db", "band_bass_db", "band_lowmid_db", "rms_db",
+    "spectral_centroid",
 )
 _DELTAS = ("rms_db", "band_bass_db", "band_sub_db")
 
@@ -203,7 +204,14 @@ FEATURE_NAMES: tuple[str, ...] = (
     *(f"phrase8_{d}" for d in ("change", "novelty", "dloud")),
     "phrase4_at_music_start",
     "phrase8_at_music_start",
+    "phrase4_at_first_full_bar",
+    "phrase8_at_first_full_bar",
     "phrase_is_tracker",
+    # a learned prior over phases relative to the tracker's (an editor often hears the bar
+    # and the phrase the same distance from where the tracker puts them)
+    *(f"prior_shift_{k}" for k in range(4)),
+    *(f"prior_offset4_{k}" for k in range(4)),
+    "prior_offset8_second_half",
 )
 
 
@@ -241,8 +249,12 @@ def candidate_features(feats: BeatFeatures) -> tuple[list[GridPhase], np.ndarray
                 parts.append(bars[start].mean(0) - bars[~start].mean(0))
         at_start4 = float(len(down) > 0 and bar_no[music_bar] % 4 == 0)
         at_start8 = float(len(down) > 0 and bar_no[music_bar] % 8 == 0)
+        # the first whole bar (after a pickup) is where many listeners start counting
+        full = int(np.flatnonzero(g.beat_in_bar == 0)[0]) if down_mask.any() else 0
+        full_bar = int(g.bar[full])
         rows.append(np.r_[down_part, float(ph.downbeat_shift == 0), parts[0], parts[1], at_start4, at_start8,
-                          float(ph.bar_offset == 0)])
+                          float(full_bar % 4 == 0), float(full_bar % 8 == 0), float(ph.bar_offset == 0),
+                          np.eye(4)[min(ph.downbeat_shift, 3)], np.eye(4)[ph.bar_offset % 4], float(ph.bar_offset >= 4)])
     X = np.asarray(rows, dtype=np.float64)
     assert X.shape[1] == len(FEATURE_NAMES), (X.shape, len(FEATURE_NAMES))
     return cands, X
