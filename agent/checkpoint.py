@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import os
+import re
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -144,10 +145,12 @@ def load_checkpoint(
     path = Path(path)
     if not path.is_file():
         raise ParameterError(f"checkpoint not found: {path}")
+    if path.stat().st_size == 0:
+        raise ParameterError(f"{path}: not a readable checkpoint (the file is empty, 0 bytes)")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # corrupt file or a pickle with non-plain objects
-        raise ParameterError(f"{path}: not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})") from e
+        raise ParameterError(f"{path}: not a readable checkpoint ({_load_problem(e)})") from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise ParameterError(f"{path}: unknown checkpoint format {ckpt.get('format') if isinstance(ckpt, dict) else None}")
     if expect_layout == "current":
@@ -157,6 +160,21 @@ def load_checkpoint(
     if expect_layout is not None:
         check_layout(ckpt["layout"], expect_layout, source=str(path))
     return ckpt
+
+
+def _load_problem(e: Exception) -> str:
+    """Why ``torch.load(weights_only=True)`` failed, in a few words. torch's own message
+    spans lines, carries terminal escape codes and advises ``weights_only=False``, which
+    would run whatever code a malicious file's pickle names: never repeat that advice."""
+    text = str(e)
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if found:
+        return f"it would call {found.group(1)} when loaded, which a checkpoint of weights never does; refused without running it"
+    detail = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+    if detail:
+        return f"corrupt, or not a PyTorch file: {detail.group(1).strip()}"
+    first = text.strip().splitlines()
+    return f"{type(e).__name__}: {first[0]}" if first else f"{type(e).__name__}: the file is cut short or corrupt"
 
 
 def policy_from_checkpoint(ckpt: Mapping, *, device: str | torch.device = "cpu") -> Policy:
