@@ -40,6 +40,8 @@ from datasets.structure import unit_similarity
 __all__ = ["PlannerConfig", "Planner", "attach_priors", "bar_features", "bar_targets", "beat_prior", "oof_priors", "BAR_FEATURES", "N_TARGETS"]
 
 _RMS_DB = feature_index("rms_db")
+_RMS = feature_index("rms")
+_CHROMA = [feature_index(f"chroma_{p}") for p in ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")]
 _CENTROID = feature_index("spectral_centroid")
 _ONSETS = feature_index("onset_density")
 _NOVELTY = feature_index("structure_novelty")
@@ -50,6 +52,7 @@ BAR_FEATURES: tuple[str, ...] = (
     "bar_loud_z", "bar_loud_pct", "bar_loud_rank",
     "phrase_loud_z", "phrase_loud_pct", "phrase_loud_rank", "phrase_loud_minus_prev", "phrase_loud_minus_next",
     "phrase_repeat_max", "phrase_n_similar", "phrase_earlier_sim", "phrase_later_sim", "phrase_repeat_rank",
+    "phrase_power_z", "phrase_power_pct", "phrase_power_rank", "phrase_chroma_repeat", "phrase_chroma_repeat_rank",
     "pos_frac", "phrases_from_start", "phrases_to_end", "is_first_phrase", "is_last_phrase", "is_second_phrase",
     "bar_in_phrase_0", "bar_in_phrase_1", "bar_in_phrase_2", "bar_in_phrase_3", "bar_in_section",
     "before_music", "is_music_start",
@@ -130,6 +133,14 @@ def bar_features(values: np.ndarray, grid: BeatGrid) -> tuple[np.ndarray, np.nda
     music = np.flatnonzero(loud >= loud_floor)
     first_music = int(music[0]) if len(music) else 0
     rank = lambda x: (1.0 - _pct(x))  # noqa: E731  0 = the loudest / most repeated
+    # loudness as energy (dB of the mean power, as a meter integrates it) beside the mean
+    # of the beats' dB: the two rank phrases differently when one has quiet breaks
+    beat_power = values[:, _RMS].astype(np.float64) ** 2 * w
+    bar_pow = np.bincount(bar_of, beat_power, minlength=nb)
+    bar_dur = np.bincount(bar_of, w, minlength=nb)
+    ph_power_db = 10 * np.log10(np.bincount(ph_of, bar_pow, minlength=npz) / np.maximum(np.bincount(ph_of, bar_dur, minlength=npz), 1e-9) + 1e-20)
+    # harmonic repetition alone (bar-by-bar chroma, the usual self-similarity of MIR)
+    chroma_rep = _chroma_repetition(values, grid, ph_bounds)
     cols = {
         "bar_loud_z": _z(loud),
         "bar_loud_pct": _pct(loud),
@@ -144,6 +155,11 @@ def bar_features(values: np.ndarray, grid: BeatGrid) -> tuple[np.ndarray, np.nda
         "phrase_earlier_sim": earlier[ph_of],
         "phrase_later_sim": later[ph_of],
         "phrase_repeat_rank": rank(rep)[ph_of],
+        "phrase_power_z": _z(ph_power_db)[ph_of],
+        "phrase_power_pct": _pct(ph_power_db)[ph_of],
+        "phrase_power_rank": rank(ph_power_db)[ph_of],
+        "phrase_chroma_repeat": chroma_rep[ph_of],
+        "phrase_chroma_repeat_rank": rank(chroma_rep)[ph_of],
         "pos_frac": (grid.bounds[bounds[:-1]] + grid.bounds[bounds[1:]]) / (2 * grid.duration),
         "phrases_from_start": np.minimum(ph_of, 4) / 4.0,
         "phrases_to_end": np.minimum(npz - 1 - ph_of, 4) / 4.0,
@@ -163,6 +179,28 @@ def bar_features(values: np.ndarray, grid: BeatGrid) -> tuple[np.ndarray, np.nda
     assert tuple(cols) == BAR_FEATURES
     X = np.stack([np.asarray(cols[k], dtype=np.float64) for k in BAR_FEATURES], axis=1)
     return np.nan_to_num(X).astype(np.float32), bounds
+
+
+def _chroma_repetition(values: np.ndarray, grid: BeatGrid, ph_bounds: np.ndarray) -> np.ndarray:
+    """[shape=(n_phrases,)] max over the other phrases of the mean cosine of their
+    bar-by-bar chroma, aligned from the phrases' starts (repeated material ~0.9+)."""
+    chroma = values[:, _CHROMA].astype(np.float64)
+    bar = np.asarray(grid.bar)
+    seqs = []
+    for a, b in zip(ph_bounds[:-1], ph_bounds[1:]):
+        bars = [chroma[a:b][bar[a:b] == k].mean(0) for k in np.unique(bar[a:b])]
+        v = np.array(bars)
+        seqs.append(v / (np.linalg.norm(v, axis=1, keepdims=True) + 1e-9))
+    m = len(seqs)
+    out = np.zeros(m)
+    for i in range(m):
+        best = -1.0
+        for j in range(m):
+            if i != j:
+                k = min(len(seqs[i]), len(seqs[j]))
+                best = max(best, float(np.mean(np.sum(seqs[i][:k] * seqs[j][:k], axis=1))))
+        out[i] = best if m > 1 else 0.0
+    return out
 
 
 def bar_targets(plan, bounds: np.ndarray) -> np.ndarray:
