@@ -33,7 +33,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from datasets.atomic import locked_folder
 from datasets.errors import EditorError, ParameterError
@@ -58,6 +57,8 @@ def edit_song(policy, env, *, song: int = 0, deterministic: bool = True, seed: i
     """Run ``policy`` over song ``song`` of ``env`` (an AudioEditEnv) to the end of the
     episode. The one policy rollout of the project: inference, PPO's greedy evaluation
     and the benchmarks all edit through it. Leaves the policy's train/eval mode alone."""
+    import torch
+
     from agent.model import obs_to_tensors
 
     device = next(policy.parameters()).device
@@ -181,6 +182,13 @@ def _distribution(values: list[int], names: list[str]) -> str:
 
 def run(args: argparse.Namespace) -> dict:
     """Do the edit; returns the summary (also printed)."""
+    from datasets.audio import check_audio
+
+    # 0. The song first, before torch and the rest are imported (~3 s): a missing or
+    # unreadable input is one line in well under a second (issue 17).
+    check_audio(args.input)
+    import torch
+
     from agent.checkpoint import load_checkpoint, policy_from_checkpoint
     from agent.device import pick_device
     from agent.duration import LengthRequest, fit_length, policy_target_keep, trained_keep_range

@@ -81,6 +81,14 @@ def get_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = get_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from datasets.audio import check_audio
+
+    try:  # the inputs first, before the aligner is imported: a typo is one line at once
+        check_audio(args.raw)
+        check_audio(args.edited)
+    except EditorError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     from alignment.labels import MIN_CONFIDENCE, label_pair
     from datasets.safety import refuse_overwrite
 

@@ -629,7 +629,7 @@ def _refine_offset(y_edit: np.ndarray, y_raw: np.ndarray, e0: float, e1: float, 
     Searches +-1.5 frames around the frame-level offset; keeps the frame-level value
     when the correlation peak is weak (heavy processing destroys the waveform).
     """
-    from scipy.signal import fftconvolve
+    from datasets.dsp import fftconvolve_valid  # scipy.signal's, without its import cost
 
     span = e1 - e0
     if span < 0.2:
@@ -647,7 +647,7 @@ def _refine_offset(y_edit: np.ndarray, y_raw: np.ndarray, e0: float, e1: float, 
     if r0 < 0 or r1 > len(y_raw) or len(seg) < 256:
         return off
     ref = y_raw[r0:r1]
-    corr = fftconvolve(ref, seg[::-1], mode="valid")  # [2*search + 1]
+    corr = fftconvolve_valid(ref, seg[::-1])  # [2*search + 1]
     e_seg = float(np.dot(seg, seg))
     c2 = np.cumsum(np.r_[0.0, ref.astype(np.float64) ** 2])
     e_ref = c2[len(seg) :] - c2[: -len(seg)]

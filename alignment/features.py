@@ -70,9 +70,9 @@ def frame_times(n: int) -> np.ndarray:
 
 @lru_cache(maxsize=1)
 def _mel_basis() -> np.ndarray:
-    import librosa
+    from datasets.dsp import mel_filters  # librosa.filters.mel, without librosa's import cost
 
-    return librosa.filters.mel(sr=SR, n_fft=N_FFT, n_mels=N_MELS, fmin=FMIN, fmax=FMAX).astype(np.float32)
+    return mel_filters(sr=SR, n_fft=N_FFT, n_mels=N_MELS, fmin=FMIN, fmax=FMAX).astype(np.float32)
 
 
 def _power_spectrogram(y: np.ndarray) -> np.ndarray:

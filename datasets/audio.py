@@ -24,6 +24,7 @@ from datasets.errors import AudioError
 __all__ = [
     "ANALYSIS_SR",
     "Audio",
+    "check_audio",
     "load_audio",
     "write_audio",
     "to_mono",
@@ -96,6 +97,36 @@ def audio_hash(y: np.ndarray, sr: int) -> str:
     return h.hexdigest()
 
 
+def check_audio(path: str | os.PathLike):
+    """The checks that need no decoding: the file exists, is a file, is not empty and
+    libsndfile reads its header with at least one frame. Returns ``soundfile.info``.
+
+    Why apart from ``load_audio``: a command checks its input with it before it imports
+    anything heavy (torch, a checkpoint), so a typo in a path is one line in well under a
+    second (issue 17). Raises ``AudioError`` naming the file and the problem.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise AudioError(f"{p}: file not found")
+    if p.is_dir():
+        raise AudioError(f"{p}: is a directory, expected an audio file")
+    try:
+        size = p.stat().st_size
+        with open(p, "rb"):
+            pass
+    except OSError as exc:
+        raise AudioError(f"{p}: cannot be read ({exc.strerror or exc})") from None
+    if size == 0:
+        raise AudioError(f"{p}: file is empty (0 bytes)")
+    try:
+        info = sf.info(str(p))
+    except Exception as exc:  # libsndfile's message says which format problem
+        raise AudioError(f"{p}: not a readable audio file ({_short(exc)})") from None
+    if info.frames == 0:
+        raise AudioError(f"{p}: contains no audio samples")
+    return info
+
+
 def load_audio(path: str | os.PathLike, *, min_seconds: float = 0.0) -> Audio:
     """Decode any format libsndfile reads (wav, flac, ogg, opus, mp3).
 
@@ -105,18 +136,7 @@ def load_audio(path: str | os.PathLike, *, min_seconds: float = 0.0) -> Audio:
     needs beats raises.
     """
     p = Path(path)
-    if not p.exists():
-        raise AudioError(f"{p}: file not found")
-    if p.is_dir():
-        raise AudioError(f"{p}: is a directory, expected an audio file")
-    if p.stat().st_size == 0:
-        raise AudioError(f"{p}: file is empty (0 bytes)")
-    try:
-        info = sf.info(str(p))
-    except Exception as exc:  # libsndfile's message says which format problem
-        raise AudioError(f"{p}: not a readable audio file ({_short(exc)})") from None
-    if info.frames == 0:
-        raise AudioError(f"{p}: contains no audio samples")
+    info = check_audio(p)
     try:
         data, sr = sf.read(str(p), dtype="float32", always_2d=True)
     except Exception as exc:

@@ -193,6 +193,7 @@ def track_beats(
     sr: int,
     onset_env: np.ndarray | None = None,
     chroma: np.ndarray | None = None,
+    power: np.ndarray | None = None,
     beats_per_bar: int | None = None,
     name: str = "audio",
 ) -> BeatGrid:
@@ -201,23 +202,25 @@ def track_beats(
     y : np.ndarray [shape=(n,)] mono audio at ``sr`` (use ``ANALYSIS_SR``)
     onset_env, chroma : optional precomputed onset envelope [shape=(frames,)] and chroma
         [shape=(12, frames)] at ``HOP_LENGTH`` (the feature pipeline shares its STFT)
+    power : optional |STFT|^2 [shape=(1025, frames)] of ``y`` (n_fft 2048, ``HOP_LENGTH``),
+        for the kick/bass accents of the meter (else computed here: a second STFT)
     beats_per_bar : force the meter instead of estimating it
     name : used in error messages (the file name)
 
     Raises ``AudioError`` for silent audio, audio where no beat is found, and audio
     shorter than two bars at the detected tempo.
     """
-    import librosa
+    from datasets import dsp  # librosa's tracker, bit for bit, without librosa's import cost
 
     duration = len(y) / sr
     if len(y) == 0 or float(np.abs(y).max()) < 10 ** (-90 / 20):
         raise AudioError(f"{name}: the recording is silent, no beats can be found")
     if onset_env is None:
         onset_env = onset_envelope(y=y, sr=sr)
-    tempo, beat_frames = librosa.beat.beat_track(
+    tempo, beat_frames = dsp.beat_track(
         onset_envelope=onset_env, sr=sr, hop_length=HOP_LENGTH, start_bpm=START_BPM, tightness=100, trim=True
     )
-    beat_times = librosa.frames_to_time(beat_frames, sr=sr, hop_length=HOP_LENGTH)
+    beat_times = dsp.frames_to_time(beat_frames, sr=sr, hop_length=HOP_LENGTH)
     if len(beat_times) < 4:
         raise AudioError(f"{name}: no steady beat found ({len(beat_times)} beats in {duration:.1f} s)")
     period = float(np.median(np.diff(beat_times)))
@@ -234,10 +237,10 @@ def track_beats(
         period /= 2
     tempo = 60.0 / period
     if beats_per_bar is None or beats_per_bar < 2:
-        beats_per_bar, phase = _estimate_meter(y=y, sr=sr, beat_times=beat_times, onset_env=onset_env, chroma=chroma)
+        beats_per_bar, phase = _estimate_meter(y=y, sr=sr, beat_times=beat_times, onset_env=onset_env, chroma=chroma, power=power)
     else:
         _, phase = _estimate_meter(
-            y=y, sr=sr, beat_times=beat_times, onset_env=onset_env, chroma=chroma, candidates=(beats_per_bar,)
+            y=y, sr=sr, beat_times=beat_times, onset_env=onset_env, chroma=chroma, power=power, candidates=(beats_per_bar,)
         )
     if duration < 2 * beats_per_bar * period:
         raise AudioError(
@@ -254,6 +257,7 @@ def _estimate_meter(
     beat_times: np.ndarray,
     onset_env: np.ndarray,
     chroma: np.ndarray | None,
+    power: np.ndarray | None = None,
     candidates: tuple[int, ...] = (3, 4),
 ) -> tuple[int, int]:
     """Return (beats_per_bar, index of a downbeat among ``beat_times``).
@@ -265,19 +269,21 @@ def _estimate_meter(
     the best (m, p) wins. A 4/4 song also shows a 2-beat period, which favours m=4
     over m=3 (accent every second beat fits 4, not 3).
     """
-    import librosa
+    from datasets import dsp
 
-    frames = librosa.time_to_frames(beat_times, sr=sr, hop_length=HOP_LENGTH)
+    frames = dsp.time_to_frames(beat_times, sr=sr, hop_length=HOP_LENGTH)
     frames = np.clip(frames, 0, len(onset_env) - 1)
     if chroma is None:
+        import librosa
+
         chroma = librosa.feature.chroma_stft(y=y, sr=sr, hop_length=HOP_LENGTH)
     # sync pads: column 0 is [0, frame_0), column j + 1 is beat j
-    sync = librosa.util.sync(chroma, frames, aggregate=np.median)  # (12, n_beats + 1)
+    sync = dsp.sync(chroma, frames, aggregate=np.median)  # (12, n_beats + 1)
     sync = sync / (np.linalg.norm(sync, axis=0, keepdims=True) + 1e-9)
     # novelty[i] = harmony change INTO beat i (columns i + 1 vs i)
     novelty = np.r_[0.0, 1.0 - np.sum(sync[:, 2:] * sync[:, 1:-1], axis=0)][: len(frames)]
     strength = onset_env[frames]
-    low = _peaks(_low_onset_envelope(y=y, sr=sr), frames)
+    low = _peaks(_low_onset_envelope(y=y, sr=sr, power=power), frames)
     accent = _zscore(novelty) + 0.5 * _zscore(strength) + LOW_ACCENT_WEIGHT * _zscore(low)
     n = len(accent)
     best = (candidates[-1], 0, -np.inf)
@@ -320,16 +326,18 @@ def _peaks(env: np.ndarray, frames: np.ndarray) -> np.ndarray:
     return maximum_filter1d(env, size=2 * PEAK_HALF_WIDTH + 1, mode="nearest")[frames]
 
 
-def _low_onset_envelope(*, y: np.ndarray, sr: int) -> np.ndarray:
+def _low_onset_envelope(*, y: np.ndarray, sr: int, power: np.ndarray | None = None) -> np.ndarray:
     """Onset strength of the ``N_LOW_MELS`` lowest mel bands (kick, bass) at ``HOP_LENGTH``,
-    mean over the bands (a median would ignore a kick that fills only a few of them)."""
-    import librosa
+    mean over the bands (a median would ignore a kick that fills only a few of them).
+    ``power``: the caller's |STFT|^2 of ``y`` (n_fft 2048), so the song is transformed once."""
+    from datasets import dsp
 
     n_fft = 2048  # librosa's default, as in onset_envelope
-    power = np.abs(librosa.stft(y, n_fft=n_fft, hop_length=HOP_LENGTH)) ** 2
-    basis = librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=128)[:N_LOW_MELS]
-    mel_db = librosa.power_to_db(basis @ power)
-    return librosa.onset.onset_strength(S=mel_db, sr=sr, hop_length=HOP_LENGTH, aggregate=np.mean)
+    if power is None:
+        power = np.abs(dsp.stft(y, n_fft=n_fft, hop_length=HOP_LENGTH)) ** 2
+    basis = dsp.mel_filters(sr=sr, n_fft=n_fft, n_mels=128)[:N_LOW_MELS]
+    mel_db = dsp.power_to_db(basis @ power)
+    return dsp.onset_strength(S=mel_db, aggregate=np.mean, n_fft=n_fft, hop_length=HOP_LENGTH)
 
 
 def _zscore(x: np.ndarray) -> np.ndarray:

@@ -109,7 +109,6 @@ import logging
 import os
 import sys
 import time
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -117,6 +116,7 @@ from typing import Any
 import numpy as np
 
 from datasets import cache as _cache
+from datasets import dsp as _dsp
 from datasets import stems as _stems
 from datasets.audio import ANALYSIS_SR, Audio, load_audio
 from datasets.beats import BARS_PER_PHRASE, HOP_LENGTH, BeatGrid, track_beats
@@ -284,25 +284,12 @@ class _Analysis:
     chroma: np.ndarray  # (12, frames)
 
 
-_basis_cache: dict[tuple, Any] = {}
-
-
 def _mel_basis(cfg: FeatureConfig) -> np.ndarray:
-    key = ("mel", cfg.sr, cfg.n_fft, cfg.n_mels)
-    if key not in _basis_cache:
-        import librosa
-
-        _basis_cache[key] = librosa.filters.mel(sr=cfg.sr, n_fft=cfg.n_fft, n_mels=cfg.n_mels)
-    return _basis_cache[key]
+    return _dsp.mel_filters(sr=cfg.sr, n_fft=cfg.n_fft, n_mels=cfg.n_mels)
 
 
 def _chroma_basis(cfg: FeatureConfig, tuning: float) -> np.ndarray:
-    key = ("chroma", cfg.sr, cfg.n_fft, round(tuning, 2))
-    if key not in _basis_cache:
-        import librosa
-
-        _basis_cache[key] = librosa.filters.chroma(sr=cfg.sr, n_fft=cfg.n_fft, tuning=round(tuning, 2))
-    return _basis_cache[key]
+    return _dsp.chroma_filters(sr=cfg.sr, n_fft=cfg.n_fft, tuning=round(tuning, 2))
 
 
 def _analyse(y: np.ndarray, cfg: FeatureConfig) -> _Analysis:
@@ -313,25 +300,22 @@ def _analyse(y: np.ndarray, cfg: FeatureConfig) -> _Analysis:
     but from this STFT; the chroma as librosa.feature.chroma_stft, with the tuning
     estimated on every 4th frame when the song is longer than ~46 s (4x cheaper; on
     ../shared/data/music it moved the estimate by at most 0.03 semitone, while on a 6 s
-    clip it moved by 0.18, hence all frames for short songs).
+    clip it moved by 0.18, hence all frames for short songs). The librosa functions run
+    as datasets.dsp's bit-identical copies (no librosa/numba import in a fresh process).
     """
-    import librosa
-
-    D = librosa.stft(y, n_fft=cfg.n_fft, hop_length=cfg.hop_length)
+    D = _dsp.stft(y, n_fft=cfg.n_fft, hop_length=cfg.hop_length)
     S = np.abs(D)
     del D
     power = S * S
     mel = _mel_basis(cfg) @ power
-    mel_db = librosa.power_to_db(mel)
-    onset_env = librosa.onset.onset_strength(S=mel_db, sr=cfg.sr, hop_length=cfg.hop_length, aggregate=np.median)
-    with warnings.catch_warnings():
-        # Pure tones or silence leave piptrack no peaks: tuning 0 is then the answer.
-        warnings.simplefilter("ignore", UserWarning)
-        step = 4 if power.shape[1] > 2000 else 1
-        tuning = float(librosa.estimate_tuning(S=power[:, ::step], sr=cfg.sr, n_fft=cfg.n_fft))
+    mel_db = _dsp.power_to_db(mel)
+    onset_env = _dsp.onset_strength(S=mel_db, aggregate=np.median, n_fft=cfg.n_fft, hop_length=cfg.hop_length)
+    # Pure tones or silence leave piptrack no peaks: tuning 0 is then the answer.
+    step = 4 if power.shape[1] > 2000 else 1
+    tuning = float(_dsp.estimate_tuning(S=power[:, ::step], sr=cfg.sr, n_fft=cfg.n_fft))
     tuning = tuning if np.isfinite(tuning) else 0.0
     raw = _chroma_basis(cfg, tuning) @ power
-    chroma = librosa.util.normalize(raw, norm=np.inf, axis=0)
+    chroma = _dsp.normalize(raw, norm=np.inf, axis=0)
     freqs = np.linspace(0, cfg.sr / 2, S.shape[0])
     return _Analysis(S=S, power=power, freqs=freqs, mel_db=mel_db, onset_env=onset_env, chroma=chroma)
 
@@ -408,8 +392,6 @@ def _zero_crossing_rate(y: np.ndarray, n_frames: int, cfg: FeatureConfig) -> np.
 
 # =========================================================================== features
 def _spectral(a: _Analysis, y: np.ndarray, grid: BeatGrid, bf: _BeatFrames, cfg: FeatureConfig) -> dict:
-    import librosa
-
     S, power, freqs = a.S, a.power, a.freqs
     out: dict[str, np.ndarray] = {}
     out["onset_strength"] = bf.mean(a.onset_env)
@@ -448,7 +430,7 @@ def _spectral(a: _Analysis, y: np.ndarray, grid: BeatGrid, bf: _BeatFrames, cfg:
     flux = np.r_[0.0, np.sqrt(np.maximum(norm2[1:] + norm2[:-1] - 2.0 * cross, 0.0))]
     zcr = _zero_crossing_rate(y, S.shape[1], cfg)
     # Contrast: the sorted-quantile peak/valley per octave band (librosa's definition).
-    contrast = librosa.feature.spectral_contrast(S=S, sr=cfg.sr, n_fft=cfg.n_fft, n_bands=cfg.n_contrast_bands)
+    contrast = _dsp.spectral_contrast(S=S, sr=cfg.sr, n_fft=cfg.n_fft, n_bands=cfg.n_contrast_bands)
     out["spectral_centroid"] = bf.mean(centroid)
     out["spectral_rolloff"] = bf.mean(rolloff)
     out["spectral_bandwidth"] = bf.mean(bandwidth)
@@ -475,10 +457,8 @@ def _spectral(a: _Analysis, y: np.ndarray, grid: BeatGrid, bf: _BeatFrames, cfg:
 
 
 def _timbre_harmony(a: _Analysis, bf: _BeatFrames) -> dict:
-    import librosa
-
     out: dict[str, np.ndarray] = {}
-    mfcc_frames = librosa.feature.mfcc(S=a.mel_db, n_mfcc=13)
+    mfcc_frames = _dsp.mfcc(S=a.mel_db, n_mfcc=13)
     mfcc = bf.mean(mfcc_frames)  # (13, n_beats)
     delta = np.gradient(mfcc, axis=1) if mfcc.shape[1] > 1 else np.zeros_like(mfcc)
     chroma = bf.mean(a.chroma)  # (12, n_beats)
@@ -487,7 +467,7 @@ def _timbre_harmony(a: _Analysis, bf: _BeatFrames) -> dict:
         out[f"mfcc_delta_{i}"] = delta[i]
     for i, p in enumerate(PITCH_CLASSES):
         out[f"chroma_{p}"] = chroma[i]
-    tonnetz = librosa.feature.tonnetz(chroma=chroma) if chroma.any() else np.zeros((6, chroma.shape[1]))
+    tonnetz = _dsp.tonnetz(chroma=chroma) if chroma.any() else np.zeros((6, chroma.shape[1]))
     for i in range(6):
         out[f"tonnetz_{i}"] = np.nan_to_num(tonnetz[i])
     out["key_clarity"] = _key_clarity(chroma)
@@ -549,8 +529,6 @@ def _rhythm(a: _Analysis, grid: BeatGrid, bf: _BeatFrames) -> dict:
 
 
 def _structure(a: _Analysis, grid: BeatGrid, bf: _BeatFrames, f: dict, cfg: FeatureConfig) -> dict:
-    import librosa
-
     n, bpb = grid.n_beats, grid.beats_per_bar
     b, dur = grid.bounds, grid.duration
     d = np.diff(b)
@@ -605,10 +583,10 @@ def _structure(a: _Analysis, grid: BeatGrid, bf: _BeatFrames, f: dict, cfg: Feat
         return out
 
     env = a.onset_env
-    peaks = librosa.util.peak_pick(
+    peaks = _dsp.peak_pick(
         env, pre_max=3, post_max=3, pre_avg=3, post_avg=5, delta=0.07 * (env.max() if len(env) else 0), wait=3
     ) if len(env) > 10 and env.max() > 0 else np.array([], dtype=int)
-    counts = np.histogram(librosa.frames_to_time(peaks, sr=cfg.sr, hop_length=cfg.hop_length), bins=b)[0]
+    counts = np.histogram(_dsp.frames_to_time(peaks, sr=cfg.sr, hop_length=cfg.hop_length), bins=b)[0]
     phrase = grid.phrase
     seg = np.zeros(n)
     for p in np.unique(phrase):
@@ -660,10 +638,8 @@ def _stem_frame_features(
     if net is None:
         mags = _stems.dsp_masks(S=a.S, sr=cfg.sr, n_fft=cfg.n_fft) * a.S[None]
     else:
-        import librosa
-
         wav = _stems.stem_waveforms(audio, label=label, net=net)
-        mags = np.stack([np.abs(librosa.stft(w, n_fft=cfg.n_fft, hop_length=cfg.hop_length)) for w in wav])
+        mags = np.stack([np.abs(_dsp.stft(w, n_fft=cfg.n_fft, hop_length=cfg.hop_length)) for w in wav])
         mags = mags[..., :n_frames]
     out = np.zeros((4, 3, n_frames), dtype=np.float32)
     for k in range(4):
@@ -700,7 +676,7 @@ def _core(audio: Audio, grid: BeatGrid | None, cfg: FeatureConfig) -> tuple[_Ana
     y = audio.y_mono
     a = _analyse(y, cfg)
     if grid is None:
-        grid = track_beats(y=y, sr=cfg.sr, onset_env=a.onset_env, chroma=a.chroma, name=audio.path)
+        grid = track_beats(y=y, sr=cfg.sr, onset_env=a.onset_env, chroma=a.chroma, power=a.power, name=audio.path)
     bf = _BeatFrames(grid, a.S.shape[1], cfg)
     f = _spectral(a, y, grid, bf, cfg)
     f.update(_timbre_harmony(a, bf))

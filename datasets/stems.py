@@ -14,6 +14,10 @@ Two methods, one interface (``separate``), and the log says once which one ran:
     2. ``$EDITOR_DEMUCS_MODEL`` (name or file) and ``$EDITOR_DEMUCS_REPO`` (folder);
     3. ``htdemucs`` from the HuggingFace / torch hub caches on this machine.
 
+    Whether any of these holds weights is probed on the file system first
+    (``_weights_on_disk``): where none exist, "auto" falls back without importing
+    torch or demucs (that import cost ~2 s of every cold start).
+
 ``dsp`` (fallback when no weights are available)
     Harmonic/percussive separation (Fitzgerald 2010 median filtering) followed by
     band splits of the harmonic part. Masks are soft and sum to one in every
@@ -40,6 +44,7 @@ import contextlib
 import io
 import logging
 import os
+import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,9 +132,9 @@ def _dsp_bases(sr: int, n_fft: int, n_bins: int) -> tuple[np.ndarray, np.ndarray
     (to spread band masks back to bins) and the band-split weights [3, bins]."""
     key = (sr, n_fft, n_bins)
     if key not in _mask_basis_cache:
-        import librosa
+        from datasets.dsp import mel_filters
 
-        fb = librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=N_MEL_POOL, norm=None)[:, :n_bins]
+        fb = mel_filters(sr=sr, n_fft=n_fft, n_mels=N_MEL_POOL, norm=None)[:, :n_bins]
         back = fb.T.copy()
         cover = back.sum(axis=1, keepdims=True)
         # Bins no filter covers (DC, top bins) take the nearest band's mask.
@@ -214,6 +219,70 @@ def _model_spec(model: Any) -> tuple[str, str, Path | None]:
     return (p.stem if p.is_file() else name), name, repo
 
 
+#: Demucs' HuggingFace namespace and repository names (demucs.hf.hf_repo_name), so the
+#: HF cache can be probed without importing demucs.
+_HF_NAMESPACE = "adefossez"
+
+
+def _hf_repo_id(name: str) -> str:
+    namespace, _, short = name.rpartition("/")
+    repo = "HTDemucs" if short == "htdemucs" else (
+        "HTDemucs-" + short[len("htdemucs_"):] if short.startswith("htdemucs_") else "Demucs-" + short)
+    return f"{namespace or _HF_NAMESPACE}/{repo}"
+
+
+def _cache_home() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+
+
+def _demucs_signatures(name: str) -> list[str]:
+    """Model signatures of a demucs model name: the ones its bag file (demucs/remote/
+    NAME.yaml) lists, or the name itself (a single model). Read from the installed
+    package's files, not imported."""
+    import importlib.util
+
+    sigs = [name]
+    spec = importlib.util.find_spec("demucs")  # a top-level package: found, not imported
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        bag = Path(root) / "remote" / f"{name}.yaml"
+        if bag.is_file():
+            sigs += re.findall(r"[0-9a-f]{8}", bag.read_text())
+    return sigs
+
+
+def _weights_on_disk(name: str, repo: Path | None) -> str | None:
+    """None when Demucs weights for ``name`` may be on this machine, else why not.
+
+    Probes the file system only: importing torch and demucs to learn that no weights
+    exist cost ~2 s of every cold start. Where demucs.pretrained.get_model looks:
+    ``repo`` (NAME.yaml or a NAME*.th), the HuggingFace cache (models--NS--REPO), the
+    torch hub cache (SIG-*.th of the model's signatures). A hit is only "maybe": the
+    load itself still decides, and reports its own error.
+    """
+    if name == "demucs_unittest":  # built with random weights, nothing to find
+        return None
+    if repo is not None:
+        if (repo / f"{name}.yaml").is_file() or any(repo.glob(f"{name}*.th")):
+            return None
+        return f"demucs model '{name}' unavailable in {repo}: no {name}.yaml or {name}*.th there"
+    hf_name = name[len("hf://"):] if name.startswith("hf://") else name
+    hf_cache = Path(
+        os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
+        or Path(os.environ.get("HF_HOME") or _cache_home() / "huggingface") / "hub"
+    )
+    if (hf_cache / ("models--" + _hf_repo_id(hf_name).replace("/", "--"))).is_dir():
+        return None
+    hub = Path(os.environ.get("TORCH_HOME") or _cache_home() / "torch") / "hub" / "checkpoints"
+    if hub.is_dir() and not name.startswith("hf://"):
+        for sig in _demucs_signatures(name):
+            if any(hub.glob(f"{sig}-*.th")):
+                return None
+    return (
+        f"no local weights for demucs model '{name}' (point EDITOR_DEMUCS_REPO at them; "
+        "README 'Stems and Demucs weights')"
+    )
+
+
 def _load_demucs(model: Any, *, quiet_download: bool = False) -> tuple[Any, str]:
     """Build (model, label); raises EditorError with one line when it cannot."""
     if model is not None and not isinstance(model, (str, os.PathLike)):
@@ -224,6 +293,11 @@ def _load_demucs(model: Any, *, quiet_download: bool = False) -> tuple[Any, str]
         return _models[key], label
     if key in _failures:
         raise EditorError(_failures[key])
+    if not Path(name).is_file() and (repo is None or repo.is_dir()):
+        missing = _weights_on_disk(name, repo)
+        if missing is not None:  # known before torch and demucs are imported
+            _failures[key] = missing
+            raise EditorError(missing)
     try:
         demucs = _import_demucs()
         p = Path(name)

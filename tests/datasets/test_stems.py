@@ -106,3 +106,39 @@ def test_auto_falls_back_once_with_a_warning(tmp_path, monkeypatch, caplog):
 def test_bad_method_is_a_parameter_error():
     with pytest.raises(ParameterError, match="spleeter"):
         S.resolve_method("spleeter")
+
+
+def test_no_weights_is_known_without_importing_torch(tmp_path):
+    """A cold start on a machine without Demucs weights pays no torch/demucs import."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith(("EDITOR_DEMUCS", "HF_", "TORCH_HOME"))}
+    env.update(XDG_CACHE_HOME=str(tmp_path / "cache"), HOME=str(tmp_path))
+    code = (
+        "import sys; from datasets.stems import resolve_method; "
+        "print(resolve_method('auto')[0], 'torch' in sys.modules, 'demucs' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=S.__file__.rsplit("/datasets/", 1)[0])
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["dsp", "False", "False"], out.stdout
+    assert "no local weights for demucs model 'htdemucs'" in out.stderr
+
+
+def test_weights_probe_finds_the_places_demucs_loads_from(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    for k in ("HF_HOME", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "TORCH_HOME"):
+        monkeypatch.delenv(k, raising=False)
+    assert "no local weights" in S._weights_on_disk("htdemucs", None)
+    hub = tmp_path / "torch" / "hub" / "checkpoints"
+    hub.mkdir(parents=True)
+    (hub / "955717e8-8726e21a.th").write_bytes(b"")  # htdemucs' one signature (demucs/remote/htdemucs.yaml)
+    assert S._weights_on_disk("htdemucs", None) is None
+    assert "no local weights" in S._weights_on_disk("htdemucs_ft", None)
+    (tmp_path / "huggingface" / "hub" / "models--adefossez--HTDemucs-ft").mkdir(parents=True)
+    assert S._weights_on_disk("htdemucs_ft", None) is None
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    assert "unavailable in" in S._weights_on_disk("mdx", repo)
+    (repo / "mdx.yaml").write_text("models: ['0d19c1c6']\n")
+    assert S._weights_on_disk("mdx", repo) is None
