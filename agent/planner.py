@@ -75,6 +75,13 @@ class PlannerConfig:
     lr: float = 0.01
     weight_decay: float = 1e-3
     dropout: float = 0.1
+    budget_from_labels: bool = True
+    """training songs' budgeted plan (the ``plan_budget_keep`` channel) takes the editor's
+    kept bars first, the out-of-fold planner ordering the rest; inference's comes from
+    the planner alone. The policy learns to carry out the budgeted plan rather than to
+    second-guess it from its window, which it did worse than the planner: loud70, 18
+    held-out real songs, planner 0.824 IoU vs the policy trained on out-of-fold plans only
+    0.732 (policy vs its own plan: 0.839)"""
     folds: int = 4
     """out-of-fold priors for the training songs (fewer songs: one fold per song)"""
     seed: int = 0
@@ -218,14 +225,21 @@ def bar_targets(plan, bounds: np.ndarray) -> np.ndarray:
     return np.asarray(out, dtype=np.float32)
 
 
-def beat_prior(probs: np.ndarray, bounds: np.ndarray, grid: BeatGrid) -> np.ndarray:
-    """Per-beat prior [shape=(n_beats, 4)]: keep, keep of its phrase (mean over the
-    phrase's bars), repeat, fade; the layout ``envs.context.PLAN_CHANNELS`` expects."""
+def beat_prior(probs: np.ndarray, bounds: np.ndarray, grid: BeatGrid, *, kept: np.ndarray | None = None) -> np.ndarray:
+    """Per-beat prior [shape=(n_beats, 5)] in ``envs.context.PLAN_PRIOR_COLUMNS`` order:
+    keep, keep of its phrase (mean over the phrase's bars), repeat, fade, and the score
+    that orders bars for the budgeted plan (the phrase's keep, the bar's own breaking
+    ties). ``kept`` [n_bars] bool (training songs, ``PlannerConfig.budget_from_labels``):
+    the editor's kept bars rank first, so the budgeted plan the policy learns from is
+    the editor's wherever the keep ratio allows."""
     nb = len(bounds) - 1
     bar_no = np.asarray(grid.bar)[bounds[:-1]]
     _, ph_of = np.unique(bar_no // PHRASE_BARS, return_inverse=True)
     ph_keep = np.bincount(ph_of, probs[:, 0]) / np.bincount(ph_of)
-    per_bar = np.stack([probs[:, 0], ph_keep[ph_of], probs[:, 1], probs[:, 2]], axis=1)
+    score = (ph_keep[ph_of] + 0.1 * probs[:, 0]) / 1.1  # in [0, 1]
+    if kept is not None:
+        score = score + 2.0 * np.asarray(kept, dtype=np.float64)
+    per_bar = np.stack([probs[:, 0], ph_keep[ph_of], probs[:, 1], probs[:, 2], score], axis=1)
     reps = np.diff(bounds)
     assert len(reps) == nb
     return np.repeat(per_bar, reps, axis=0).astype(np.float32)
@@ -331,7 +345,8 @@ def oof_priors(songs: list[tuple[str, np.ndarray, BeatGrid, object]], cfg: Plann
         model = Planner.fit(train, cfg) if train else full
         for i, ((X, _, bounds), fo) in enumerate(zip(tables, fold)):
             if fo == f:
-                priors[i] = beat_prior(model.predict(X), bounds, songs[i][2])
+                kept = tables[i][1][:, 0] > 0.5 if cfg.budget_from_labels else None
+                priors[i] = beat_prior(model.predict(X), bounds, songs[i][2], kept=kept)
     return priors, full  # type: ignore[return-value]
 
 

@@ -70,8 +70,11 @@ CONTEXT_CHANNELS: tuple[str, ...] = (
 #: until the target keep ratio is filled (the "cut until X % is left" decision, made
 #: over the whole song at once, for the ratio this episode aims at).
 PLAN_CHANNELS: tuple[str, ...] = ("plan_keep", "plan_keep_phrase", "plan_repeat", "plan_fade", "plan_budget_keep", "plan_known")
-#: The planner's per-beat prior columns (``Song.plan_prior``), in this order.
-PLAN_PRIOR_COLUMNS: tuple[str, ...] = PLAN_CHANNELS[:4]
+#: The planner's per-beat prior columns (``Song.plan_prior``), in this order: the four
+#: probabilities shown as channels, then ``plan_score``, the order in which the budgeted
+#: plan takes bars (not shown to the policy: for training songs it ranks the editor's own
+#: kept bars first, agent/planner.py).
+PLAN_PRIOR_COLUMNS: tuple[str, ...] = PLAN_CHANNELS[:4] + ("plan_score",)
 SONG_CHANNELS = CONTEXT_CHANNELS
 CONTEXT_CHANNELS = SONG_CHANNELS + PLAN_CHANNELS
 N_CONTEXT = len(CONTEXT_CHANNELS)
@@ -119,7 +122,7 @@ def budget_keep(score: np.ndarray, grid: BeatGrid, target_keep: float) -> np.nda
 def plan_channels(plan_prior: np.ndarray | None, grid: BeatGrid, *, target_keep: float) -> np.ndarray:
     """The ``PLAN_CHANNELS`` of every beat [shape=(n_beats, len(PLAN_CHANNELS)), float32].
 
-    plan_prior : [shape=(n_beats, 4)] ``PLAN_PRIOR_COLUMNS`` (agent/planner.py), or None
+    plan_prior : [shape=(n_beats, 5)] ``PLAN_PRIOR_COLUMNS`` (agent/planner.py), or None
     target_keep : the keep ratio the budgeted plan fills (the env's)
     """
     n = grid.n_beats
@@ -128,9 +131,8 @@ def plan_channels(plan_prior: np.ndarray | None, grid: BeatGrid, *, target_keep:
         return out.astype(np.float32)
     prior = np.nan_to_num(np.asarray(plan_prior, dtype=np.float64))
     assert prior.shape == (n, len(PLAN_PRIOR_COLUMNS)), f"plan prior {prior.shape} does not match {n} beats"
-    out[:, :4] = prior
-    # the phrase's mean decides; the bar's own probability breaks ties inside a phrase
-    out[:, 4] = budget_keep(prior[:, 1] + 0.1 * prior[:, 0], grid, target_keep)
+    out[:, :4] = prior[:, :4]
+    out[:, 4] = budget_keep(prior[:, 4], grid, target_keep)
     out[:, 5] = 1.0
     return out.astype(np.float32)
 

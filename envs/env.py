@@ -52,7 +52,7 @@ class Song:
     y, sr : optional raw audio [shape=(channels, n)] at its native rate, for the reward's
         click / level check at the real joins
     human_plan : optional aligned human plan of this song (the reward's imitation term)
-    plan_prior : optional [shape=(n_beats, 4)] whole-song plan of the editor's style
+    plan_prior : optional [shape=(n_beats, 5)] whole-song plan of the editor's style
         (agent/planner.py; ``envs.context.PLAN_PRIOR_COLUMNS``), shown to the policy as
         the plan channels of the observation
     """
@@ -75,8 +75,8 @@ class Song:
             )
         if self.human_plan is not None and self.human_plan.grid.n_beats != self.grid.n_beats:
             raise ParameterError(f"song {self.name}: human plan has {self.human_plan.grid.n_beats} beats, grid {self.grid.n_beats}")
-        if self.plan_prior is not None and self.plan_prior.shape != (self.grid.n_beats, 4):
-            raise ParameterError(f"song {self.name}: plan prior {self.plan_prior.shape} does not match its grid ({self.grid.n_beats} beats x 4)")
+        if self.plan_prior is not None and self.plan_prior.shape != (self.grid.n_beats, 5):
+            raise ParameterError(f"song {self.name}: plan prior {self.plan_prior.shape} does not match its grid ({self.grid.n_beats} beats x 5)")
 
     @classmethod
     def from_features(cls, feats, *, audio=None, human_plan: EditPlan | None = None, name: str | None = None,

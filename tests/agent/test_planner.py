@@ -47,7 +47,9 @@ def test_bar_features_and_targets():
     assert Y[:4, 0].all()  # the opening phrase is kept
     assert Y[:, 0].sum() == 24 and Y[:, 1].sum() == 0 and Y[:, 2].sum() == 1
     prior = beat_prior(Y, bounds, g)
-    assert prior.shape == (g.n_beats, 4) and np.allclose(prior[:, 0], np.repeat(Y[:, 0], 4))
+    assert prior.shape == (g.n_beats, 5) and np.allclose(prior[:, 0], np.repeat(Y[:, 0], 4))
+    ranked = beat_prior(np.full_like(Y, 0.5), bounds, g, kept=Y[:, 0] > 0.5)  # training songs: the editor's bars first
+    assert (ranked[Y[np.repeat(np.arange(32), 4), 0] > 0.5, 4] > ranked[Y[np.repeat(np.arange(32), 4), 0] < 0.5, 4].max()).all()
 
 
 def test_planner_learns_a_whole_song_phrase_rule_from_three_songs():
@@ -77,8 +79,8 @@ def test_oof_priors_are_deterministic_and_exclude_the_song():
     p2, _ = oof_priors(songs, PlannerConfig(epochs=50))
     assert all(np.array_equal(a, b) for a, b in zip(p1, p2))
     v, g = songs[0][1], songs[0][2]
-    assert p1[0].shape == (g.n_beats, 4)
-    assert not np.allclose(p1[0], full.prior(v, g))  # the song's own prior is out of fold
+    assert p1[0].shape == (g.n_beats, 5)
+    assert not np.allclose(p1[0][:, :4], full.prior(v, g)[:, :4])  # the song's own prior is out of fold
 
 
 def test_plan_channels_budget_fills_the_target():
@@ -86,7 +88,7 @@ def test_plan_channels_budget_fills_the_target():
     score = np.repeat(np.linspace(1, 0, 32), 4)  # earlier bars rank first
     keep = budget_keep(score, g, 0.5)
     assert keep[: g.n_beats // 2].all() and not keep[g.n_beats // 2 :].any()
-    ch = plan_channels(np.stack([score] * 4, 1), g, target_keep=0.25)
+    ch = plan_channels(np.stack([score] * 5, 1), g, target_keep=0.25)
     assert ch.shape == (g.n_beats, len(PLAN_CHANNELS))
     assert ch[:, PLAN_CHANNELS.index("plan_known")].all()
     assert np.isclose(ch[:, PLAN_CHANNELS.index("plan_budget_keep")].mean(), 0.25)
