@@ -70,17 +70,31 @@ def _region_kind(plan: EditPlan) -> list[str]:
     return kinds
 
 
+def _runs(kinds: list[str]) -> list[tuple[int, int, str]]:
+    """(first beat, one past the last, kind) of each run of equal kinds."""
+    runs: list[tuple[int, int, str]] = []
+    for i, k in enumerate(kinds):
+        if runs and runs[-1][2] == k and runs[-1][1] == i:
+            runs[-1] = (runs[-1][0], i + 1, k)
+        else:
+            runs.append((i, i + 1, k))
+    return runs
+
+
 def plot_edit(
     plan: EditPlan, *, y: np.ndarray, sr: int, path: str | os.PathLike, title: str = "", crossfade_ms: float = DEFAULT_CROSSFADE_MS
 ) -> Path:
     """Draw the edit to a PNG (written atomically).
 
     y : raw audio [shape=(channels, n) or (n,)] at rate sr, for the waveform.
-    """
-    import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Drawn with matplotlib's object API on an Agg canvas, without pyplot (no figure
+    manager, no backend selection: ~0.1 s less in a fresh process), and one span per
+    run of beats of one kind instead of one per beat (a 3-minute song: ~40 spans, not
+    ~480; the drawing took ~0.4 s).
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
     mono = y.mean(axis=0) if y.ndim == 2 else y
@@ -90,11 +104,12 @@ def plot_edit(
     env = np.abs(mono[: n * hop]).reshape(n, hop).max(axis=1)
     t = np.arange(n) * hop / sr
 
-    fig, (ax_raw, ax_out) = plt.subplots(2, 1, figsize=(12, 4.5), gridspec_kw={"height_ratios": [2, 1]})
-    kinds = _region_kind(plan)
+    fig = Figure(figsize=(12, 4.5))
+    FigureCanvasAgg(fig)
+    ax_raw, ax_out = fig.subplots(2, 1, gridspec_kw={"height_ratios": [2, 1]})
     b = plan.grid.bounds
-    for i, k in enumerate(kinds):
-        ax_raw.axvspan(b[i], b[i + 1], color=_COLOURS[k], alpha=0.35, lw=0)
+    for i0, i1, k in _runs(_region_kind(plan)):
+        ax_raw.axvspan(b[i0], b[i1], color=_COLOURS[k], alpha=0.35, lw=0)
     ax_raw.fill_between(t, -env, env, color="#222222", lw=0)
     ax_raw.set_xlim(0, plan.grid.duration)
     ax_raw.set_ylim(-1.05, 1.05)
@@ -114,11 +129,8 @@ def plot_edit(
     ax_out.set_xlabel("output time (s); labels give the raw span played")
     fig.tight_layout()
 
-    try:
-        with atomic_path(path, suffix=".png") as tmp:
-            fig.savefig(tmp, dpi=100)
-    finally:
-        plt.close(fig)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=100)
     return Path(path)
 
 

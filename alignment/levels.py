@@ -144,40 +144,52 @@ def _fit_gain_fades(t: np.ndarray, ratio: np.ndarray, dur: float) -> tuple[float
     ratio (dB) along a segment: ratio ~ gain + 20 log10(fade_curve(t / L_in) *
     fade_curve((dur - t) / L_out)), robust (L1) fit, both clipped at -30 dB where the
     raw's own noise decides. Coordinate search over lengths; a fade must lower the
-    cost by FADE_PENALTY_DB to be kept (no fade is the simpler answer)."""
+    cost by FADE_PENALTY_DB to be kept (no fade is the simpler answer).
+
+    Each sweep of one side holds the other side fixed, so its 29 candidates are scored
+    in one array operation (fade curves of every length computed once) and then
+    walked in order as the one-at-a-time search did: same numbers, ~10x faster."""
     step = max(1, len(t) // 400)
     t, ratio = t[::step], ratio[::step]
     cands = np.r_[0.0, np.geomspace(MIN_FADE_S, max(dur, MIN_FADE_S * 1.01), 28)]
+    # gain of every candidate fade at every point; length 0 = no fade = gain 1
+    ones = np.ones((1, len(t)))
+    g_in = np.concatenate([ones, fade_curve(t[None, :] / cands[1:, None])])
+    g_out = np.concatenate([ones, fade_curve((dur - t)[None, :] / cands[1:, None])])
+    floor = 10 ** (-30 / 20)
 
-    def model(l_in: float, l_out: float) -> np.ndarray:
-        g = np.ones_like(t)
-        if l_in > 0:
-            g = g * fade_curve(t / l_in)
-        if l_out > 0:
-            g = g * fade_curve((dur - t) / l_out)
-        return 20 * np.log10(np.maximum(g, 10 ** (-30 / 20)))
-
-    def cost(l_in: float, l_out: float) -> tuple[float, float]:
-        m = model(l_in, l_out)
+    def costs(i_in: np.ndarray, i_out: np.ndarray) -> list[tuple[float, float]]:
+        """(cost, gain) of the candidate pairs (cands[i_in[k]], cands[i_out[k]])."""
+        m = 20 * np.log10(np.maximum(g_in[i_in] * g_out[i_out], floor))  # (pairs, points)
         sel = m > -20.0
-        if sel.sum() < 3:
-            return np.inf, 0.0
-        g = float(np.median(ratio[sel] - m[sel]))
-        c = float(np.mean(np.abs(np.maximum(ratio - g, -30.0) - m)))
-        return c + FADE_PENALTY_DB * ((l_in > 0) + (l_out > 0)), g
+        k = sel.sum(axis=1)
+        ok = k >= 3
+        # median of ratio - m over each row's selected points, as np.median takes it: the
+        # middle value, or the mean (a + b) / 2 of the two middle ones
+        d = np.sort(np.where(sel, ratio[None, :] - m, np.inf), axis=1)
+        rows = np.arange(len(m))
+        hi, lo = d[rows, k // 2], d[rows, np.maximum(k // 2 - 1, 0)]
+        g = np.where(ok, np.where(k % 2 == 1, hi, (lo + hi) / 2), 0.0)
+        c = np.mean(np.abs(np.maximum(ratio[None, :] - g[:, None], -30.0) - m), axis=1)
+        # the penalty as the one-at-a-time search computed it: (l_in > 0) + (l_out > 0) on
+        # numpy bools is a logical or, so a second fade costs no more than the first
+        faded = (cands[i_in] > 0) | (cands[i_out] > 0)
+        return [(float(ck) + FADE_PENALTY_DB * bool(fk), float(gk)) if o else (np.inf, 0.0)
+                for ck, gk, fk, o in zip(c, g, faded, ok)]
 
-    best_in, best_out = 0.0, 0.0
-    best_c, best_g = cost(0.0, 0.0)
+    best_in, best_out = 0, 0  # indices into cands
+    best_c, best_g = costs(np.array([0]), np.array([0]))[0]
     for _ in range(2):
         for which in ("out", "in"):
-            for L in cands:
-                li, lo_ = (L, best_out) if which == "in" else (best_in, L)
-                if li + lo_ > dur * 1.001:
-                    continue
-                c, g = cost(li, lo_)
+            idx = np.arange(len(cands))
+            i_in = idx if which == "in" else np.full(len(cands), best_in)
+            i_out = np.full(len(cands), best_out) if which == "in" else idx
+            keep = cands[i_in] + cands[i_out] <= dur * 1.001
+            i_in, i_out = i_in[keep], i_out[keep]
+            for li, lo_, (c, g) in zip(i_in, i_out, costs(i_in, i_out)):
                 if c < best_c - 1e-9:
-                    best_c, best_g, best_in, best_out = c, g, li, lo_
-    return float(best_g), float(best_in), float(best_out), float(best_c)
+                    best_c, best_g, best_in, best_out = c, g, int(li), int(lo_)
+    return float(best_g), float(cands[best_in]), float(cands[best_out]), float(best_c)
 
 
 def _fit_fade(t: np.ndarray, amp: np.ndarray, dur: float) -> float:

@@ -320,10 +320,10 @@ def _half_beat_ratio(onset_env: np.ndarray, beat_frames: np.ndarray) -> float:
 
 def _peaks(env: np.ndarray, frames: np.ndarray) -> np.ndarray:
     """Max of ``env`` within ``PEAK_HALF_WIDTH`` frames of each frame [shape=frames.shape]."""
-    from scipy.ndimage import maximum_filter1d
-
     frames = np.clip(frames, 0, len(env) - 1)
-    return maximum_filter1d(env, size=2 * PEAK_HALF_WIDTH + 1, mode="nearest")[frames]
+    # scipy.ndimage.maximum_filter1d(mode="nearest"), without importing scipy.ndimage
+    padded = np.pad(env, PEAK_HALF_WIDTH, mode="edge")
+    return np.lib.stride_tricks.sliding_window_view(padded, 2 * PEAK_HALF_WIDTH + 1).max(axis=1)[frames]
 
 
 def _low_onset_envelope(*, y: np.ndarray, sr: int, power: np.ndarray | None = None) -> np.ndarray:

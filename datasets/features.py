@@ -635,15 +635,15 @@ def _stem_frame_features(
         )
         if hit is not None:
             return hit["frames"]
-    if net is None:
-        mags = _stems.dsp_masks(S=a.S, sr=cfg.sr, n_fft=cfg.n_fft) * a.S[None]
+    if net is None:  # one mask at a time: mask * S, as the stacked product was, stem by stem
+        S_c = np.ascontiguousarray(a.S)  # C order like the masks: 4x faster products, same values
+        mags = (m * S_c for m in _stems.dsp_mask_iter(S=a.S, sr=cfg.sr, n_fft=cfg.n_fft))
     else:
         wav = _stems.stem_waveforms(audio, label=label, net=net)
-        mags = np.stack([np.abs(_dsp.stft(w, n_fft=cfg.n_fft, hop_length=cfg.hop_length)) for w in wav])
-        mags = mags[..., :n_frames]
+        # C order, as the stacked array was: the layout decides the BLAS products' last bits
+        mags = (np.ascontiguousarray(np.abs(_dsp.stft(w, n_fft=cfg.n_fft, hop_length=cfg.hop_length)))[:, :n_frames] for w in wav)
     out = np.zeros((4, 3, n_frames), dtype=np.float32)
-    for k in range(4):
-        Sk = mags[k]
+    for k, Sk in enumerate(mags):
         Pk = Sk * Sk
         out[k, 0] = _frame_rms(Pk, cfg.n_fft)
         out[k, 1] = _centroid(Sk, a.freqs)[0]

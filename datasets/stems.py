@@ -62,6 +62,7 @@ __all__ = [
     "Stems",
     "separate",
     "dsp_masks",
+    "dsp_mask_iter",
     "resolve_method",
     "DEFAULT_DEMUCS_MODEL",
     "N_FFT",
@@ -156,6 +157,49 @@ def _dsp_bases(sr: int, n_fft: int, n_bins: int) -> tuple[np.ndarray, np.ndarray
     return _mask_basis_cache[key]
 
 
+def _median_filter(M: np.ndarray, size: int, axis: int) -> np.ndarray:
+    """``scipy.ndimage.median_filter(M, size=...)`` along one axis of a 2-D array, mode
+    "reflect" (half-sample symmetric), in blocks. A median of an odd window is one of its
+    elements, so any exact method gives the same array; np.partition is ~4x faster than
+    ndimage's rank filter here and spares the scipy.ndimage import (~0.3 s)."""
+    half = size // 2
+    pad = [(0, 0), (0, 0)]
+    pad[axis] = (half, half)
+    P = np.pad(M, pad, mode="symmetric")
+    W = np.lib.stride_tricks.sliding_window_view(P, size, axis=axis)  # (rows, cols, size)
+    out = np.empty_like(M)
+    step = 1024  # frames per block: the partitioned copy stays ~9 MB
+    for a in range(0, M.shape[1], step):
+        out[:, a : a + step] = np.partition(W[:, a : a + step], half, axis=-1)[..., half]
+    return out
+
+
+def dsp_mask_iter(*, S: np.ndarray, sr: int = ANALYSIS_SR, n_fft: int = N_FFT):
+    """The four masks of ``dsp_masks``, one at a time (the feature pipeline keeps one
+    [bins, frames] mask in memory instead of four: ~100 MB less on a 3-minute song)."""
+    S = np.asarray(S, dtype=np.float32)
+    fb, back, split = _dsp_bases(sr, n_fft, S.shape[0])
+    M = fb @ S  # (bands, frames) mel-pooled magnitude
+    harm = _median_filter(M, HPSS_KERNEL, axis=1)
+    perc = _median_filter(M, HPSS_KERNEL, axis=0)
+    # Wiener-style soft mask (power 2), as librosa.decompose.hpss(mask=True).
+    h2, p2 = harm * harm, perc * perc
+    denom = h2 + p2
+    tiny = denom <= 1e-20
+    mask_p = np.where(tiny, 0.5, p2 / np.where(tiny, 1.0, denom))
+    mask_p = back @ mask_p  # (bins, frames)
+    yield mask_p.astype(np.float32, copy=False)
+    mask_h = 1.0 - mask_p
+    del mask_p
+    bass = mask_h * split[0][:, None]
+    yield bass.astype(np.float32, copy=False)
+    lead = mask_h * (split[1] * (1.0 - split[0]))[:, None]
+    yield lead.astype(np.float32, copy=False)
+    other = mask_h - bass - lead
+    del mask_h, bass, lead
+    yield other.astype(np.float32, copy=False)
+
+
 def dsp_masks(*, S: np.ndarray, sr: int = ANALYSIS_SR, n_fft: int = N_FFT) -> np.ndarray:
     """Soft masks of the DSP fallback, summing to 1 in every cell.
 
@@ -163,24 +207,7 @@ def dsp_masks(*, S: np.ndarray, sr: int = ANALYSIS_SR, n_fft: int = N_FFT) -> np
     Returns np.ndarray [shape=(4, 1 + n_fft // 2, frames), float32] in ``STEM_NAMES``
     order; ``masks[k] * S`` is stem k's magnitude spectrogram.
     """
-    import scipy.ndimage as ndi
-
-    S = np.asarray(S, dtype=np.float32)
-    fb, back, split = _dsp_bases(sr, n_fft, S.shape[0])
-    M = fb @ S  # (bands, frames) mel-pooled magnitude
-    harm = ndi.median_filter(M, size=(1, HPSS_KERNEL), mode="reflect")
-    perc = ndi.median_filter(M, size=(HPSS_KERNEL, 1), mode="reflect")
-    # Wiener-style soft mask (power 2), as librosa.decompose.hpss(mask=True).
-    h2, p2 = harm * harm, perc * perc
-    denom = h2 + p2
-    tiny = denom <= 1e-20
-    mask_p = np.where(tiny, 0.5, p2 / np.where(tiny, 1.0, denom))
-    mask_p = back @ mask_p  # (bins, frames)
-    mask_h = 1.0 - mask_p
-    bass = mask_h * split[0][:, None]
-    lead = mask_h * (split[1] * (1.0 - split[0]))[:, None]
-    other = mask_h - bass - lead
-    return np.stack([mask_p, bass, lead, other]).astype(np.float32, copy=False)
+    return np.stack(list(dsp_mask_iter(S=S, sr=sr, n_fft=n_fft))).astype(np.float32, copy=False)
 
 
 def _separate_dsp(y: np.ndarray) -> np.ndarray:
