@@ -93,7 +93,7 @@ def audio_hash(y: np.ndarray, sr: int) -> str:
     """Content hash of decoded samples: the same music in two containers hashes alike."""
     h = hashlib.sha256()
     h.update(str(int(sr)).encode())
-    h.update(np.ascontiguousarray(y, dtype=np.float32).tobytes())
+    h.update(np.ascontiguousarray(y, dtype=np.float32))  # the buffer itself: no 2nd copy of the song
     return h.hexdigest()
 
 
@@ -151,13 +151,17 @@ def load_audio(path: str | os.PathLike, *, min_seconds: float = 0.0) -> Audio:
         raise AudioError(f"{p}: file is truncated (header says {info.frames} frames, found {len(data)})")
     if len(data) == 0:
         raise AudioError(f"{p}: contains no audio samples")
-    if not np.isfinite(data).all():
+    # min and max are NaN or infinite exactly when some sample is (no temporary arrays:
+    # a 3-minute stereo song is 63 MB, and each copy adds to the peak memory)
+    lo, hi = float(data.min()), float(data.max())
+    if not (np.isfinite(lo) and np.isfinite(hi)):
         raise AudioError(f"{p}: contains NaN or infinite samples")
     y = np.ascontiguousarray(data.T)  # (channels, samples): time on the last axis
+    del data
     duration = y.shape[1] / sr
     if duration < min_seconds:
         raise AudioError(f"{p}: too short ({duration:.2f} s, need at least {min_seconds:.1f} s)")
-    peak = float(np.abs(y).max())
+    peak = max(-lo, hi)  # = max |sample|
     silent = peak < SILENCE_PEAK
     if silent:
         log.warning("%s: the recording is silent (peak %.1e); beats cannot be found in it", p, peak)

@@ -379,9 +379,13 @@ def tempo(*, onset_envelope: np.ndarray, sr: float, hop_length: int = 512, start
     frames = hann(win_length)[:, None] * odf_frame
     n_pad = scipy.fft.next_fast_len(2 * frames.shape[-2] - 1, real=True)
     spec = scipy.fft.rfft(frames, n=n_pad, axis=-2)
+    del frames  # (the arrays here are [~700, frames] float64: ~40 MB each for 3 minutes)
     powspec = spec.real**2 + spec.imag**2  # librosa.util.abs2's numba kernel: x.real**2 + x.imag**2
+    del spec
     autocorr = scipy.fft.irfft(powspec, n=n_pad, axis=-2)[:win_length]
+    del powspec
     tg = normalize(autocorr, norm=np.inf, axis=-2)
+    del autocorr
     tg = np.mean(tg, axis=-1, keepdims=True)
     bpms = np.zeros(int(win_length), dtype=np.float64)
     bpms[0] = np.inf
