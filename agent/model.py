@@ -103,6 +103,14 @@ class PolicyConfig:
     near-linear function that a few songs can teach (through the attention alone, a BC
     policy of 3 songs followed a perfect plan on 2 of 4 new songs; tests/pretrain/
     test_style_transfer.py)"""
+    plan_budget_col: int = -1
+    """column of obs["beats"] holding ``plan_budget_keep`` (-1 = none): its value at the
+    read head is added to the KEEP logit and taken from the CUT logit, times a learned
+    gain (``plan_gain``, initialised to ``plan_gain_init``): the policy starts as the
+    budgeted plan's executor and behaviour cloning learns where to depart from it. Without
+    this base a BC policy of 17 real songs followed its planner's plan on 0.83-0.84 of the
+    held-out time and scored 0.70-0.73 IoU where the plan alone scored 0.82 (loud70)"""
+    plan_gain_init: float = 2.0
     plan_ahead: int = 16
     """beats from the read head (itself included) whose plan the step head reads: the
     largest chunk most edits decide at once (a 4/4 phrase)"""
@@ -186,6 +194,7 @@ class PolicyConfig:
             window=lay["window"],
             head_index=lay["head_index"],
             plan_cols=tuple(i for i, c in enumerate(lay["channel_names"]) if c.startswith("plan_")),
+            plan_budget_col=lay["channel_names"].index("plan_budget_keep") if "plan_budget_keep" in lay["channel_names"] else -1,
         )
         base.update(overrides)
         return cls(**base)
@@ -346,6 +355,8 @@ class Policy(nn.Module):
             k = cfg.plan_rows.stop - cfg.plan_rows.start
             self.plan_in = nn.Sequential(nn.Linear(k * len(cfg.plan_cols), d), nn.GELU())
             trunk_in += d
+        if cfg.plan_budget_col >= 0:
+            self.plan_gain = nn.Parameter(torch.tensor(float(cfg.plan_gain_init)))
         self.trunk = nn.Sequential(nn.Linear(trunk_in, 2 * d), nn.GELU(), nn.Linear(2 * d, d), nn.GELU())
         self.type_head = nn.Linear(d, N_TYPES)
         self.type_emb_size = nn.Embedding(N_TYPES, cfg.type_embed)
@@ -355,6 +366,8 @@ class Policy(nn.Module):
         self.value_head = _mlp(d, d, 1)
         self.energy_head = nn.Linear(d, cfg.n_energy)
         self.boundary_head = nn.Linear(d, 1)
+        # KEEP (0) and CUT (1) rows of the type logits, for the plan's vote
+        self.register_buffer("_keep_cut", torch.eye(2, N_TYPES), persistent=False)
         self.apply(self._init)
         # Near-uniform initial action distribution: small last layers (CleanRL's std=0.01 policy init).
         for lin in (self.type_head, self.size_head[-1], self.amount_head[-1]):
@@ -425,7 +438,14 @@ class Policy(nn.Module):
         z, x = self.encode(obs)
         B = z.shape[0]
         tmask, smask, amask = self._masks(obs)
-        type_logits = self.type_head(z).masked_fill(~tmask, float("-inf"))
+        type_logits = self.type_head(z)
+        if self.cfg.plan_budget_col >= 0:  # the budgeted plan's keep/cut call at the head, as a base
+            beats = obs["beats"]
+            head = self.cfg.head_row if beats.shape[1] == self.cfg.n_rows else self.cfg.head_index
+            vote = self.plan_gain * (2.0 * beats[:, head, self.cfg.plan_budget_col] - 1.0)  # (B,)
+            vote = vote * beats[:, head, self.cfg.plan_budget_col + 1]  # 0 where the song has no plan (plan_known)
+            type_logits = type_logits + torch.stack([vote, -vote], dim=-1) @ self._keep_cut
+        type_logits = type_logits.masked_fill(~tmask, float("-inf"))
         zt = z[:, None, :].expand(B, N_TYPES, z.shape[-1])  # (B, 18, d)
         es = self.type_emb_size.weight[None].expand(B, -1, -1)  # (B, 18, e)
         ea = self.type_emb_amount.weight[None].expand(B, -1, -1)
