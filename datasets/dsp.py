@@ -236,16 +236,21 @@ def estimate_tuning(*, S: np.ndarray, sr: float, n_fft: int, resolution: float =
     S = np.abs(S)
     fmin, fmax = np.maximum(150.0, 0), np.minimum(4000.0, float(sr) / 2)
     fft_freqs = np.fft.rfftfreq(n=n_fft, d=1.0 / sr)
-    avg = np.gradient(S, axis=-2)
-    shift = _parabolic_shift(S)
-    dskew = 0.5 * avg * shift
     pitches = np.zeros_like(S)
     mags = np.zeros_like(S)
     freq_mask = ((fmin <= fft_freqs) & (fft_freqs < fmax))[:, None]
     ref_value = np.expand_dims(0.1 * np.max(S, axis=-2), -2)
     idx = np.nonzero(freq_mask & _localmax(S * (S > ref_value), axis=-2))
-    pitches[idx] = (idx[-2] + shift[idx]) * float(sr) / n_fft
-    mags[idx] = S[idx] + dskew[idx]
+    # piptrack computes the gradient and the parabolic shift everywhere and uses them at
+    # the peaks only: the same element-wise formulas, at the peaks (~20x less work)
+    rows, cols = idx
+    inner = (rows > 0) & (rows < S.shape[0] - 1)
+    x0, xm, xp = S[rows, cols], S[np.maximum(rows - 1, 0), cols], S[np.minimum(rows + 1, S.shape[0] - 1), cols]
+    shift = np.where(inner, _parabolic_shift(np.stack([xm, x0, xp]))[1], 0).astype(S.dtype)
+    # np.gradient: centred difference inside, one-sided at the borders
+    avg = np.where(inner, (xp - xm) / 2.0, np.where(rows == 0, xp - x0, x0 - xm)).astype(S.dtype)
+    pitches[idx] = (rows + shift) * float(sr) / n_fft
+    mags[idx] = x0 + 0.5 * avg * shift
     pitch_mask = pitches > 0
     threshold = np.median(mags[pitch_mask]) if pitch_mask.any() else 0.0
     freqs = np.atleast_1d(pitches[(mags >= threshold) & pitch_mask])
@@ -416,33 +421,34 @@ def _beat_local_score(onsets: np.ndarray, fpb: float) -> np.ndarray:
 def _beat_track_dp(localscore: np.ndarray, fpb: float, tightness: float) -> tuple[np.ndarray, np.ndarray]:
     """librosa.beat's ``__beat_track_dp``: for each frame the best previous beat
     between round(fpb / 2) and 2 fpb frames back, scored cumscore - tightness *
-    (log(gap) - log(fpb))^2 (the first best, nearest first, wins)."""
+    (log(gap) - log(fpb))^2 (the first best, nearest first, wins).
+
+    A frame's predecessors are all at least round(fpb / 2) frames back, so the frames of
+    one such block depend only on frames before it: each block is one array operation."""
     n = len(localscore)
     tight = float(np.float32(tightness))  # the kernel's float32 argument
     d_min, d_max = int(np.round(fpb / 2)), int(2 * fpb)
     lf = math.log(fpb)
     gaps = np.arange(d_min, d_max + 1)
     pen = np.array([tight * ((math.log(d) - lf) * (math.log(d) - lf)) for d in gaps])
-    backlink = np.empty(n, dtype=np.int32)
-    cumscore = np.empty(n)
-    score_thresh = 0.01 * localscore.max()
-    first_beat = True
-    for i in range(n):
-        m = min(d_max, i) - d_min + 1  # gaps d_min .. min(d_max, i) reach frame >= 0
-        if m > 0:
-            sc = cumscore[i - d_min : i - d_min - m : -1] if i - d_min - m >= 0 else cumscore[i - d_min :: -1]
-            scores = sc - pen[:m]
-            j = int(np.argmax(scores))
-            best, loc = scores[j], i - d_min - j
-            cumscore[i] = localscore[i] + best
-        else:
-            loc = -1
-            cumscore[i] = localscore[i]
-        if first_beat and localscore[i] < score_thresh:
-            backlink[i] = -1
-        else:
-            backlink[i] = loc
-            first_beat = False
+    backlink = np.full(n, -1, dtype=np.int32)
+    cumscore = np.array(localscore, dtype=np.float64)  # frames without a predecessor keep their own score
+    loc = np.full(n, -1, dtype=np.int64)
+    step = max(d_min, 1)
+    for i0 in range(d_min, n, step):
+        i = np.arange(i0, min(i0 + step, n))
+        src = i[:, None] - gaps[None, :]  # (block, gaps): candidate predecessors, nearest first
+        valid = src >= 0
+        scores = np.where(valid, cumscore[np.maximum(src, 0)] - pen[None, :], -np.inf)
+        j = np.argmax(scores, axis=1)
+        best = scores[np.arange(len(i)), j]
+        has = valid[:, 0]  # the nearest gap is valid whenever any is
+        cumscore[i[has]] = localscore[i[has]] + best[has]
+        loc[i[has]] = src[has, j[has]]
+    # the first beat: frames before the first one scoring >= 1 % of the max get no back-link
+    above = np.flatnonzero(localscore >= 0.01 * localscore.max())
+    first = int(above[0]) if len(above) else n
+    backlink[first:] = loc[first:]
     return backlink, cumscore
 
 
