@@ -95,6 +95,9 @@ class PretrainConfig:
     """show the policy the whole-song planner's plan of each song (agent/planner.py): out
     of fold for training songs, the planner fitted on all of them (saved in the
     checkpoint) at fine-tuning and inference"""
+    plan_gain: float = 2.0
+    """initial weight of the budgeted plan's keep/cut vote in the policy's type logits
+    (PolicyConfig.plan_gain_init; learned from there)"""
     val_fraction: float = 0.2
     """fraction of songs held out for validation (split by song)"""
     epochs: int = 150
@@ -442,7 +445,7 @@ def train(cfg: PretrainConfig, data: BCData | None = None, *, target_keep: float
     if lay is not None and (lay["n_channels"], lay["window"]) == (n_ch, W):
         pcfg = PolicyConfig.from_layout(
             hidden=cfg.hidden, n_layers=cfg.n_layers, n_heads=cfg.n_heads, kernel_size=cfg.kernel_size, dilations=tuple(cfg.dilations),
-            dropout=cfg.dropout,
+            dropout=cfg.dropout, plan_gain_init=cfg.plan_gain,
         )
     else:  # synthetic data (tests): layout from the arrays, read head as the env puts it
         pcfg = PolicyConfig(
