@@ -23,6 +23,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from datasets.errors import ParameterError
+
 __all__ = [
     "hann",
     "stft",
@@ -69,7 +71,7 @@ def stft(y: np.ndarray, *, n_fft: int = 2048, hop_length: int = 512) -> np.ndarr
 
     y = np.asarray(y)
     if y.ndim != 1 or len(y) < 1:
-        raise ValueError(f"stft needs a non-empty mono signal, got shape {y.shape}")
+        raise ParameterError(f"stft needs a non-empty mono signal, got shape {y.shape}")
     win = hann(n_fft)[:, None]
     yp = np.pad(y, (n_fft // 2, n_fft // 2))
     n_frames = 1 + (len(yp) - n_fft) // hop_length
@@ -142,7 +144,7 @@ def mel_filters(*, sr: float, n_fft: int, n_mels: int = 128, fmin: float = 0.0, 
         enorm = 2.0 / (mel_f[2 : n_mels + 2] - mel_f[:n_mels])
         weights *= enorm[:, np.newaxis]
     elif norm is not None:
-        raise ValueError(f"unsupported mel norm {norm!r}")
+        raise ParameterError(f"unsupported mel norm {norm!r}")
     weights.setflags(write=False)
     return weights
 
@@ -152,14 +154,14 @@ def normalize(S: np.ndarray, *, norm: float = np.inf, axis: int = 0) -> np.ndarr
     below the dtype's smallest normal number leave their slice as it is."""
     S = np.asarray(S)
     if not np.all(np.isfinite(S)):
-        raise ValueError("normalize: input must be finite")
+        raise ParameterError("normalize: input must be finite")
     mag = np.abs(S).astype(float)
     if norm == np.inf:
         length = np.max(mag, axis=axis, keepdims=True)
     elif norm > 0:
         length = np.sum(mag**norm, axis=axis, keepdims=True) ** (1.0 / norm)
     else:
-        raise ValueError(f"unsupported norm {norm!r}")
+        raise ParameterError(f"unsupported norm {norm!r}")
     dtype = S.dtype if np.issubdtype(S.dtype, np.floating) or np.issubdtype(S.dtype, np.complexfloating) else np.float32
     length[length < np.finfo(dtype).tiny] = 1.0
     out = np.empty_like(S)
@@ -360,7 +362,7 @@ def sync(data: np.ndarray, idx: np.ndarray, *, aggregate=np.mean) -> np.ndarray:
     n = data.shape[-1]
     frames = np.asarray(idx)
     if np.any(frames < 0):
-        raise ValueError("sync: negative frame index")
+        raise ParameterError("sync: negative frame index")
     frames = np.clip(frames, 0, n)
     frames = np.concatenate((np.asarray([0, n]), frames))
     b = np.unique(frames[(frames >= 0) & (frames <= n)]).astype(int)
@@ -510,7 +512,7 @@ def fftconvolve_valid(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
     a, b = np.asarray(a), np.asarray(b)
     if a.ndim != 1 or b.ndim != 1 or len(b) < 1 or len(a) < len(b):
-        raise ValueError(f"fftconvolve_valid needs 1-D signals with len(a) >= len(b) >= 1, got {a.shape}, {b.shape}")
+        raise ParameterError(f"fftconvolve_valid needs 1-D signals with len(a) >= len(b) >= 1, got {a.shape}, {b.shape}")
     if len(b) == 1:  # scipy convolves along no axis then: a plain product
         return a * b
     shape = len(a) + len(b) - 1
