@@ -65,8 +65,12 @@ def _load_songs(data_dir: Path, n_songs: int, stems: str):
     return out
 
 
-def _persona_pairs(songs, persona: str):
+def _persona_pairs(songs, persona: str, *, editor_grid: bool = True, stems: str = "auto"):
+    from dataclasses import replace as _replace
+
+    from alignment.grid import cut_points, fit_phase
     from datasets.demo.editors import plan_edit
+    from datasets.features import extract_features
     from envs.env import Song
     from envs.plan import execute, oracle_actions
     from pretrain.augment import IDENTITY
@@ -75,6 +79,10 @@ def _persona_pairs(songs, persona: str):
     pairs, env_songs, refs = [], {}, {}
     for name, audio, feats in songs:
         ref = plan_edit(feats, persona, source_sha256=audio.sha256).merged()
+        if editor_grid:  # as make align labels it: on the phase the persona's cuts agree with
+            phase = fit_phase(feats.grid, cut_points(ref.segments, feats.grid.n_beats)).phase
+            feats = extract_features(audio, grid=phase.apply(feats.grid), stems=stems)
+            ref = _replace(ref, grid=feats.grid)
         acts = tuple(oracle_actions(ref, strict=False))
         label_plan = execute(ref.grid, acts, source_sha256=ref.source_sha256)
         pairs.append(LabeledPair(name=name, raw_path=str(audio.path), raw_sha256=audio.sha256, actions=acts, plan=label_plan, confidence=None))
@@ -146,7 +154,7 @@ def _zero_context(data):
 
 def run_persona(persona: str, songs, args, fold: int = 0) -> list[dict]:
     from envs.observation import HEAD_INDEX
-    from pretrain.augment import random_augmentations
+    from pretrain.augment import IDENTITY, random_augmentations
     from pretrain.baselines import D3rlpyBaseline, HGBBaseline, MajorityBaseline
     from pretrain.dataset import BCData, build_bc_data, default_target_keep, song_for
     from pretrain.evaluate import policy_fn
@@ -154,7 +162,7 @@ def run_persona(persona: str, songs, args, fold: int = 0) -> list[dict]:
     from pretrain.train import PretrainConfig, train
     from agent.checkpoint import load_checkpoint, policy_from_checkpoint
 
-    pairs, env_songs, refs = _persona_pairs(songs, persona)
+    pairs, env_songs, refs = _persona_pairs(songs, persona, editor_grid=args.editor_grid, stems=args.stems)
     # the split: seeded permutation of songs, 20 % held out
     rng = np.random.default_rng(args.seed)
     order = rng.permutation(len(pairs))
@@ -165,6 +173,19 @@ def run_persona(persona: str, songs, args, fold: int = 0) -> list[dict]:
         test_names = {pairs[i].name for i in order[:n_test]}
     train_pairs = [p for p in pairs if p.name not in test_names]
     test_pairs = [p for p in pairs if p.name in test_names]
+    if args.planner:  # as make pretrain: out-of-fold plans for training songs, the full planner for test songs
+        from dataclasses import replace as _replace
+
+        from agent.planner import oof_priors
+
+        key = (lambda p: (p.name, IDENTITY.key()))
+        priors, planner = oof_priors([(p.raw_sha256, env_songs[key(p)].values, p.plan.grid, p.plan) for p in train_pairs])
+        train_pairs = [_replace(p, plan_prior=pr) for p, pr in zip(train_pairs, priors)]
+        for p in train_pairs:
+            env_songs[key(p)] = _replace(env_songs[key(p)], plan_prior=p.plan_prior)
+        for p in test_pairs:
+            sg = env_songs[key(p)]
+            env_songs[key(p)] = _replace(sg, plan_prior=planner.prior(sg.values, sg.grid))
     target_keep = default_target_keep(train_pairs)
     refine = None if args.refine < 0 else args.refine
     tr_data = build_bc_data(train_pairs, songs=env_songs, target_keep=target_keep, refine_max_size=refine)
@@ -332,6 +353,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dagger-eval-all", action="store_true",
                     help="with --dagger-rounds R: evaluate after BC and after every round (rows ours, ours+dagger1..R)")
     ap.add_argument("--augment", type=int, default=0, help="also train with K augmented copies per training song")
+    ap.add_argument("--no-editor-grid", dest="editor_grid", action="store_false",
+                    help="label on the tracker's grid, not on the phase the persona's cuts agree with (alignment/grid.py)")
+    ap.add_argument("--no-planner", dest="planner", action="store_false",
+                    help="no whole-song planner plans in the observation (agent/planner.py)")
     ap.add_argument("--baselines", nargs="*", default=["majority", "hgb", "d3rlpy_bc", "d3rlpy_cql"])
     ap.add_argument("--hgb-iter", type=int, default=100)
     ap.add_argument("--d3rlpy-steps", type=int, default=3000)
