@@ -67,7 +67,6 @@ QUICK_EDITORS = ("loud70", "chorus75")
 QUICK_SONGS = 6
 QUICK_SECONDS = 40.0
 METHODS = ("keep everything", "intro cut", "random bars", "HGB phrase", "ours BC", "ours PPO")
-COLUMNS = ("iou", "phrase_acc", "keep_err", "repeat_hit", "join_f")
 
 
 @dataclass(frozen=True)
@@ -597,6 +596,8 @@ def main(argv: list[str] | None = None) -> int:
     budget = replace(budget, **{k: v for k, v in (("bc_epochs", args.bc_epochs), ("dagger_rounds", args.dagger_rounds),
                                                   ("ppo_epochs", args.ppo_epochs)) if v is not None})
     out = Path(args.out)
+    from datasets.atomic import atomic_write_json, atomic_write_text
+
     try:
         if args.folds < 2:
             raise ParameterError(f"--folds {args.folds}: need at least 2 (every song held out once)")
@@ -609,7 +610,13 @@ def main(argv: list[str] | None = None) -> int:
         log.info("%d songs (%s), product features in %.0f s; %d folds of %s held-out songs", len(songs),
                  "quick: first 40 s" if args.quick else "tracks + music", time.perf_counter() - t0, args.folds,
                  "/".join(str(len(f)) for f in folds))
-        results = [run_editor(se.EDITORS[e], songs, folds, args, budget, views) for e in editors]
+        results = []
+        for e in editors:
+            results.append(run_editor(se.EDITORS[e], songs, folds, args, budget, views))
+            # each editor's result as soon as it is measured: a long run that is stopped
+            # keeps what it finished (the tables are made from these at the end)
+            atomic_write_json(out / "results" / f"{e}.json", _plain(results[-1]))
+            log.info("%s done after %.0f min: %s", e, (time.perf_counter() - t_start) / 60, out / "results" / f"{e}.json")
     except EditorError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -625,8 +632,6 @@ def main(argv: list[str] | None = None) -> int:
     md += ["in-process edit vs `python -m agent.infer`: " + ", ".join(f"{r['editor']} {r['cli_check']}" for r in results), ""]
     text = "\n".join(md)
     print(text)
-    from datasets.atomic import atomic_write_json, atomic_write_text
-
     atomic_write_text(out / "style.md", text)
     atomic_write_json(out / "style.json", {"argv": argv if argv is not None else sys.argv[1:], "songs": sorted(songs),
                                            "folds": folds, "budget": asdict(budget), "wall_s": wall,

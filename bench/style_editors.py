@@ -24,10 +24,10 @@ chorus75   400, as tracked, the phase  4 bars  the opening phrase, then     the 
 sections8  100, half time above 140    8 bars  the opening section, then    2-bar fade-out; the          -       mastered,
            BPM, low-band downbeat              the loudest sections until   quietest kept later                  MP3 256k,
                                                60 % of the raw is kept      section +3 dB                        48 kHz WAV
-firstdown  100, as tracked, counts     4 bars  the intro and first phrase,  low shelf -6 dB on the       -       WAV 16-bit
-           from the first beat at              then every phrase at least   opening; no fade
-           half the song's usual               as loud as the song's
-           level                               median phrase
+firstdown  100, as tracked, counts     4 bars  the first two phrases (an    low shelf -6 dB on those     -       WAV 16-bit
+           from the first beat at              intro is one), then every    two; no fade
+           half the song's usual               phrase at least as loud as
+           level                               the song's median phrase
 tight60    200, double time below 100  4 bars  the opening phrase, then     1-bar fade-out               +-20    MP3 at
            BPM, harmony-change                 the most repeated phrases                                 ms      48 kHz
            downbeat                            until the edit lasts 60 s
