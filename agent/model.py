@@ -208,11 +208,9 @@ class FeatureNormalizer(nn.Module):
     between training and inference).
     """
 
-    # Columns with less spread than this are constant in training (the target keep ratio,
-    # the meter of a 4/4-only corpus): they are divided by max(|mean|, 1) instead, which
-    # changes nothing the policy saw in training (those columns normalise to 0 either way)
-    # and keeps a new value at inference (a 3/4 song, another keep ratio) within a few
-    # units rather than hundreds of standard deviations off (dividing by 1e-3 did that).
+    # Columns with (almost) no spread are divided by this instead (constant features).
+    # agent.duration.trained_keep_range reads the trained range of a global from mean and
+    # std, so inference only asks the policy for values near what it saw.
     MIN_STD = 1e-3
 
     def __init__(self, n: int):
@@ -235,8 +233,7 @@ class FeatureNormalizer(nn.Module):
             raise ParameterError("FeatureNormalizer.fit: features contain NaN or inf")
         self.mean.copy_(x.mean(0).to(self.mean))
         std = x.std(0, unbiased=False) if x.shape[0] > 1 else torch.ones(x.shape[1], dtype=x.dtype)
-        constant_scale = x.mean(0).abs().clamp_min(1.0)
-        self.std.copy_(torch.where(std < self.MIN_STD, constant_scale, std).to(self.std))
+        self.std.copy_(std.clamp_min(self.MIN_STD).to(self.std))
         self.fitted.fill_(True)
         return self
 
