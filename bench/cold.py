@@ -36,6 +36,23 @@ On this machine (2 cores shared by several jobs) wall time swings with the load;
 seconds are the reliable number. Goals (issue 17): cold infer <= 3 s wall and <= 600 MB,
 warm cache <= 1.5 s; cold alignment of a pair <= 2 s; make align >= 40 pairs/min on
 2 cores; a missing or unreadable input fails in < 0.5 s.
+
+Measured (``--runs 3 --pairs 8``, load average 5-6; before = the tree before issue 17's
+changes, same inputs and checkpoint):
+
+    what                                    before: wall / CPU s / MB    after
+    agent.infer, cold cache                 32.8 / 13.3 / 899            7.6 / 4.9 / 569
+    agent.infer, warm cache                 22.4 /  5.5 / 498            3.8 / 3.7 / 499
+    python -m alignment, cold cache         15.8 /  8.8 / 923            5.2 / 3.7 / 458
+    python -m alignment, warm cache          7.8 /  4.8 / 620            3.5 / 2.4 / 383
+    make align, 8 pairs, --jobs 2           63.1 / 41.2 / 927           34.5 / 22.3 / 517
+      CPU s per pair (pairs/min, 2 idle cores)   5.15 (23)                2.79 (43)
+    agent.infer, missing input               3.7 /  2.3 / 251            0.3 / 0.2 / 42
+    python -m alignment, missing input       0.7 /  0.5 / 105            0.3 / 0.15 / 34
+
+Where the rest goes (CPU s, cold agent.infer): torch import ~1.2, beats + features
+~1.6, matplotlib import + PNG ~0.7, other imports ~0.6, load ~0.3, policy ~0.2,
+render ~0.2, export files ~0.3.
 """
 
 from __future__ import annotations
