@@ -425,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
     global DATA
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=3, help="measured runs per row (median), after one warm-up")
-    ap.add_argument("--pairs", type=int, default=4, help="3-minute pairs in the make align batch")
+    ap.add_argument("--pairs", type=int, default=8, help="3-minute pairs in the make align batch")
     ap.add_argument("--checkpoint", help="policy checkpoint (default: a small untrained one)")
     ap.add_argument("--only", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
     ap.add_argument("--out", help="write the table as JSON here")
