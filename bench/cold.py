@@ -58,6 +58,7 @@ render ~0.2, export files ~0.3.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -128,6 +129,20 @@ def run_process(cmd: list[str], *, env: dict, cwd: Path = ROOT) -> Sample:
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True).stdout
         r = json.loads(Path(res.name).read_text())
     return Sample(wall=r["wall"], cpu=r["cpu"], peak_mb=r["peak_mb"], rc=r["rc"], stdout=out)
+
+
+@contextlib.contextmanager
+def _cache_dir(path):
+    """EDITOR_CACHE_DIR set to ``path`` for an in-process measurement, then restored."""
+    old = os.environ.get("EDITOR_CACHE_DIR")
+    os.environ["EDITOR_CACHE_DIR"] = str(path)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("EDITOR_CACHE_DIR", None)
+        else:
+            os.environ["EDITOR_CACHE_DIR"] = old
 
 
 def _median(xs: list[float]) -> float:
@@ -325,9 +340,7 @@ class Bench:
         """agent.infer.run in this process, warm cache, after a warm-up run."""
         from agent.infer import get_parser, run
 
-        old = os.environ.get("EDITOR_CACHE_DIR")
-        os.environ["EDITOR_CACHE_DIR"] = str(self.fresh("cache-inproc"))
-        try:
+        with _cache_dir(self.fresh("cache-inproc")):
             times = []
             for _ in range(1 + self.runs):
                 args = get_parser().parse_args(
@@ -340,11 +353,6 @@ class Bench:
                 k: v for k, v in _infer_times("time  " + summary["time"]).items()
             }
             return _median(times[1:])
-        finally:
-            if old is None:
-                os.environ.pop("EDITOR_CACHE_DIR", None)
-            else:
-                os.environ["EDITOR_CACHE_DIR"] = old
 
     # -- python -m alignment
     def align(self) -> None:
@@ -358,20 +366,13 @@ class Bench:
     def align_inproc(self) -> float:
         from alignment.labels import label_pair
 
-        old = os.environ.get("EDITOR_CACHE_DIR")
-        os.environ["EDITOR_CACHE_DIR"] = str(self.fresh("cache-inproc"))
-        try:
+        with _cache_dir(self.fresh("cache-inproc")):
             times = []
             for _ in range(1 + self.runs):
                 t0 = time.perf_counter()
                 label_pair(self.paths["song"], self.paths["edited"])
                 times.append(time.perf_counter() - t0)
             return _median(times[1:])
-        finally:
-            if old is None:
-                os.environ.pop("EDITOR_CACHE_DIR", None)
-            else:
-                os.environ["EDITOR_CACHE_DIR"] = old
 
     # -- make align
     def batch(self, n_pairs: int) -> None:
