@@ -118,3 +118,12 @@ def test_a_fragment_edit_is_brought_back_to_the_style(song, checkpoint, tmp_path
     grid = plan["grid"] if "grid" in plan else plan["plan"]["grid"]
     bar_s = 60.0 / grid["tempo"] * grid["beats_per_bar"]
     assert abs(y.shape[0] / sr - 15.0) <= bar_s  # 0.5 x 30 s
+
+
+def test_collapse_warning_is_for_collapse_not_for_a_keep_heavy_edit():
+    from agent.infer import _looks_collapsed
+
+    assert _looks_collapsed([1] * 19 + [0], keep_ratio=0.05)  # 95 % CUT: collapsed
+    assert _looks_collapsed([0] * 20, keep_ratio=1.0)  # keeps everything
+    assert not _looks_collapsed([0] * 19 + [1], keep_ratio=0.7)  # keep 70 % bar by bar
+    assert not _looks_collapsed([1] * 9, keep_ratio=0.0)  # too few steps to say
