@@ -88,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from agent.checkpoint import load_checkpoint, policy_from_checkpoint
     from agent.planner import Planner
+    from datasets.errors import EditorError
 
     ap = argparse.ArgumentParser(prog="python bench/style_ladder.py", description=__doc__.splitlines()[0])
     ap.add_argument("--run", default="runs/bench/style/runs/loud70-f0",
@@ -103,7 +104,11 @@ def main(argv: list[str] | None = None) -> int:
         # make bench runs every script: without bench/style.py's runs there is nothing to read
         print(f"style_ladder: skipped, no {run}/checkpoints/{args.checkpoint} (run bench/style.py first)")
         return 0
-    ck = load_checkpoint(run / "checkpoints" / args.checkpoint)
+    try:
+        ck = load_checkpoint(run / "checkpoints" / args.checkpoint)
+    except EditorError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     policy = policy_from_checkpoint(ck).eval()
     planner = Planner.from_state(ck["extra"].get("planner"))
     if planner is None:
