@@ -1,6 +1,6 @@
 """Style benchmark on real recordings: does the product edit the way its user edits?
 
-    python bench/style.py --out runs/bench/style               # 5 editors x 2 folds (~75 min, 2 cores)
+    python bench/style.py --out runs/bench/style               # 5 editors x 2 folds + curve: 2.1 h at load 2-6
     python bench/style.py --quick --out /tmp/style-quick        # 2 editors, 6 songs cut to 40 s (< 2 min)
     python bench/style.py --editors loud70 sections8 --skip-train   # floors only
     python bench/style.py --ppo-epochs 30                       # shorter fine-tuning
@@ -23,6 +23,10 @@ per editor:
    an ``AudioEditEnv`` with the checkpoint's target_keep, the keep floor, the end fade),
    checked against the CLI itself on ``--cli-check`` songs, and scored in raw seconds;
 5. a learning curve (5, 10 and all training pairs of fold 0) on ``--curve-editors``.
+
+Time (2 shared cores, load 2-6, default budgets): 127 min, of which BC + DAgger 52, PPO
+26, learning curve 28, edits 9, alignment 6 (features and labels are cached for reruns;
+``--curve-editors`` with no name drops the curve). ``--quick``: ~50 s of CPU.
 
 Prints one table per editor, a summary (with what the editor's grid does to the labels:
 the share of BEAT-sized label actions, LOOP vs JUMP_BACK, and how often the product's
