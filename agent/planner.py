@@ -37,7 +37,7 @@ from datasets.beats import BeatGrid
 from datasets.features import feature_index
 from datasets.structure import unit_similarity
 
-__all__ = ["PlannerConfig", "Planner", "attach_priors", "bar_features", "bar_targets", "beat_prior", "oof_priors", "BAR_FEATURES", "N_TARGETS"]
+__all__ = ["PlannerConfig", "Planner", "attach_priors", "fit_planner", "bar_features", "bar_targets", "beat_prior", "oof_priors", "BAR_FEATURES", "N_TARGETS"]
 
 _RMS_DB = feature_index("rms_db")
 _RMS = feature_index("rms")
@@ -350,6 +350,29 @@ def oof_priors(songs: list[tuple[str, np.ndarray, BeatGrid, object]], cfg: Plann
     return priors, full  # type: ignore[return-value]
 
 
+def _pair_songs(pairs, stems: str) -> list[tuple[str, np.ndarray, BeatGrid, object]]:
+    """(key, features on the label's grid, grid, plan) of each labelled pair."""
+    from datasets.audio import load_audio
+    from datasets.features import extract_features
+
+    out = []
+    for p in pairs:
+        feats = extract_features(load_audio(p.raw_path), grid=p.plan.grid, stems=stems)
+        out.append((p.raw_sha256 or p.name, feats.values, p.plan.grid, p.plan))
+    return out
+
+
+def fit_planner(pairs, *, stems: str = "auto", cfg: PlannerConfig = PlannerConfig()) -> Planner | None:
+    """The planner fitted on every pair (what inference uses); None with fewer than 2."""
+    if len(pairs) < 2:
+        return None
+    tables = []
+    for _, values, grid, plan in _pair_songs(pairs, stems):
+        X, bounds = bar_features(values, grid)
+        tables.append((X, bar_targets(plan, bounds)))
+    return Planner.fit(tables, cfg)
+
+
 def attach_priors(pairs, *, stems: str = "auto", cfg: PlannerConfig = PlannerConfig()) -> tuple[list, Planner | None]:
     """Training pairs (``pretrain.dataset.LabeledPair``) with their out-of-fold plan
     priors, and the planner fitted on all of them (None with fewer than 2 pairs: the
@@ -357,14 +380,7 @@ def attach_priors(pairs, *, stems: str = "auto", cfg: PlannerConfig = PlannerCon
     on the same pairs and get the same priors."""
     from dataclasses import replace
 
-    from datasets.audio import load_audio
-    from datasets.features import extract_features
-
     if len(pairs) < 2:
         return list(pairs), None
-    songs = []
-    for p in pairs:
-        feats = extract_features(load_audio(p.raw_path), grid=p.plan.grid, stems=stems)
-        songs.append((p.raw_sha256 or p.name, feats.values, p.plan.grid, p.plan))
-    priors, planner = oof_priors(songs, cfg)
+    priors, planner = oof_priors(_pair_songs(pairs, stems), cfg)
     return [replace(p, plan_prior=pr) for p, pr in zip(pairs, priors)], planner

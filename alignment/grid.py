@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -390,9 +390,8 @@ def fit_grid_model(label_files, *, out: str | Path | None = None, stems: str = "
     model = GridModel.fit(songs)
     if shares:
         b, a = np.mean(shares, axis=0)
-        model = GridModel(**{**model.__dict__, "evidence_share": {"cuts_on_bar_before": round(float(b), 4),
-                                                                   "cuts_on_bar_after": round(float(a), 4),
-                                                                   "pairs": len(shares)}})
+        model = replace(model, evidence_share={"cuts_on_bar_before": round(float(b), 4),
+                                               "cuts_on_bar_after": round(float(a), 4), "pairs": len(shares)})
     if out is not None:
         atomic_write_text(out, json.dumps(model.to_dict(), indent=1))
     log.info(

@@ -49,7 +49,7 @@ from alignment.grid import load_grid_model
 from agent.checkpoint import load_checkpoint, policy_from_checkpoint, save_checkpoint, to_plain
 from agent.device import pick_device
 from agent.model import N_TYPES, Policy, PolicyConfig
-from agent.planner import attach_priors
+from agent.planner import attach_priors, fit_planner
 from datasets.errors import EditorError, ParameterError
 from envs.observation import HEAD_INDEX, HISTORY_CHANNELS, WINDOW, channel_index
 from pretrain.dataset import BCData, build_bc_data, load_labels, split_by_song
@@ -368,7 +368,7 @@ def _run_planner_state(cfg: PretrainConfig, run_dir: Path) -> dict | None:
 @functools.lru_cache(maxsize=4)
 def _planner_state_for(index: str, mtime_ns: int, stems: str) -> dict | None:
     """Fitted once per labels version: DAgger calls ``train`` once per round."""
-    _, planner = attach_priors(load_labels(Path(index).parent.parent), stems=stems)
+    planner = fit_planner(load_labels(Path(index).parent.parent), stems=stems)  # no out-of-fold fits needed here
     return None if planner is None else planner.to_state()
 
 
