@@ -36,8 +36,9 @@ sys.path.insert(0, str(ROOT))
 from datasets.audio import ANALYSIS_SR, load_audio, resample, to_mono  # noqa: E402
 from datasets.beats import track_beats  # noqa: E402
 from envs.plan import EditPlan, Ops, Segment  # noqa: E402
-from envs.quality import click_scores, local_join_quality  # noqa: E402
+from envs.quality import click_scores  # noqa: E402
 from envs.render import join_positions, output_duration, render  # noqa: E402
+from envs.reward import local_join_quality  # noqa: E402
 
 MUSIC = ROOT.parent / "shared" / "data" / "music"
 TARGET_S = 180.0
@@ -153,7 +154,7 @@ def main() -> int:
               f"{r['safety']:>10.2f}")
     print("times: CPU seconds (one thread, pinned to one core), median; 'wall s' = wall-clock render; 'no-tf s' = "
           "the same plan with time factors set to 1 (the time stretcher's share); 'layout' = output_duration + "
-          "join_positions; 'local' = envs.quality.local_join_quality (the reward's check).")
+          "join_positions; 'local' = envs.reward.local_join_quality (the reward's check).")
     print("clicks: joins scoring > 3 (envs.quality); 'local' = the reward's +-50 ms check; 'naive' = the same raw "
           "spans concatenated without crossfades (baseline, same run). Goal: render <= 1 s, 0 clicks.")
     return 0

@@ -44,7 +44,6 @@ __all__ = [
     "click_scores",
     "detect_clicks",
     "energy_consistency",
-    "local_join_quality",
 ]
 
 #: Score above which a join is a click (module docstring: 0.65 % false positives at
@@ -199,34 +198,3 @@ class JoinQuality:
     @property
     def mean_abs_jump_db(self) -> float:
         return float(np.mean(np.abs(self.energy_jumps_db))) if self.n_cuts else 0.0
-
-
-def local_join_quality(
-    *, y: np.ndarray, sr: int, plan, crossfade_ms: float | None = None, window_ms: float = 50.0,
-    threshold: float = CLICK_THRESHOLD,
-) -> JoinQuality:
-    """Click scores and energy jumps at every cut of ``plan``, rendering only
-    +-``window_ms`` around each cut (``envs.render.render_excerpt``), not the song.
-
-    Cheap enough for the environment's episode-end reward. y is the raw audio.
-    """
-    from envs.render import DEFAULT_CROSSFADE_MS, layout, render_excerpt
-
-    xf = DEFAULT_CROSSFADE_MS if crossfade_ms is None else crossfade_ms
-    y = np.atleast_2d(np.asarray(y, dtype=np.float32))
-    lay = layout(plan, sr, xf)
-    half = int(round(window_ms * sr / 1000))
-    pos = np.array([j.position for j in lay.joins if j.is_cut], dtype=np.int64)
-    scores = np.zeros(len(pos))
-    jumps = np.zeros(len(pos))
-    clicks = []
-    ctx = max(5.0, window_ms * 0.4)
-    for k, j in enumerate(pos):
-        ex = render_excerpt(y=y, sr=sr, plan=plan, start=int(j) - half, end=int(j) + half, crossfade_ms=xf, lay=lay)
-        sc, ch = click_scores(y=ex, sr=sr, positions=[half], context_ms=min(20.0, ctx))
-        scores[k] = sc[0]
-        if sc[0] > threshold:
-            clicks.append(Click(int(j), float(sc[0]), int(ch[0])))
-        gap = max(lay.crossfade / 2 / sr * 1000, 1.0)
-        jumps[k] = energy_consistency(y=ex, sr=sr, positions=[half], window_ms=window_ms - gap, gap_ms=gap)[0]
-    return JoinQuality(positions=pos, scores=scores, clicks=tuple(clicks), energy_jumps_db=jumps)

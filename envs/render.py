@@ -683,6 +683,8 @@ def get_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = get_parser().parse_args(argv)
     try:
+        # CLI only: soundfile/soxr and scipy.linalg stay out of ``import envs.render``,
+        # which the env, the exports and the report page import on every start
         from datasets.audio import load_audio, write_audio
         from datasets.safety import refuse_overwrite
         from envs.quality import detect_clicks

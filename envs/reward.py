@@ -30,7 +30,7 @@ Rewards (SPEC "Reward Components")
   a bar long (+1), or not (-1); averaged (catches 3-beat cuts and 1-beat slivers that
   break the meter even when runs are long); minus 2 x the share of played beats with
   effects beyond 25 % (effects are spice).
-- ``audio_clicks``: fraction of cuts where ``envs.quality.local_join_quality`` hears no
+- ``audio_clicks``: fraction of cuts where ``local_join_quality`` hears no
   click in a +-50 ms local render of the plan (never the whole song), mapped to [-1, 1].
   Without audio, 0 (no evidence).
 - ``audio_energy``: energy consistency across joins from the per-beat ``rms_db`` (last
@@ -71,6 +71,8 @@ from datasets.beats import BARS_PER_PHRASE, BeatGrid
 from datasets.errors import ParameterError
 from envs.actions import ActionType
 from envs.plan import EditPlan, Segment
+from envs.quality import CLICK_THRESHOLD, Click, JoinQuality, click_scores, energy_consistency
+from envs.render import DEFAULT_CROSSFADE_MS, layout, render_excerpt
 
 __all__ = [
     "RewardWeights",
@@ -80,6 +82,7 @@ __all__ = [
     "default_target_keep",
     "keep_band",
     "plan_usage_iou",
+    "local_join_quality",
     "COMPONENTS",
     "DEFAULT_TARGET_KEEP",
     "KEEP_RATIO_MIN",
@@ -425,10 +428,39 @@ def _reorder_quality(joins, plan: EditPlan, ctx: RewardContext) -> float:
     return float(np.clip(np.mean(scores) - overuse, -1.0, 1.0))
 
 
+def local_join_quality(
+    *, y: np.ndarray, sr: int, plan, crossfade_ms: float | None = None, window_ms: float = 50.0,
+    threshold: float = CLICK_THRESHOLD,
+) -> JoinQuality:
+    """Click scores and energy jumps at every cut of ``plan``, rendering only
+    +-``window_ms`` around each cut (``envs.render.render_excerpt``), not the song.
+
+    Cheap enough for the environment's episode-end reward. y is the raw audio.
+    """
+    xf = DEFAULT_CROSSFADE_MS if crossfade_ms is None else crossfade_ms
+    y = np.atleast_2d(np.asarray(y, dtype=np.float32))
+    lay = layout(plan, sr, xf)
+    half = int(round(window_ms * sr / 1000))
+    pos = np.array([j.position for j in lay.joins if j.is_cut], dtype=np.int64)
+    scores = np.zeros(len(pos))
+    jumps = np.zeros(len(pos))
+    clicks = []
+    ctx = max(5.0, window_ms * 0.4)
+    for k, j in enumerate(pos):
+        ex = render_excerpt(y=y, sr=sr, plan=plan, start=int(j) - half, end=int(j) + half, crossfade_ms=xf, lay=lay)
+        sc, ch = click_scores(y=ex, sr=sr, positions=[half], context_ms=min(20.0, ctx))
+        scores[k] = sc[0]
+        if sc[0] > threshold:
+            clicks.append(Click(int(j), float(sc[0]), int(ch[0])))
+        gap = max(lay.crossfade / 2 / sr * 1000, 1.0)
+        jumps[k] = energy_consistency(y=ex, sr=sr, positions=[half], window_ms=window_ms - gap, gap_ms=gap)[0]
+    return JoinQuality(positions=pos, scores=scores, clicks=tuple(clicks), energy_jumps_db=jumps)
+
+
 def _audio_clicks(plan: EditPlan, joins, ctx: RewardContext) -> float:
     """Click score at the plan's cuts, heard on the real output.
 
-    ``envs.quality.local_join_quality`` renders +-50 ms around a cut (never the whole
+    ``local_join_quality`` renders +-50 ms around a cut (never the whole
     song) and runs the click detector there. Each cut is rendered as the two-segment plan
     (previous, next): the audio around a join depends only on those two segments (their
     handles and crossfade), so it is the same as in the full render, and at most
@@ -442,8 +474,6 @@ def _audio_clicks(plan: EditPlan, joins, ctx: RewardContext) -> float:
         return 0.0
     if not joins:
         return 1.0
-    from envs.quality import local_join_quality
-
     pick = np.unique(np.linspace(0, len(joins) - 1, min(len(joins), MAX_CLICK_JOINS)).round().astype(int))
     n_cuts = n_clicks = 0
     for i in pick:

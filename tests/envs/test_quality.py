@@ -8,8 +8,9 @@ import pytest
 from datasets.audio import load_audio
 from datasets.beats import BeatGrid
 from envs.plan import EditPlan, Ops, Segment
-from envs.quality import click_scores, detect_clicks, energy_consistency, local_join_quality
+from envs.quality import click_scores, detect_clicks, energy_consistency
 from envs.render import render
+from envs.reward import local_join_quality
 from tests.conftest import music_file
 
 
