@@ -112,7 +112,7 @@ def _breakdown(songs, policy, *, n_envs: int, steps: int, run_dir: Path) -> dict
     """Env steps per CPU-second: the env alone (random valid actions), and rollouts with
     the policy acting (no update)."""
     from envs.env import AudioEditEnv
-    from rl.ppo import collect_rollout, make_vector_env
+    from rl.rollout import collect_rollout, make_vector_env
 
     envs = make_vector_env([lambda: AudioEditEnv(songs, run_dir=run_dir)] * n_envs)
     obs, _ = envs.reset(seed=list(range(n_envs)))
@@ -268,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
           f"rollout + PPO update {ft['sps_cpu']:.0f}")
     learner_ms, worker_ms = ft["split"]
     if worker_ms > 0:
-        print(f"overlap (rl/actor.py): learner {learner_ms:.3f} ms CPU per env step, rollout worker {worker_ms:.3f}; "
+        print(f"overlap (rl/worker.py): learner {learner_ms:.3f} ms CPU per env step, rollout worker {worker_ms:.3f}; "
               f"with a core each the slower one bounds the rate at {1e3 / max(learner_ms, worker_ms):.0f} steps/s")
     print(f"training-episode reward (BC + PPO): first epoch {ft['first_reward']:.3f} -> last {ft['train_reward']:.3f}")
     return 0

@@ -2,9 +2,9 @@
 
 The spec's "Training Approach", read top to bottom (CleanRL style, no trainer class):
 
-1. **Rollout.** Every epoch resets the N envs with seeds derived from ``(seed, epoch)``
-   and steps them until each env has recorded at least ``steps`` transitions *and*
-   finished the episode it is in. So every recorded episode is complete: the reward is
+1. **Rollout** (rl/rollout.py). Every epoch resets the N envs with seeds derived from
+   ``(seed, epoch)`` and steps them until each env has recorded at least ``steps``
+   transitions *and* finished the episode it is in. So every recorded episode is complete: the reward is
    paid at the episode end only (Monte Carlo), and a half-finished episode would have no
    return at all. Resetting per epoch also makes a resumed run continue identically
    without pickling environments.
@@ -30,7 +30,7 @@ The spec's "Training Approach", read top to bottom (CleanRL style, no trainer cl
    gradient-norm clipping, cosine learning rate, and an early stop when the approximate
    KL to the rollout policy exceeds ``target_kl``.
 5. **Overlap** (``overlap=True``, CPU): the next rollout is collected by a forked worker
-   (rl/actor.py) while the learner updates, so each rollout is one update behind. The
+   (rl/worker.py) while the learner updates, so each rollout is one update behind. The
    update is then decoupled PPO (Hilton et al. 2022): ratio and clip are taken against
    the policy at the start of the update ("proximal", one no-grad forward pass), each
    sample is weighted by pi_prox / pi_behaviour truncated at ``lag_weight_clip``, and the
@@ -62,15 +62,13 @@ Usage (the CLI with real songs is rl/train.py)::
 from __future__ import annotations
 
 import copy
-import functools
 import math
-import os
 import random
 import time
 import warnings
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -79,27 +77,24 @@ import numpy as np
 import torch
 from torch import nn
 
-from agent.model import obs_to_tensors
+from datasets.atomic import atomic_path
+from datasets.errors import ParameterError
 from envs.returns import monte_carlo_returns
-from rl.actor import RolloutWorker
+from rl.rollout import Rollout, collect_rollout, index_obs, make_vector_env, rollout_logp
+from rl.worker import RolloutWorker
 
 __all__ = [
     "PPOConfig",
-    "Rollout",
     "Demos",
     "RunningMeanStd",
     "seed_everything",
     "pick_device",
     "entropy_coef_at",
-    "make_vector_env",
-    "obs_to_torch",
-    "collect_rollout",
     "compute_advantages",
     "song_baseline",
     "explained_variance",
     "head_entropies",
     "evaluate_actions",
-    "rollout_logp",
     "save_checkpoint",
     "load_checkpoint",
     "train",
@@ -190,37 +185,10 @@ class PPOConfig:
     """torch.use_deterministic_algorithms (slower; CPU runs are already reproducible)"""
     overlap: bool = True
     """CPU: a forked worker collects the next epoch's rollout while the learner updates
-    (rl/actor.py), so the envs and the update each keep a core busy; rollouts are then
+    (rl/worker.py), so the envs and the update each keep a core busy; rollouts are then
     one update behind and the loss is decoupled PPO (``lag_weight_clip``). Off on CUDA"""
     lag_weight_clip: float = 2.0
     """overlap: each sample's weight pi_prox / pi_behaviour is truncated at this (V-trace's rho-bar)"""
-
-
-@dataclass(frozen=True)
-class Rollout:
-    """Transitions of one epoch, env-major: each env's episodes are contiguous and end done.
-
-    obs : dict of tensors, each [M, ...]
-    actions : int64 [M, 3] (type, size, amount)
-    logp, values, rewards : float32 [M]
-    dones : bool [M] (terminated or truncated)
-    episode_ids : int64 [M], the episode of each transition (``episodes[k]["id"]``)
-    episodes : one dict per finished episode: id, song, reward, length, components, type counts
-    env_steps : every env step taken, recorded or not (throughput counts these)
-    """
-
-    obs: dict[str, torch.Tensor]
-    actions: torch.Tensor
-    logp: torch.Tensor
-    values: torch.Tensor
-    rewards: torch.Tensor
-    dones: torch.Tensor
-    episode_ids: torch.Tensor | None = None
-    episodes: list[dict[str, Any]] = field(default_factory=list)
-    env_steps: int = 0
-
-    def __len__(self) -> int:
-        return int(self.actions.shape[0])
 
 
 @dataclass(frozen=True)
@@ -309,30 +277,6 @@ def _cosine_lr_lambda(cfg: PPOConfig) -> Callable[[int], float]:
     return f
 
 
-def make_vector_env(env_fns: Sequence[Callable[[], gym.Env]], *, subprocess: bool = False) -> gym.vector.VectorEnv:
-    """N envs in one process (sync) or one process each (``subprocess``), same-step autoreset.
-
-    Same-step autoreset returns the first observation of the next episode together with
-    the final reward, so no step is wasted on a reset and no "reset transition" enters
-    the buffer (gymnasium's default next-step mode would add one per episode).
-    """
-    mode = gym.vector.AutoresetMode.SAME_STEP
-    if subprocess:
-        # gymnasium's own worker, started so that it dies with this process (datasets/procs.py)
-        from gymnasium.vector.async_vector_env import _async_worker
-
-        from datasets.procs import child_call
-
-        worker = functools.partial(child_call, os.getpid(), _async_worker)
-        return gym.vector.AsyncVectorEnv(list(env_fns), autoreset_mode=mode, worker=worker)
-    return gym.vector.SyncVectorEnv(list(env_fns), autoreset_mode=mode)
-
-
-def obs_to_torch(obs: Mapping[str, np.ndarray], device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
-    """Batched numpy Dict observation -> tensors: floats float32, masks bool (agent/model.py's rule)."""
-    return obs_to_tensors(obs, device=device)
-
-
 def head_entropies(ent: Any) -> torch.Tensor:
     """Per-head entropies in any of the policy's forms -> float tensor [B, 3]."""
     if isinstance(ent, Mapping):
@@ -349,157 +293,9 @@ def evaluate_actions(policy: nn.Module, obs: Mapping[str, torch.Tensor], actions
     return logp, head_entropies(ent), value
 
 
-def _index_obs(obs: Mapping[str, torch.Tensor], idx: torch.Tensor) -> dict[str, torch.Tensor]:
-    return {k: v[idx] for k, v in obs.items()}
-
-
-@torch.no_grad()
-def rollout_logp(policy: nn.Module, obs: Mapping[str, torch.Tensor], actions: torch.Tensor, *, batch: int = 256) -> torch.Tensor:
-    """log P of ``actions`` under ``policy`` for a whole rollout, in no-grad batches."""
-    idx_all = torch.arange(actions.shape[0], device=actions.device)
-    return torch.cat([policy.evaluate(_index_obs(obs, idx), actions[idx])[0] for idx in idx_all.split(batch)])
-
-
 def _sample_seed(cfg: PPOConfig, epoch: int) -> int:
     """Seed of the overlapped worker's action sampling in ``epoch`` (resume-exact)."""
     return (cfg.seed * 2_000_003 + epoch * 7_919 + 17) % 2**62
-
-
-def _env_info(infos: Mapping[str, Any], i: int) -> dict[str, Any]:
-    """Env ``i``'s entries of a vector env's stacked info dict (masks are ``_key``)."""
-    out: dict[str, Any] = {}
-    for k, v in infos.items():
-        if k.startswith("_"):
-            continue
-        mask = infos.get("_" + k)
-        if mask is not None and not bool(mask[i]):
-            continue
-        out[k] = _env_info(v, i) if isinstance(v, Mapping) else v[i]
-    return out
-
-
-def _valid_actions(obs: Mapping[str, np.ndarray], actions: np.ndarray) -> np.ndarray:
-    """bool [N]: each action allowed by its observation's three masks."""
-    n = np.arange(actions.shape[0])
-    t, s, a = actions[:, 0], actions[:, 1], actions[:, 2]
-    return (
-        (np.asarray(obs["type_mask"])[n, t] != 0)
-        & (np.asarray(obs["size_mask"])[n, t, s] != 0)
-        & (np.asarray(obs["amount_mask"])[n, t, a] != 0)
-    )
-
-
-# ---------------------------------------------------------------------------- rollout
-
-
-@torch.no_grad()
-def collect_rollout(
-    envs: gym.vector.VectorEnv,
-    policy: nn.Module,
-    *,
-    obs: Mapping[str, np.ndarray],
-    steps: int,
-    generator: torch.Generator | None = None,
-    device: torch.device | str = "cpu",
-    max_env_steps: int | None = None,
-) -> Rollout:
-    """Step ``envs`` until each env has ``steps`` transitions and no episode in flight.
-
-    obs : the batched observation the envs are at (just reset)
-    max_env_steps : safety cap on vector steps (default 50 * steps); an env still
-        mid-episode at the cap has its unfinished tail dropped, never given a return
-    """
-    n = envs.num_envs
-    cap = max_env_steps if max_env_steps is not None else 50 * max(1, steps)
-    # a policy that reads only part of the observation stores only that part (agent/model.py)
-    crop = getattr(policy, "crop_obs", None) or dict
-    buf_obs: list[dict[str, np.ndarray]] = []
-    buf_act, buf_logp, buf_val, buf_rew, buf_done, buf_rec, buf_ep = [], [], [], [], [], [], []
-    ep_id = np.arange(n, dtype=np.int64)  # id of the episode each env is in
-    next_id = n
-    recorded = np.zeros(n, dtype=np.int64)
-    recording = np.ones(n, dtype=bool)
-    episodes: list[dict[str, Any]] = []
-    ep_types: list[Counter] = [Counter() for _ in range(n)]
-    ep_len = np.zeros(n, dtype=np.int64)
-    ep_ret = np.zeros(n, dtype=np.float64)  # sum of the episode's rewards (usually only the last)
-    env_steps = 0
-    t = 0
-    while recording.any() and t < cap:
-        # inference_mode (not only no_grad): no version counters or view tracking, ~10 % off
-        # each batched act; the stored observations are rebuilt below outside of it, so the
-        # update's autograd never sees an inference tensor
-        with torch.inference_mode():
-            actions, logp, value, _ = policy.act(obs_to_torch(obs, device), deterministic=False, generator=generator)
-        actions_np = actions.cpu().numpy().astype(np.int64)
-        # masks are the policy's job; a violation here is a bug, never a training signal
-        assert _valid_actions(obs, actions_np).all(), "policy sampled a masked action"
-        next_obs, reward, term, trunc, infos = envs.step(actions_np)
-        done = np.logical_or(term, trunc)
-        buf_obs.append(crop(obs))
-        buf_act.append(actions_np)
-        buf_logp.append(logp.float().cpu().numpy())
-        buf_val.append(value.float().cpu().numpy())
-        buf_rew.append(np.asarray(reward, dtype=np.float32))
-        buf_done.append(done)
-        buf_rec.append(recording.copy())
-        buf_ep.append(ep_id.copy())
-        env_steps += n
-        recorded += recording
-        ep_len += 1
-        ep_ret += reward
-        for i in range(n):
-            if recording[i]:
-                ep_types[i][int(actions_np[i, 0])] += 1
-            if done[i]:
-                if recording[i]:
-                    final = _env_info(infos["final_info"], i) if "final_info" in infos else {}
-                    comps = final.get("reward_components", {})
-                    episodes.append(
-                        {
-                            "id": int(ep_id[i]),
-                            "song": str(final.get("song", "")),
-                            "reward": float(ep_ret[i]),
-                            "length": int(ep_len[i]),
-                            "components": {k: float(v) for k, v in comps.items()},
-                            "types": ep_types[i],
-                        }
-                    )
-                ep_len[i] = 0
-                ep_ret[i] = 0.0
-                ep_id[i] = next_id
-                next_id += 1
-                ep_types[i] = Counter()
-                if recorded[i] >= steps:
-                    recording[i] = False
-        obs = next_obs
-        t += 1
-    rec = np.stack(buf_rec, axis=1)  # (N, T) which steps are kept
-    done_nt = np.stack(buf_done, axis=1)
-    if recording.any():
-        # cap hit: drop the unfinished tails of envs still mid-episode
-        for i in np.flatnonzero(recording):
-            ends = np.flatnonzero(done_nt[i] & rec[i])
-            last = ends[-1] + 1 if ends.size else 0
-            rec[i, last:] = False
-
-    def gather(steps_list: list[np.ndarray]) -> np.ndarray:
-        x = np.stack(steps_list, axis=1)  # (N, T, ...)
-        return x[rec]  # env-major (M, ...)
-
-    obs_t = obs_to_torch({k: gather([o[k] for o in buf_obs]) for k in buf_obs[0]})
-    rew = gather(buf_rew)
-    return Rollout(
-        obs=obs_t,
-        actions=torch.as_tensor(gather(buf_act)),
-        logp=torch.as_tensor(gather(buf_logp)),
-        values=torch.as_tensor(gather(buf_val)),
-        rewards=torch.as_tensor(rew),
-        dones=torch.as_tensor(gather(buf_done)),
-        episode_ids=torch.as_tensor(gather(buf_ep)),
-        episodes=episodes,
-        env_steps=env_steps,
-    )
 
 
 # ---------------------------------------------------------------------------- advantages
@@ -589,16 +385,12 @@ def _set_rng_state(state: Mapping[str, Any], generator: torch.Generator, sample_
 def save_checkpoint(path: str | Path, state: Mapping[str, Any]) -> None:
     """torch.save through the one atomic writer (datasets.atomic: never a half file, the
     user's umask)."""
-    from datasets.atomic import atomic_path
-
     with atomic_path(path) as tmp:
         torch.save(dict(state), tmp)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a PPO checkpoint with ``weights_only=True``; checks its format tag."""
-    from datasets.errors import ParameterError
-
     path = Path(path)
     if not path.is_file():
         raise ParameterError(f"checkpoint not found: {path}")
@@ -646,8 +438,6 @@ def train(
     greedy_eval : ``f(policy, epoch, global_step)`` called every ``eval_every`` epochs
     extra_state : stored verbatim in each checkpoint (e.g. the model's config)
     """
-    from datasets.errors import ParameterError
-
     if len(env_fns) != cfg.n_envs:
         raise ParameterError(f"n_envs={cfg.n_envs} but {len(env_fns)} env factories were given")
     if cfg.minibatch_size % cfg.grad_accum:
@@ -813,7 +603,7 @@ def train(
                     mb_kl = 0.0
                     for idx in mb.split(micro):
                         w = idx.numel() / mb.numel()
-                        logp, ent3, value = evaluate_actions(policy, _index_obs(obs_d, idx), actions_d[idx])
+                        logp, ent3, value = evaluate_actions(policy, index_obs(obs_d, idx), actions_d[idx])
                         log_ratio = logp - prox_logp[idx]
                         ratio = log_ratio.exp()
                         a = adv[idx] if lag_w is None else adv[idx] * lag_w[idx]

@@ -12,14 +12,12 @@ from envs.returns import monte_carlo_returns
 from rl.ppo import (
     PPOConfig,
     RunningMeanStd,
-    collect_rollout,
     compute_advantages,
     entropy_coef_at,
     load_checkpoint,
-    make_vector_env,
-    obs_to_torch,
     train,
 )
+from rl.rollout import collect_rollout, make_vector_env, obs_to_torch
 from tests.rl.tiny import BANNED_SIZE, TinyMaskedEnv, TinyPolicy
 
 FAST = dict(lr=1e-2, update_epochs=4, minibatch_size=64, grad_accum=2, ent_coef=0.05, ent_coef_final=0.0,

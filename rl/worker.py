@@ -1,4 +1,5 @@
-"""Rollouts in a second process, overlapped with the learner's update (``PPOConfig.overlap``).
+"""The rollout worker: ``rl.rollout.collect_rollout`` in a second process, overlapped with
+the learner's update (``PPOConfig.overlap``).
 
 Why: on a CPU box one PPO epoch is two halves that each keep one core busy: stepping the
 envs while the policy acts (Python and numpy) and the update (torch forward + backward).
@@ -34,6 +35,9 @@ import gymnasium as gym
 import numpy as np
 import torch
 from torch import nn
+
+from datasets.procs import die_with_parent
+from rl.rollout import Rollout, collect_rollout, rollout_logp
 
 __all__ = ["RolloutWorker", "RolloutResult"]
 
@@ -72,9 +76,6 @@ def _worker_main(
     reference: nn.Module | None,
     steps: int,
 ) -> None:
-    from datasets.procs import die_with_parent
-    from rl.ppo import collect_rollout, rollout_logp
-
     die_with_parent(parent_pid)
     # the fork copied the learner's end of the pipe: close it, so that recv() sees EOF
     # when the learner is gone instead of waiting on an end this process holds itself
@@ -155,8 +156,6 @@ class RolloutWorker:
 
     def result(self) -> RolloutResult:
         """Wait for the requested rollout."""
-        from rl.ppo import Rollout
-
         assert self._pending, "RolloutWorker: no rollout was requested"
         try:
             msg = self._conn.recv()
