@@ -454,7 +454,7 @@ def make_vector_env(songs, n_envs: int = 2, *, asynchronous: bool = False, copy_
     Autoreset is ``SAME_STEP``: when a sub-env's episode ends, the step returns its
     reward and ``terminated``/``truncated`` with the first observation of the next episode
     (the last one is in ``info["final_obs"]``), so every buffer row is a real transition
-    (``envs.returns.monte_carlo_returns`` needs no reset rows dropped).
+    (``rl.returns.monte_carlo_returns`` needs no reset rows dropped).
     Each sub-env draws its songs with its own ``np_random`` (seed with ``reset(seed=)``).
     ``copy_obs=False`` skips gymnasium's copy of the batched observation (faster; the
     arrays are then overwritten by the next step, so copy what you keep). ``env_kwargs``

@@ -8,7 +8,7 @@ The spec's "Training Approach", read top to bottom (CleanRL style, no trainer cl
    paid at the episode end only (Monte Carlo), and a half-finished episode would have no
    return at all. Resetting per epoch also makes a resumed run continue identically
    without pickling environments.
-2. **Returns.** ``envs.returns.monte_carlo_returns`` per episode, honouring ends (the
+2. **Returns.** ``rl.returns.monte_carlo_returns`` per episode, honouring ends (the
    spec's first implementation ran returns across an env-interleaved buffer; we order
    the buffer env-major so each env's episodes are contiguous and end with ``done``).
    Returns are clipped to ``+-return_clip`` (spec "Known Issues": FP16/large value
@@ -79,7 +79,7 @@ from torch import nn
 
 from datasets.atomic import atomic_path
 from datasets.errors import ParameterError
-from envs.returns import monte_carlo_returns
+from rl.returns import monte_carlo_returns
 from rl.rollout import Rollout, collect_rollout, index_obs, make_vector_env, rollout_logp
 from rl.worker import RolloutWorker
 

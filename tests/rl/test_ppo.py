@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from envs.returns import monte_carlo_returns
+from rl.returns import monte_carlo_returns
 from rl.ppo import (
     PPOConfig,
     RunningMeanStd,

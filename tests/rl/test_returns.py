@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from envs.returns import monte_carlo_returns, next_step_reset_mask
+from rl.returns import monte_carlo_returns, next_step_reset_mask
 
 
 def _per_episode_reference(rewards, dones, gamma):
