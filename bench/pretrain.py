@@ -234,7 +234,7 @@ def run_persona(persona: str, songs, args, fold: int = 0) -> list[dict]:
                 evaluated["s"] += time.perf_counter() - e0
 
             if args.dagger_rounds > 0 and label == "ours":
-                from pretrain.dagger import train_dagger
+                from pretrain.train import train_dagger
 
                 cfg = replace(cfg, dagger_rounds=args.dagger_rounds, dagger_epochs=args.dagger_epochs, refine_max_size=args.refine,
                               dagger_flip=args.dagger_flip, dagger_rollouts=args.dagger_rollouts)

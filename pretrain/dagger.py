@@ -1,5 +1,7 @@
-"""DAgger for behaviour cloning: an expert that labels ANY executor state, and rounds of
-"roll out the policy, relabel what it visited, train on the aggregate".
+"""DAgger for behaviour cloning: an expert that labels ANY executor state, and one
+round's data ("roll out the policy, relabel what it visited": ``collect_dagger``). The
+rounds themselves (collect, add to the data, train on, repeat) are the loop
+``train_dagger`` in pretrain/train.py.
 
 Why: behaviour cloning only sees the editor's own states. At test time one wrong
 KEEP / CUT puts the policy in a state (history, head) no label covers, and every later
@@ -26,18 +28,18 @@ after a deviation the target's remaining decisions stay the target's.
 from __future__ import annotations
 
 import bisect
-import logging
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 
 import numpy as np
 
 from datasets.errors import ParameterError
+from envs.env import AudioEditEnv
+from envs.observation import HEAD_INDEX, WINDOW
+from envs.plan import EditPlan, Executor, Segment, _Oracle
+from pretrain.augment import IDENTITY
+from pretrain.dataset import _SPLITTABLE, BCData, _boundaries, refine_actions, song_for
 
-__all__ = ["collect_dagger", "expert_action", "expert_rollout", "train_dagger"]
-
-log = logging.getLogger(__name__)
+__all__ = ["collect_dagger", "expert_action", "expert_rollout"]
 
 
 class _Target:
@@ -72,8 +74,6 @@ class _Target:
         """Segments of the target's output from position j on, without the beats behind
         the head that were never played and that the target plays on its way forward
         from j (before any jump back of its own: material it jumps back for stays)."""
-        from envs.plan import Segment
-
         out: list[Segment] = []
         cur = None  # [seg index, start, end]
         forward = True  # no jump back in the target's own output since the pointer
@@ -110,8 +110,6 @@ def _target_for(plan) -> _Target:
 
 def _continuation(ex, target: _Target) -> list[tuple[int, int, int]]:
     """The oracle's actions from executor state ``ex`` to the target's residual."""
-    from envs.plan import EditPlan, _Oracle
-
     played = [(a, b) for a, b, _ in ex._segs]
     j = target.pointer(played)
     res = target.residual(j, ex.head, ex.beat_usage)
@@ -149,8 +147,6 @@ def _largest_step(ex, t: int, a: int, goal: int, max_size: int, default: int) ->
 def _refine_first(ex, act, max_size: int | None) -> tuple[int, int, int]:
     """act, or its first refined step (refine_actions: KEEP / CUT / effects split into
     the largest allowed steps of at most max_size that do not run past act's chunk)."""
-    from pretrain.dataset import _SPLITTABLE
-
     t, s, a = act
     if max_size is not None and s > max_size and t in _SPLITTABLE:
         goal = ex.copy().step(t, s, a).head_after
@@ -278,12 +274,6 @@ def collect_dagger(act: Callable[[dict], np.ndarray], pairs, songs: dict, *, tar
     Returns a BCData (same arrays as ``build_bc_data``) or None when the policy stayed
     on every label trajectory.
     """
-    from envs.env import AudioEditEnv
-    from envs.observation import HEAD_INDEX, WINDOW
-    from envs.plan import Executor
-    from pretrain.augment import IDENTITY
-    from pretrain.dataset import BCData, _boundaries, refine_actions, song_for
-
     if not 0.0 <= flip_prob < 1.0 or n_rollouts < 1:
         raise ParameterError(f"flip_prob={flip_prob} must be in [0, 1) and n_rollouts={n_rollouts} >= 1")
     rng = np.random.default_rng(seed)
@@ -338,68 +328,3 @@ def collect_dagger(act: Callable[[dict], np.ndarray], pairs, songs: dict, *, tar
         parts.append(BCData(**arr, song=np.zeros(m, dtype=np.int32), episode=np.zeros(m, dtype=np.int32),
                             song_keys=(pair.raw_sha256 or pair.name,), episode_names=(f"{song.name}#dagger",)))
     return BCData.concat(parts) if parts else None
-
-
-def train_dagger(cfg, data, pairs, *, songs: dict | None = None, target_keep: float,
-                 on_round: Callable[[int, dict], None] | None = None) -> dict:
-    """Behaviour cloning (``pretrain.train.train``) then ``cfg.dagger_rounds`` DAgger rounds.
-
-    Round r (1..R): load bc_last.pt, roll it out greedily on every pair (all of ``pairs``:
-    pass the training songs only; ``cfg.dagger_rollouts`` times each, a step replaced by
-    the opposite unit decision with probability ``cfg.dagger_flip``), relabel the visited states with ``expert_action``,
-    append them to the data (aggregated over rounds), and continue the same run (resumed
-    from bc_last.pt: weights, optimiser, normaliser) for ``cfg.dagger_epochs`` more
-    epochs. on_round(r, summary) is called after round 0 (plain BC) and every round.
-    Returns the last round's summary plus "dagger_samples" (new samples per round);
-    "seconds" covers the whole run.
-
-    Resume: the weights each round collected with are stored in every later checkpoint
-    (``extra["dagger"]``), so a run killed in round r and started again rebuilds rounds
-    1..r's data exactly (the rollouts are deterministic given the weights and the seed)
-    instead of collecting it with the later weights it finds in bc_last.pt.
-    """
-    from agent.checkpoint import load_checkpoint, policy_from_checkpoint
-    from pretrain.dataset import BCData
-    from pretrain.evaluate import policy_fn
-    from pretrain.train import data_key, train
-
-    if cfg.dagger_rounds < 0 or cfg.dagger_epochs < 1:
-        raise ParameterError(f"dagger_rounds={cfg.dagger_rounds} must be >= 0 and dagger_epochs={cfg.dagger_epochs} >= 1")
-    refine = None if cfg.refine_max_size < 0 else cfg.refine_max_size
-    t0 = time.perf_counter()
-    labels_key = data_key(data)  # of the labels: the rounds add samples, not labels
-    summary = train(cfg, data, target_keep=target_keep, labels_key=labels_key)
-    if on_round is not None:
-        on_round(0, summary)
-    added: list[int] = []
-    rounds: list[dict] = []  # per round: the weights it collected with, and its sample count
-    ck = load_checkpoint(summary["last_path"])
-    stored = ck["extra"].get("dagger") or []
-    if len(stored) == cfg.dagger_rounds and int(ck["extra"]["epoch"]) >= cfg.epochs + cfg.dagger_rounds * cfg.dagger_epochs - 1:
-        log.info("DAgger: all %d rounds of %s are done; nothing to do", cfg.dagger_rounds, summary["last_path"])
-        return {**summary, "dagger_samples": [int(d["samples"]) for d in stored], "seconds": time.perf_counter() - t0}
-    for r in range(1, cfg.dagger_rounds + 1):
-        ck = load_checkpoint(summary["last_path"])
-        stored = ck["extra"].get("dagger") or []
-        resumed = len(stored) >= r  # this round was started by an earlier, killed session
-        weights = stored[r - 1]["weights"] if resumed else ck["model"]
-        model = policy_from_checkpoint({**ck, "model": weights}).eval()
-        extra = collect_dagger(policy_fn(model), pairs, songs or {}, target_keep=target_keep, refine_max_size=refine,
-                               flip_prob=cfg.dagger_flip, n_rollouts=cfg.dagger_rollouts, seed=cfg.seed * 1000 + r,
-                               stems=cfg.stems)
-        added.append(0 if extra is None else len(extra))
-        if resumed and int(stored[r - 1]["samples"]) != added[-1]:
-            log.warning("DAgger round %d: rebuilt %d samples where the interrupted session had %d "
-                        "(DAgger settings changed); the round continues on the new data", r, added[-1], stored[r - 1]["samples"])
-        rounds.append({"weights": weights, "samples": added[-1]})
-        if extra is not None:
-            data = BCData.concat([data, extra])
-        log.info("DAgger round %d: %d new samples, %d in all%s", r, added[-1], len(data),
-                 " (rebuilt from the round's stored policy)" if resumed else "")
-        rcfg = replace(cfg, epochs=cfg.epochs + r * cfg.dagger_epochs, restart=False)
-        summary = train(rcfg, data, target_keep=target_keep, labels_key=labels_key, extra_state={"dagger": rounds})
-        if on_round is not None:
-            on_round(r, summary)
-    summary["dagger_samples"] = added
-    summary["seconds"] = time.perf_counter() - t0  # BC + every round, rollouts included
-    return summary

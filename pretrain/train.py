@@ -25,10 +25,10 @@ Not exact: on CUDA, kernels without a deterministic backward (natten's, scatter-
 make even two uninterrupted runs differ in the last bits (the resume log says so).
 TensorBoard hides what the killed session logged after its last checkpoint.
 
-Then ``dagger_rounds`` DAgger rounds (pretrain/dagger.py): the policy is rolled out on
-the labelled songs (with random KEEP <-> CUT flips), the states it reaches are labelled by
-an expert that continues toward the editor's plan from any state, and training
-continues on the aggregate.
+Then ``dagger_rounds`` DAgger rounds (``train_dagger``, below; the expert is
+pretrain/dagger.py): the policy is rolled out on the labelled songs (with random
+KEEP <-> CUT flips), the states it reaches are labelled by an expert that continues
+toward the editor's plan from any state, and training continues on the aggregate.
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ import logging
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -52,7 +53,9 @@ from agent.model import N_TYPES, Policy, PolicyConfig
 from agent.planner import attach_priors, fit_planner
 from datasets.errors import EditorError, ParameterError
 from envs.observation import HEAD_INDEX, HISTORY_CHANNELS, WINDOW, channel_index
+from pretrain.dagger import collect_dagger
 from pretrain.dataset import BCData, build_bc_data, load_labels, split_by_song
+from pretrain.evaluate import policy_fn
 from pretrain.losses import LossWeights, bc_losses, classification_metrics, predict, type_class_weights
 
 __all__ = ["PretrainConfig", "build_run_data", "evaluate", "main", "run", "train"]
@@ -403,7 +406,7 @@ def train(cfg: PretrainConfig, data: BCData | None = None, *, target_keep: float
     labels_key : ``data_key`` of the labels the run trains on, checked on resume (default:
         of ``data``; DAgger passes its base data's, as its rounds add samples)
     extra_state : stored in every checkpoint's ``extra`` (DAgger's rounds)
-    ``cfg.dagger_rounds`` is not run here: see ``pretrain.dagger.train_dagger``.
+    ``cfg.dagger_rounds`` is not run here: see ``train_dagger``.
     """
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
@@ -607,6 +610,66 @@ def train(cfg: PretrainConfig, data: BCData | None = None, *, target_keep: float
     }
 
 
+def train_dagger(cfg: PretrainConfig, data: BCData, pairs, *, songs: dict | None = None, target_keep: float,
+                 on_round: Callable[[int, dict], None] | None = None) -> dict:
+    """Behaviour cloning (``train``) then ``cfg.dagger_rounds`` DAgger rounds.
+
+    Round r (1..R): load bc_last.pt, roll it out greedily on every pair (all of ``pairs``:
+    pass the training songs only; ``cfg.dagger_rollouts`` times each, a step replaced by
+    the opposite unit decision with probability ``cfg.dagger_flip``), relabel the visited
+    states with ``pretrain.dagger.expert_action`` (``collect_dagger``), append them to the
+    data (aggregated over rounds), and continue the same run (resumed from bc_last.pt:
+    weights, optimiser, normaliser) for ``cfg.dagger_epochs`` more epochs. on_round(r, summary) is called after round 0 (plain BC) and every round.
+    Returns the last round's summary plus "dagger_samples" (new samples per round);
+    "seconds" covers the whole run.
+
+    Resume: the weights each round collected with are stored in every later checkpoint
+    (``extra["dagger"]``), so a run killed in round r and started again rebuilds rounds
+    1..r's data exactly (the rollouts are deterministic given the weights and the seed)
+    instead of collecting it with the later weights it finds in bc_last.pt.
+    """
+    if cfg.dagger_rounds < 0 or cfg.dagger_epochs < 1:
+        raise ParameterError(f"dagger_rounds={cfg.dagger_rounds} must be >= 0 and dagger_epochs={cfg.dagger_epochs} >= 1")
+    refine = None if cfg.refine_max_size < 0 else cfg.refine_max_size
+    t0 = time.perf_counter()
+    labels_key = data_key(data)  # of the labels: the rounds add samples, not labels
+    summary = train(cfg, data, target_keep=target_keep, labels_key=labels_key)
+    if on_round is not None:
+        on_round(0, summary)
+    added: list[int] = []
+    rounds: list[dict] = []  # per round: the weights it collected with, and its sample count
+    ck = load_checkpoint(summary["last_path"])
+    stored = ck["extra"].get("dagger") or []
+    if len(stored) == cfg.dagger_rounds and int(ck["extra"]["epoch"]) >= cfg.epochs + cfg.dagger_rounds * cfg.dagger_epochs - 1:
+        log.info("DAgger: all %d rounds of %s are done; nothing to do", cfg.dagger_rounds, summary["last_path"])
+        return {**summary, "dagger_samples": [int(d["samples"]) for d in stored], "seconds": time.perf_counter() - t0}
+    for r in range(1, cfg.dagger_rounds + 1):
+        ck = load_checkpoint(summary["last_path"])
+        stored = ck["extra"].get("dagger") or []
+        resumed = len(stored) >= r  # this round was started by an earlier, killed session
+        weights = stored[r - 1]["weights"] if resumed else ck["model"]
+        model = policy_from_checkpoint({**ck, "model": weights}).eval()
+        extra = collect_dagger(policy_fn(model), pairs, songs or {}, target_keep=target_keep, refine_max_size=refine,
+                               flip_prob=cfg.dagger_flip, n_rollouts=cfg.dagger_rollouts, seed=cfg.seed * 1000 + r,
+                               stems=cfg.stems)
+        added.append(0 if extra is None else len(extra))
+        if resumed and int(stored[r - 1]["samples"]) != added[-1]:
+            log.warning("DAgger round %d: rebuilt %d samples where the interrupted session had %d "
+                        "(DAgger settings changed); the round continues on the new data", r, added[-1], stored[r - 1]["samples"])
+        rounds.append({"weights": weights, "samples": added[-1]})
+        if extra is not None:
+            data = BCData.concat([data, extra])
+        log.info("DAgger round %d: %d new samples, %d in all%s", r, added[-1], len(data),
+                 " (rebuilt from the round's stored policy)" if resumed else "")
+        rcfg = replace(cfg, epochs=cfg.epochs + r * cfg.dagger_epochs, restart=False)
+        summary = train(rcfg, data, target_keep=target_keep, labels_key=labels_key, extra_state={"dagger": rounds})
+        if on_round is not None:
+            on_round(r, summary)
+    summary["dagger_samples"] = added
+    summary["seconds"] = time.perf_counter() - t0  # BC + every round, rollouts included
+    return summary
+
+
 def _describe(path: Path) -> str:
     """ "epoch N" of a pretraining checkpoint, for log lines."""
     try:
@@ -621,14 +684,12 @@ def _plain_metrics(m: dict) -> dict:
 
 def run(cfg: PretrainConfig) -> dict:
     """``make pretrain``: behaviour cloning on the run's labels, then ``cfg.dagger_rounds``
-    DAgger rounds (pretrain/dagger.py); returns the summary."""
+    DAgger rounds (``train_dagger``); returns the summary."""
     last = Path(cfg.runs_dir) / cfg.run / "checkpoints" / "bc_last.pt"
     if last.is_file() and not cfg.restart:
         log.info("continuing %s (%s); --restart starts over", last, _describe(last))
     if cfg.dagger_rounds <= 0:
         return train(cfg)
-    from pretrain.dagger import train_dagger
-
     data, pairs, target_keep = build_run_data(cfg)
     return train_dagger(cfg, data, pairs, target_keep=target_keep)
 

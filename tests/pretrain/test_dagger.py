@@ -13,10 +13,9 @@ from pretrain.dagger import (
     collect_dagger,
     expert_action,
     expert_rollout,
-    train_dagger,
 )
 from pretrain.dataset import build_bc_data, refine_actions
-from pretrain.train import PretrainConfig
+from pretrain.train import PretrainConfig, train_dagger
 from tests.pretrain.synth import synth_corpus
 
 KEEP, CUT, SKIP, GAIN, FADE_OUT, JUMP = 0, 1, 5, 8, 7, 4
