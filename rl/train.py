@@ -44,7 +44,21 @@ import numpy as np
 import torch
 import tyro
 
+from agent.checkpoint import load_checkpoint, policy_from_checkpoint, save_checkpoint
+from agent.device import pick_device
+from agent.infer import edit_song
+from agent.layout import observation_layout
+from agent.model import Policy, PolicyConfig
+from agent.planner import attach_priors
+from datasets.audio import load_audio, resample, to_mono
 from datasets.errors import EditorError, ParameterError
+from datasets.features import extract_features
+from envs.actions import ActionType
+from envs.env import AudioEditEnv, Song
+from envs.render import render
+from envs.reward import plan_usage_iou
+from pretrain.augment import IDENTITY
+from pretrain.dataset import build_bc_data, load_labels
 from rl.ppo import HEADS, Demos, PPOConfig, train
 
 __all__ = ["TrainArgs", "load_run_songs", "split_songs", "heldout_split", "greedy_edit", "run", "main"]
@@ -102,12 +116,6 @@ class TrainArgs:
 def load_run_songs(run_dir: Path, *, stems: str = "auto", with_audio: bool = True, planner: bool = False) -> list[tuple[Any, Any]]:
     """(LabeledPair, envs.env.Song) for every labelled pair, features on the label's grid;
     ``planner``: with the whole-song planner's out-of-fold plan (agent/planner.py)."""
-    from agent.planner import attach_priors
-    from datasets.audio import load_audio
-    from datasets.features import extract_features
-    from envs.env import Song
-    from pretrain.dataset import load_labels
-
     out = []
     pairs = load_labels(run_dir)
     if planner:  # the same out-of-fold plans behaviour cloning saw (deterministic)
@@ -152,9 +160,6 @@ def heldout_split(pairs, *, checkpoint: dict | None, fraction: float, seed: int)
 
 def demos_from_pairs(pairs_songs) -> Demos:
     """The human plans replayed in the env: (observation, oracle action) pairs."""
-    from pretrain.augment import IDENTITY
-    from pretrain.dataset import build_bc_data
-
     data = build_bc_data([p for p, _ in pairs_songs], songs={(p.name, IDENTITY.key()): s for p, s in pairs_songs})
     return Demos(obs=data.obs(), actions=torch.as_tensor(data.actions))
 
@@ -170,9 +175,6 @@ def greedy_edit(policy, env, song_index: int = 0) -> dict:
     Returns reward, components, plan, actions [n, 3] and plan IoU against the song's
     human plan (nan without one).
     """
-    from agent.infer import edit_song
-    from envs.reward import plan_usage_iou
-
     res = edit_song(policy, env, song=song_index, deterministic=True, seed=0)
     human = env.songs[song_index].human_plan
     plan = res.plan
@@ -188,8 +190,6 @@ def greedy_edit(policy, env, song_index: int = 0) -> dict:
 
 def _action_table(actions: np.ndarray) -> str:
     """Markdown table of the type distribution (names from envs.actions)."""
-    from envs.actions import ActionType
-
     counts = np.bincount(actions[:, 0], minlength=len(ActionType))
     rows = ["| type | count | share |", "|---|---|---|"]
     for t in np.argsort(-counts):
@@ -210,9 +210,6 @@ def _log_greedy(writer, song, result: dict, step: int, *, seconds: float) -> Non
         writer.add_histogram(f"eval/actions_{name}", acts[:, h], step, bins=np.arange(-0.5, (18 if h == 0 else 5) + 0.5))
     writer.add_text("eval/action_distribution", f"song {song.name}, {len(acts)} actions\n\n" + _action_table(acts), step)
     if song.y is not None and result["plan"].segments:
-        from datasets.audio import resample, to_mono
-        from envs.render import render
-
         out = render(y=song.y, sr=song.sr, plan=result["plan"]).y
         mono = resample(to_mono(out), sr_in=song.sr, sr_out=22050)[: int(seconds * 22050)]
         writer.add_audio("eval/edit", torch.as_tensor(np.clip(mono, -1, 1))[None], step, sample_rate=22050)
@@ -233,8 +230,6 @@ def _agent_save_fn(policy, stage_config: dict, layout: dict, style: dict):
     """``save_fn`` for rl.ppo.train writing agent/checkpoint.py's format: the weights as
     ``model``, the optimizer as ``optimizer``, the rest of PPO's state in ``extra["ppo"]``,
     and the run's style settings (``style``: target_keep, stem_method) beside it."""
-    from agent.checkpoint import save_checkpoint
-
     def save(path: Path, state: dict) -> None:
         state = dict(state)
         state.pop("policy")  # == policy.state_dict(), stored as "model"
@@ -266,13 +261,9 @@ def _resume_state(ckpt: dict) -> dict:
 
 def run(args: TrainArgs, *, log_fn=print) -> dict:
     """Load songs and policy, fine-tune, write checkpoints and logs; returns a summary."""
+    # TensorBoard (and the protobuf it pulls in) only when a run starts, not for --help
+    # or the tests that call this module's helpers
     from torch.utils.tensorboard import SummaryWriter
-
-    from agent.checkpoint import load_checkpoint, policy_from_checkpoint
-    from agent.device import pick_device
-    from agent.layout import observation_layout
-    from agent.model import Policy, PolicyConfig
-    from envs.env import AudioEditEnv
 
     cfg = args.ppo
     if args.threads:
