@@ -37,7 +37,7 @@ from datasets.beats import BeatGrid
 from datasets.features import feature_index
 from datasets.structure import unit_similarity
 
-__all__ = ["PlannerConfig", "Planner", "attach_priors", "fit_planner", "bar_features", "bar_targets", "beat_prior", "oof_priors", "BAR_FEATURES", "N_TARGETS"]
+__all__ = ["PlannerConfig", "Planner", "attach_priors", "fit_planner", "bar_features", "song_inputs", "KINDS", "bar_targets", "beat_prior", "oof_priors", "BAR_FEATURES", "N_TARGETS"]
 
 _RMS_DB = feature_index("rms_db")
 _RMS = feature_index("rms")
@@ -60,6 +60,9 @@ BAR_FEATURES: tuple[str, ...] = (
 )
 #: kept, repeated, faded
 N_TARGETS = 3
+#: Planner designs (``PlannerConfig.kind``): this file's pointwise MLP, or the listwise
+#: transformer over the song's bars of agent/planner_attention.py.
+KINDS = ("mlp", "attention")
 #: Phrases of the editor's grid are this many bars (the vocabulary's PHRASE).
 PHRASE_BARS = 4
 #: Two phrases "sound alike" above this similarity (envs/context.py's SIMILAR).
@@ -85,6 +88,9 @@ class PlannerConfig:
     folds: int = 4
     """out-of-fold priors for the training songs (fewer songs: one fold per song)"""
     seed: int = 0
+    kind: str = "mlp"
+    """"mlp" (this file) | "attention" (agent/planner_attention.py, its own
+    ``AttentionConfig`` defaults; ``seed`` and ``folds`` apply to both)"""
 
 
 def _z(x: np.ndarray) -> np.ndarray:
@@ -210,6 +216,24 @@ def _chroma_repetition(values: np.ndarray, grid: BeatGrid, ph_bounds: np.ndarray
     return out
 
 
+def song_inputs(values: np.ndarray, grid: BeatGrid, kind: str = "mlp") -> tuple[np.ndarray, np.ndarray]:
+    """A planner kind's per-bar inputs of a song and the bar bounds [n_bars + 1]: the MLP's
+    ``bar_features``, or the attention planner's ``bar_tokens`` (those plus raw summaries)."""
+    if _check_kind(kind) == "attention":
+        from agent.planner_attention import bar_tokens
+
+        return bar_tokens(values, grid)
+    return bar_features(values, grid)
+
+
+def _check_kind(kind: str) -> str:
+    if kind not in KINDS:
+        from datasets.errors import ParameterError
+
+        raise ParameterError(f"planner kind {kind!r}: expected one of {KINDS}")
+    return kind
+
+
 def bar_targets(plan, bounds: np.ndarray) -> np.ndarray:
     """[shape=(n_bars, 3)] kept / repeated / faded per bar of an aligned plan."""
     n = plan.grid.n_beats
@@ -266,7 +290,12 @@ class Planner:
 
     @classmethod
     def fit(cls, songs: list[tuple[np.ndarray, np.ndarray]], cfg: PlannerConfig = PlannerConfig()) -> "Planner":
-        """songs: (bar features X [n_bars, F], targets Y [n_bars, 3]) per training song."""
+        """songs: (``song_inputs`` X [n_bars, F] of ``cfg.kind``, targets Y [n_bars, 3]) per
+        training song. ``kind="attention"`` returns an ``AttentionPlanner`` (same methods)."""
+        if _check_kind(cfg.kind) == "attention":
+            from agent.planner_attention import AttentionConfig, AttentionPlanner
+
+            return AttentionPlanner.fit(songs, AttentionConfig(seed=cfg.seed))  # type: ignore[return-value]
         X = np.concatenate([x for x, _ in songs]).astype(np.float32)
         Y = np.concatenate([y for _, y in songs]).astype(np.float32)
         mean, std = X.mean(0), X.std(0)
@@ -311,6 +340,10 @@ class Planner:
     def from_state(cls, state: dict | None) -> "Planner | None":
         if not state:
             return None
+        if state.get("kind", "mlp") == "attention":  # states before the kinds are MLPs
+            from agent.planner_attention import AttentionPlanner
+
+            return AttentionPlanner.from_state(state)  # type: ignore[return-value]
         if tuple(state.get("features", ())) != BAR_FEATURES:
             return None  # a planner of another feature set: the policy runs without a prior
         cfg = PlannerConfig(**state["config"])
@@ -332,7 +365,7 @@ def oof_priors(songs: list[tuple[str, np.ndarray, BeatGrid, object]], cfg: Plann
     """
     tables = []
     for _, values, grid, plan in songs:
-        X, bounds = bar_features(values, grid)
+        X, bounds = song_inputs(values, grid, cfg.kind)
         tables.append((X, bar_targets(plan, bounds), bounds))
     full = Planner.fit([(X, Y) for X, Y, _ in tables], cfg)
     k = max(2, min(cfg.folds, len(songs)))
@@ -368,7 +401,7 @@ def fit_planner(pairs, *, stems: str = "auto", cfg: PlannerConfig = PlannerConfi
         return None
     tables = []
     for _, values, grid, plan in _pair_songs(pairs, stems):
-        X, bounds = bar_features(values, grid)
+        X, bounds = song_inputs(values, grid, cfg.kind)
         tables.append((X, bar_targets(plan, bounds)))
     return Planner.fit(tables, cfg)
 
