@@ -51,7 +51,9 @@ log = logging.getLogger(__name__)
 #: 2: plans and actions on the editor's phase of the grid (alignment/grid.py).
 #: 3: "loss" (what the labels do not play of the edit, make align's verdict rule),
 #: reversed spans as REVERSE chunks last-first, a repeat of the whole song via JUMP_BACK.
-LABEL_FORMAT_VERSION = 3
+#: 4: a pickup or last piece shorter than a bar joins its neighbouring unit
+#: (``BeatGrid.unit_ids``): no more KEEP BEAT for a 1-beat pickup.
+LABEL_FORMAT_VERSION = 4
 #: A gain change smaller than this is no change: two thirds of the smallest GAIN step
 #: (1.5 dB), because a mastering compressor leaves +-1 dB of level noise per segment.
 GAIN_DEADBAND_DB = 1.0
@@ -105,8 +107,7 @@ def _units(grid: BeatGrid) -> list[tuple[np.ndarray, np.ndarray]]:
     n = grid.n_beats
     out = []
     for s in act.Size:
-        bars = act.SIZE_UNIT_BARS[s]
-        ids = np.arange(n) if bars is None else np.asarray(grid.bar) // bars
+        ids = grid.unit_ids(act.SIZE_UNIT_BARS[s])
         change = np.flatnonzero(ids[1:] != ids[:-1]) + 1
         starts = np.r_[0, change]
         ends = np.r_[change, n]

@@ -134,6 +134,30 @@ class BeatGrid:
             beats_per_bar=int(d["beats_per_bar"]),
         )
 
+    def unit_ids(self, bars: int | None) -> np.ndarray:
+        """Unit number of each beat for groups of ``bars`` bars [shape=(n_beats,), int64]
+        (None: every beat its own unit); a unit is a run of equal numbers.
+
+        Groups follow ``bar // bars``, except the slivers at the song's edges: a leading
+        pickup shorter than one bar belongs to the first group and a trailing piece
+        shorter than one bar to the last one, the way a musician counts a 1-beat pickup
+        as part of the opening phrase, not as a phrase of its own (an edit that keeps
+        the opening phrase is then one KEEP PHRASE, not KEEP BEAT + KEEP PHRASE).
+        """
+        n = self.n_beats
+        if bars is None:
+            return np.arange(n, dtype=np.int64)
+        ids = np.asarray(self.bar, dtype=np.int64) // int(bars)
+        change = np.flatnonzero(ids[1:] != ids[:-1]) + 1
+        if len(change) == 0:
+            return ids
+        ids = ids.copy()
+        if change[0] < self.beats_per_bar:  # leading sliver joins the next group
+            ids[: change[0]] = ids[change[0]]
+        if n - change[-1] < self.beats_per_bar:  # trailing sliver joins the previous group
+            ids[change[-1]:] = ids[change[-1] - 1]
+        return ids
+
     def rephased(self, *, downbeat_shift: int = 0, bar_offset: int = 0) -> "BeatGrid":
         """The same beats counted the way another listener counts them.
 

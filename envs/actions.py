@@ -13,7 +13,8 @@ A size names a musical unit of the detected meter (DESIGN.md: the spec's sizes h
 PHRASE = 4 bars, TWO_PHRASES = 8 bars. Units are *aligned to the grid*: a unit is a run
 of beats with the same ``grid.bar`` (BAR), ``grid.bar // 2`` (TWO_BARS),
 ``grid.bar // 4`` (PHRASE, the grid's own ``phrase``) or ``grid.bar // 8``
-(TWO_PHRASES). The **chunk** of size s at read head h is ``[h, e)`` where e is the end
+(TWO_PHRASES), except that a leading pickup or a last piece shorter than one bar
+joins its neighbouring unit (``BeatGrid.unit_ids``). The **chunk** of size s at read head h is ``[h, e)`` where e is the end
 of the unit that contains h, clipped to the song's end. So a size never runs past the
 end (the last, partial unit stays reachable) and an edit made of chunks always cuts on
 the bar lines of the grid: KEEP BAR in the middle of a bar keeps the rest of the bar,

@@ -298,8 +298,7 @@ class _GridTables:
         n = grid.n_beats
         self.n = n
         self.bounds = [float(x) for x in grid.bounds]
-        bar = np.asarray(grid.bar, dtype=np.int64)
-        unit_ids = [np.arange(n)] + [bar // _act.SIZE_UNIT_BARS[_act.Size(s)] for s in range(1, _NS)]
+        unit_ids = [grid.unit_ids(_act.SIZE_UNIT_BARS[_act.Size(s)]) for s in range(_NS)]
         self.end: list[list[int]] = []
         self.start: list[list[int]] = []
         for ids in unit_ids:

@@ -188,7 +188,7 @@ def _fade_out(view: SongView, segs: list[Segment], bars: int) -> list[Segment]:
     best: tuple[float, int, int, float] | None = None  # (cost, end, start, fade)
     for run_on, end in enumerate(ends):
         for unit_bars in sorted({v for v in SIZE_UNIT_BARS.values() if v}):
-            ids = g.bar // unit_bars
+            ids = g.unit_ids(unit_bars)  # the executor's units (pickup and end slivers joined)
             start = end - 1
             while start > 0 and ids[start - 1] == ids[end - 1]:
                 start -= 1

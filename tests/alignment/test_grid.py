@@ -109,3 +109,16 @@ def test_ranker_learns_what_in_the_audio_marks_the_editors_downbeat():
     song = _song(rng, 2)
     assert back.predict(song) == model.predict(song) and model.predict(song).downbeat_shift == 2
     assert GridModel().predict(_song(rng, 1)) == GridPhase()  # no evidence: the tracker's phase
+
+
+def test_edge_slivers_join_their_phrase_in_the_labels():
+    # a 1-beat pickup and a 2-beat tail: an editor who keeps the opening phrase and the
+    # last one (pickup and tail included) makes phrase-level actions, never BEAT ones
+    base = _grid(n_beats=1 + 16 * 6 + 2, pickup=1).rephased(bar_offset=3)  # phrases from beat 1
+    p = _phrase_starts(base)
+    assert p[0] == 1 and p[-1] == base.n_beats - 2  # the tail is a 2-beat bar of its own
+    plan = EditPlan(segments=(Segment(0, int(p[1])), Segment(int(p[-2]), base.n_beats)), grid=base)
+    acts, _, exact, _ = plan_actions(plan)
+    assert exact
+    assert not any(a[1] == Size.BEAT for a in acts), acts
+    assert acts[0][:2] == (ActionType.KEEP, Size.PHRASE)

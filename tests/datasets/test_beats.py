@@ -150,3 +150,15 @@ def test_downbeat_follows_the_kick(bpm, beats_per_bar, snare_on):
     down_true = times[::beats_per_bar]
     down_est = grid.times[grid.is_downbeat]
     assert mir_eval.beat.f_measure(down_true[down_true > 5], down_est[down_est > 5]) > 0.9
+
+
+def test_unit_ids_join_edge_slivers_to_their_neighbours():
+    # 4/4, a 1-beat pickup, 3 full bars, a 2-beat tail
+    g = BeatGrid.from_beat_times(np.arange(15) * 0.5, duration=7.5, beats_per_bar=4, downbeat_index=1)
+    assert g.bar.tolist() == [0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3, 4, 4]
+    assert g.unit_ids(1).tolist() == [1, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3]
+    assert g.unit_ids(None).tolist() == list(range(15))
+    # a pickup of a whole bar or more stays its own unit; one unit is left alone
+    h = BeatGrid.from_beat_times(np.arange(16) * 0.5, duration=8.0, beats_per_bar=4, downbeat_index=0)
+    assert h.unit_ids(1).tolist() == (h.bar).tolist()
+    assert np.all(h.unit_ids(8) == h.unit_ids(8)[0])

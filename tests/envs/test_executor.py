@@ -27,7 +27,10 @@ def _real(name: str = "race1-jt.ogg"):
 
 
 def _bar_span(grid, bar: int) -> tuple[int, int]:
-    idx = np.flatnonzero(grid.bar == bar)
+    """Beats of the executor's BAR unit holding bar ``bar`` (a pickup or last piece
+    shorter than a bar shares its neighbour's unit)."""
+    ids = grid.unit_ids(1)
+    idx = np.flatnonzero(ids == ids[np.flatnonzero(grid.bar == bar)[0]])
     return int(idx[0]), int(idx[-1]) + 1
 
 
@@ -43,15 +46,17 @@ def test_sizes_are_grid_aligned_units():
     ex = Executor(grid)
     tab = ex._tab
     assert tab.end[Size.BEAT][0] == 1
-    assert tab.end[Size.BAR][0] == 2  # the rest of the pickup bar
+    assert tab.end[Size.BAR][0] == 5  # the pickup, shorter than a bar, joins the first bar
     assert tab.end[Size.BAR][2] == 5  # a whole 3-beat bar from a downbeat
     assert tab.end[Size.BAR][3] == 5  # mid-bar: to the next downbeat
-    # TWO_BARS = bar // 2, PHRASE = bar // 4, TWO_PHRASES = bar // 8, each a run of beats
+    # TWO_BARS = bar // 2, PHRASE = bar // 4, TWO_PHRASES = bar // 8, each a run of beats,
+    # away from the pickup
     for s, k in ((Size.TWO_BARS, 2), (Size.PHRASE, 4), (Size.TWO_PHRASES, 8)):
-        for h in range(grid.n_beats):
+        assert tab.end[s][0] == tab.end[s][2]
+        for h in range(2, grid.n_beats):
             e = tab.end[s][h]
             assert np.all(grid.bar[h:e] // k == grid.bar[h] // k)
-            assert e == grid.n_beats or grid.bar[e] // k != grid.bar[h] // k
+            assert e == grid.n_beats or grid.bar[e] // k != grid.bar[h] // k or grid.n_beats - e < 3
     # the last chunk is clipped to the end, never past it
     assert all(tab.end[s][grid.n_beats - 1] == grid.n_beats for s in range(5))
 
@@ -121,7 +126,7 @@ def test_jump_back_replays_the_right_beats():
     ex = Executor(w)
     _go_to(ex, 8)  # downbeat of bar 3
     ex.step(T.JUMP_BACK, Size.BAR, Amount.NEG_LARGE)
-    assert ex.head == 2
+    assert ex.head == 0  # bar 1 starts with the 2-beat pickup it absorbs
 
 
 def test_swap_next_swaps_and_reorder_rotates():
@@ -144,10 +149,10 @@ def test_repeat_prev_repeats_with_its_treatment_and_skip_drops_chunks():
     ex = Executor(grid)
     ex.step(T.GAIN, Size.BAR, Amount.NEG_LARGE)
     ex.step(T.REPEAT_PREV, Size.BEAT, N)
-    assert ex.head == 2
-    assert ex.segments() == (Segment(0, 2, Ops(gain_db=-3.0)),) * 2
+    assert ex.head == 5  # the 2-beat pickup and bar 1 are one unit
+    assert ex.segments() == (Segment(0, 5, Ops(gain_db=-3.0)),) * 2
     ex.step(T.SKIP, Size.BAR, Amount.POS_SMALL)  # 3 bars of 3 beats
-    assert ex.head == 11 and np.all(ex.beat_cut[2:11] == 1) and ex.n_cuts == 1
+    assert ex.head == 14 and np.all(ex.beat_cut[5:14] == 1) and ex.n_cuts == 1
 
 
 def test_treatments_follow_the_table():
@@ -165,16 +170,16 @@ def test_treatments_follow_the_table():
     for (t, a), ops in tr.items():
         ex = Executor(grid)
         ex.step(t, Size.BAR, a)
-        assert ex.segments() == (Segment(0, 2, ops),), t
+        assert ex.segments() == (Segment(0, 5, ops),), t
     ex = Executor(grid)
     ex.step(T.KEEP, Size.BAR, N)
     ex.step(T.FADE_OUT, Size.BAR, Amount.NEUTRAL)  # half of a 3-beat bar
     (seg,) = ex.segments()[1:]
-    assert seg.ops.fade_out_s == pytest.approx(0.5 * (grid.bounds[5] - grid.bounds[2]))
+    assert seg.ops.fade_out_s == pytest.approx(0.5 * (grid.bounds[8] - grid.bounds[5]))
     ex.step(T.FADE_IN, Size.BEAT, Amount.POS_LARGE)
-    assert ex.segments()[-1].ops.fade_in_s == pytest.approx(grid.bounds[6] - grid.bounds[5])
+    assert ex.segments()[-1].ops.fade_in_s == pytest.approx(grid.bounds[9] - grid.bounds[8])
     assert ex.step(T.HALF_TIME, Size.BEAT, N).n_appended == 1
-    assert ex.out_seconds == pytest.approx(grid.bounds[6] + 2 * (grid.bounds[7] - grid.bounds[6]))
+    assert ex.out_seconds == pytest.approx(grid.bounds[9] + 2 * (grid.bounds[10] - grid.bounds[9]))
 
 
 # ---- masks, budgets, termination ---------------------------------------------------------
@@ -250,9 +255,9 @@ def test_merged_never_joins_reversed_segments():
     grid = waltz_grid()
     plan = execute(grid, [(T.REVERSE, Size.BAR, N), (T.REVERSE, Size.BAR, N), (T.GAIN, Size.BAR, 0), (T.GAIN, Size.BAR, 0)])
     assert plan.segments == (
-        Segment(0, 2, Ops(reversed=True)),
-        Segment(2, 5, Ops(reversed=True)),
-        Segment(2 + 3, 11, Ops(gain_db=-3.0)),
+        Segment(0, 5, Ops(reversed=True)),  # the pickup joins bar 1
+        Segment(5, 8, Ops(reversed=True)),
+        Segment(5 + 3, 14, Ops(gain_db=-3.0)),
     )
 
 
@@ -325,7 +330,7 @@ def test_oracle_ends_with_the_actions_that_append_behind_the_end():
     # REORDER / SWAP_NEXT / LOOP as the last action append material after a span that
     # reaches the song's end; the oracle must find them (no other action can)
     grid = _real()
-    last_bar = int(grid.bar[-1])
+    last_bar = int(grid.unit_ids(1)[-1])  # the last BAR unit's bar
     for t, bar, amount in ((T.REORDER, last_bar - 2, N), (T.SWAP_NEXT, last_bar - 1, N), (T.LOOP, last_bar, Amount.POS_LARGE)):
         ex = Executor(grid)
         _go_to(ex, _bar_span(grid, bar - 1)[0])
