@@ -111,11 +111,15 @@ def bar_tokens(values: np.ndarray, grid: BeatGrid) -> tuple[np.ndarray, np.ndarr
 class AttentionConfig:
     dim: int = 32
     """token width; ~20k weights in all, for ~1,000 bars of 20 songs"""
-    layers: int = 2
-    """two rounds of comparison: bar -> similar bars, then their ranks"""
+    layers: int = 1
+    """one block already sees the whole song; a second one measured no better on the
+    planner CV at twice the time (held-out IoU at the true keep, chorus75 / loud70 /
+    sections8: 2 layers 0.666 / 0.862 / 0.724; 1 layer, mean of seeds 0-2: 0.683 / 0.876 /
+    0.700 (sections8: seeds 1-2); the seed-to-seed spread is ~0.03)"""
     heads: int = 4
-    epochs: int = 300
-    """full-batch Adam steps (every training song in each)"""
+    epochs: int = 150
+    """full-batch AdamW steps (every training song in each); 300 were no better (within
+    the seed spread) and twice as slow"""
     lr: float = 3e-3
     weight_decay: float = 1e-2
     dropout: float = 0.1
