@@ -23,8 +23,12 @@ Reference rows in the same run: ``keep everything`` (the floor) and ``labels`` (
 aligned labels' own kept bars through the same decoding: the ceiling of any planner on
 this grid).
 
-Time: ~0.5 s per song to load (features from the cache), a few seconds per fit on one
-core; 5 editors x 35 songs x 2 folds x 2 kinds ~ 4 min at load 2.
+Time: ~0.3 s per song to load (features from the cache), 0.5-2 s per MLP fit and 3-7 s
+per attention fit on one core; the default run (5 editors x 35 songs x 2 folds, both
+kinds) took 2.3 min at load ~2.5 (cdfee0f). Held-out IoU at the true keep, MLP /
+attention: loud70 0.850 / 0.884, chorus75 0.698 / 0.718, sections8 0.727 / 0.691,
+firstdown 0.809 / 0.823, tight60 0.722 / 0.648 (keep everything 0.70 / 0.57 / 0.60 /
+0.64 / 0.53, labels 0.98-0.99; seed-to-seed spread of one kind ~0.03).
 """
 
 from __future__ import annotations
