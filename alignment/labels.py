@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from alignment.align import AlignConfig, Alignment, align
-from alignment.grid import GridPhase, PhaseFit, cut_points, fit_phase
+from alignment.grid import GridPhase, PhaseFit, cut_times, fit_tempo
 from datasets.audio import ANALYSIS_SR, Audio, load_audio, resample, to_mono
 from datasets.beats import BeatGrid
 from datasets.errors import AudioError, EditorError
@@ -613,7 +613,7 @@ def label_pair(
     plan, confs = snap_plan(al, grid, source_sha256=raw.sha256)
     # The editor's own bar and phrase lines (alignment/grid.py): relabel on the phase
     # their cut points agree with, so a phrase-level edit becomes phrase-level actions.
-    grid_fit = fit_phase(grid, cut_points(plan.segments, grid.n_beats))
+    grid_fit = fit_tempo(grid, cut_times(al.segments, raw.duration))
     if editor_grid and grid_fit.phase != GridPhase():
         grid = grid_fit.phase.apply(grid)
         plan, confs = snap_plan(al, grid, source_sha256=raw.sha256)

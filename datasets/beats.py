@@ -134,6 +134,25 @@ class BeatGrid:
             beats_per_bar=int(d["beats_per_bar"]),
         )
 
+    def retimed(self, ratio: float, offset: float = 0.0) -> "BeatGrid":
+        """The beats of a listener who taps ``ratio`` beats per beat of this grid (2:
+        double time, 0.5: half time, 2/3: two of theirs in three of ours), the first
+        ``offset`` beats (fractional) after this grid's first whole beat, following its
+        tempo changes.
+        Their downbeat is their first beat (``rephased`` moves it).
+        """
+        if not 0.25 <= ratio <= 4.0 or offset < 0:
+            raise ParameterError(f"retimed: ratio {ratio} not in [0.25, 4] or offset {offset} < 0")
+        n = self.n_beats
+        period = np.diff(self.bounds)
+        first = int(n > 1 and period[0] < 0.75 * np.median(period))  # beat 0 is a partial sliver
+        x = np.arange(first + offset, n, 1.0 / ratio)
+        times = np.interp(x, np.arange(n + 1, dtype=np.float64), self.bounds)
+        times = times[times < self.duration - 1e-3]
+        if len(times) < 2 * self.beats_per_bar:
+            raise ParameterError(f"retimed: {len(times)} beats at ratio {ratio:.3g} are fewer than two bars")
+        return BeatGrid.from_beat_times(times, duration=self.duration, beats_per_bar=self.beats_per_bar, downbeat_index=0)
+
     def unit_ids(self, bars: int | None) -> np.ndarray:
         """Unit number of each beat for groups of ``bars`` bars [shape=(n_beats,), int64]
         (None: every beat its own unit); a unit is a run of equal numbers.

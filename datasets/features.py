@@ -130,6 +130,7 @@ __all__ = [
     "feature_index",
     "BeatFeatures",
     "FeatureConfig",
+    "onset_envelope_of",
     "extract_features",
     "main",
 ]
@@ -671,6 +672,15 @@ def _stem_beats(frames: np.ndarray, bf: _BeatFrames) -> dict:
         out[f"stem_{s}_centroid"] = np.where(energy[k] > 0, w / np.where(energy[k] > 0, energy[k], 1.0), 0.0)
         out[f"stem_{s}_energy_ratio"] = np.where(total > 0, energy[k] / np.where(total > 0, total, 1.0), 0.0)
     return out
+
+
+def onset_envelope_of(audio: Audio, cfg: FeatureConfig = FeatureConfig()) -> np.ndarray:
+    """The song's onset envelope [shape=(frames,)] at ``cfg.hop_length`` (as
+    ``_analyse`` computes it, without the rest of the analysis): what a listener's
+    tapping follows, for comparing candidate pulses (alignment/grid.py)."""
+    S = np.abs(_dsp.stft(audio.y_mono, n_fft=cfg.n_fft, hop_length=cfg.hop_length))
+    mel_db = _dsp.power_to_db(_mel_basis(cfg) @ (S * S))
+    return _dsp.onset_strength(S=mel_db, aggregate=np.median, n_fft=cfg.n_fft, hop_length=cfg.hop_length)
 
 
 # =========================================================================== api

@@ -122,3 +122,58 @@ def test_edge_slivers_join_their_phrase_in_the_labels():
     assert exact
     assert not any(a[1] == Size.BEAT for a in acts), acts
     assert acts[0][:2] == (ActionType.KEEP, Size.PHRASE)
+
+
+@pytest.mark.parametrize("ratio,offset,shift", [(2 / 3, 0.5, 0), (2.0, 0.0, 1), (0.5, 1.0, 1)])
+def test_fit_tempo_recovers_an_editor_who_taps_another_pulse(ratio, offset, shift):
+    # the editor taps 2 beats in 3 of the tracker's (or double, or half time on the off
+    # parity) and cuts on its own phrase lines: the labels move to its pulse
+    from types import SimpleNamespace
+
+    from alignment.grid import cut_times, fit_tempo
+
+    base = _grid(n_beats=320)
+    truth = GridPhase(downbeat_shift=shift, bar_offset=2, beat_ratio=ratio, beat_offset=offset)
+    editor = truth.apply(base)
+    p = editor.bounds[_phrase_starts(editor)]
+    spans = [(0.0, p[1]), (p[2], p[3]), (p[2], p[3]), (p[4], p[6]), (p[7], editor.duration)]
+    segs = [SimpleNamespace(raw_start=float(a), raw_end=float(b)) for a, b in spans]
+    fit = fit_tempo(base, cut_times(segs, base.duration))
+    if ratio == 0.5:  # half time: its lines are the tracker's too, which keeps them, tied
+        assert fit.phase.tempo == (1.0, 0.0) and fit.on_bar_after == 1.0
+        assert any(t == pytest.approx((ratio, offset)) for t in fit.tempo_ties)
+        return
+    assert fit.phase.tempo == pytest.approx((ratio, offset))
+    got = fit.phase.apply(base)
+    assert np.allclose(got.bounds, editor.bounds)
+    assert fit.on_bar_after == 1.0 and fit.on_bar_before == 0.0  # its bar lines fall between the tracker's
+    # the same cuts on the tracker's own pulse stay there (no evidence for another)
+    own = _phrase_starts(base)
+    segs = [SimpleNamespace(raw_start=float(a), raw_end=float(b))
+            for a, b in ((0.0, base.bounds[own[2]]), (base.bounds[own[4]], base.duration))]
+    assert fit_tempo(base, cut_times(segs, base.duration)).phase.tempo == (1.0, 0.0)
+
+
+def test_tempo_ranker_learns_the_pulse_with_onsets():
+    # songs whose onsets fall on a 2/3 lattice of the tracker's beats: the ranker trained
+    # on their tempo evidence picks that lattice on a new song, from the audio alone
+    from alignment.grid import TempoModel, tempo_features
+
+    sr_hop = 22050 / 512
+    rng = np.random.default_rng(0)
+    songs = []
+    for k in range(6):
+        g = _grid(n_beats=240)
+        env = rng.random(int(g.duration * sr_hop) + 1) * 0.2
+        lattice = GridPhase(beat_ratio=2 / 3, beat_offset=0.5 * (k % 3)).base(g)
+        env[np.round(lattice.bounds[1:-1] * sr_hop).astype(int)] += 3.0
+        env[np.round(g.bounds[1:-1:3] * sr_hop).astype(int)] += 1.0  # some onsets on the tracker's beats too
+        cands, X = tempo_features(env, g, sr_hop=sr_hop)
+        truth = (2 / 3, 0.5 * (k % 3))
+        songs.append((X, np.array([c == pytest.approx(truth) for c in cands])))
+    model = TempoModel.fit(songs[:5])
+    assert model.weights is not None and model.agreement == 1.0
+    X, m = songs[5]
+    assert m[int(np.argmax(model.scores(X)))]
+    again = TempoModel.from_dict(model.to_dict())
+    assert np.allclose(again.scores(X), model.scores(X))
