@@ -45,6 +45,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from agent.song_bars import BAR_FEATURES, bar_features, beat_prior
 from datasets.beats import BeatGrid
 from datasets.features import feature_index
 
@@ -72,8 +73,6 @@ _POS_FREQS = (1, 2, 4)
 
 
 def _token_features() -> tuple[str, ...]:
-    from agent.planner import BAR_FEATURES
-
     pos = tuple(f"pos_{fn}_{k}" for k in _POS_FREQS for fn in ("sin", "cos"))
     return (*BAR_FEATURES, *(f"raw_{c}_z" for c in _RAW), *(f"bar_{c}" for c in _CHROMA_NAMES), *pos)
 
@@ -90,7 +89,6 @@ def bar_tokens(values: np.ndarray, grid: BeatGrid) -> tuple[np.ndarray, np.ndarr
     values : np.ndarray [shape=(n_beats, 121)] beat features on ``grid``
     Returns (tokens [shape=(n_bars, len(TOKEN_FEATURES)), float32], bar bounds [n_bars + 1] in beats).
     """
-    from agent.planner import bar_features
 
     X, bounds = bar_features(values, grid)
     v = np.nan_to_num(values.astype(np.float64))
@@ -277,9 +275,7 @@ class AttentionPlanner:
             return torch.sigmoid(self.net(x, torch.ones(x.shape[:2], dtype=torch.bool)))[0].numpy()
 
     def prior(self, values: np.ndarray, grid: BeatGrid) -> np.ndarray:
-        """The per-beat plan prior of a song (``agent.planner.beat_prior`` layout)."""
-        from agent.planner import beat_prior
-
+        """The per-beat plan prior of a song (``agent.song_bars.beat_prior`` layout)."""
         X, bounds = bar_tokens(values, grid)
         return beat_prior(self.predict(X), bounds, grid)
 
