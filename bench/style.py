@@ -263,7 +263,7 @@ def _fold_run(labels: Path, ed_dir: Path, runs: Path, run: str, names: list[str]
     align_editor(data, runs, run, jobs=1, relabel_stale=False)  # labels copied from this code's run
 
 
-def train_fold(runs: Path, run: str, budget: Budget, *, threads: int, seed: int) -> dict:
+def train_fold(runs: Path, run: str, budget: Budget, *, threads: int, seed: int, planner_kind: str = "mlp") -> dict:
     """make pretrain + make finetune on runs/RUN; returns timings and checkpoint paths."""
     import tyro
 
@@ -272,7 +272,7 @@ def train_fold(runs: Path, run: str, budget: Budget, *, threads: int, seed: int)
     from rl.train import TrainArgs
     from rl.train import run as finetune_run
 
-    cfg = PretrainConfig(run=run, runs_dir=str(runs), threads=threads, seed=seed)
+    cfg = PretrainConfig(run=run, runs_dir=str(runs), threads=threads, seed=seed, planner_kind=planner_kind)
     over = {k: v for k, v in (("epochs", budget.bc_epochs), ("dagger_rounds", budget.dagger_rounds),
                               ("dagger_epochs", budget.dagger_epochs)) if v is not None}
     cfg = replace(cfg, **over)
@@ -455,7 +455,8 @@ def run_editor(style: se.EditorStyle, songs: dict[str, Path], folds: list[list[s
             continue
         run = f"{style.name}-f{f}"
         _fold_run(labels, ed_dir, runs, run, [t["name"] for t in train])
-        tr = train_fold(runs, run, budget, threads=args.threads, seed=args.seed + 1)
+        tr = train_fold(runs, run, budget, threads=args.threads, seed=args.seed + 1,
+                        planner_kind=args.planner_kind)
         timing["bc_s"] += tr["bc_s"]
         timing["ppo_s"] += tr["ppo_s"]
         for method, key in (("ours BC", "bc"), ("ours PPO", "ppo")):
@@ -500,7 +501,8 @@ def learning_curve(style, labels, ed_dir, runs, train, test, views, args, budget
         sub = order[:n]
         run = f"{style.name}-f0-n{n}"
         _fold_run(labels, ed_dir, runs, run, [t["name"] for t in sub])
-        tr = train_fold(runs, run, budget, threads=args.threads, seed=args.seed + 1)
+        tr = train_fold(runs, run, budget, threads=args.threads, seed=args.seed + 1,
+                        planner_kind=args.planner_kind)
         rows = {m: [] for m in METHODS}
         rows["HGB phrase"] = run_floors(sub, test, views, args.seed)["HGB phrase"]
         rows["ours BC"], _ = score_policy(tr["bc"], test)
@@ -572,6 +574,8 @@ def get_parser() -> argparse.ArgumentParser:
     ap.add_argument("--skip-train", action="store_true", help="floors only (no BC / PPO)")
     ap.add_argument("--songs", type=int, default=None, help="use only the first N songs")
     ap.add_argument("--seed", type=int, default=0, help="fold split, floors, learning-curve subsets")
+    ap.add_argument("--planner-kind", default="mlp", choices=("mlp", "attention"),
+                    help="the whole-song planner's design (make pretrain's --planner_kind)")
     ap.add_argument("--bc-epochs", type=int, default=None, help="default: PretrainConfig's (--quick: 3)")
     ap.add_argument("--dagger-rounds", type=int, default=None, help="default: PretrainConfig's (--quick: 1)")
     ap.add_argument("--ppo-epochs", type=int, default=None, help="default: PPOConfig's (--quick: 2)")

@@ -50,7 +50,7 @@ from alignment.grid import load_grid_model
 from agent.checkpoint import load_checkpoint, policy_from_checkpoint, save_checkpoint, to_plain
 from agent.device import pick_device
 from agent.model import N_TYPES, Policy, PolicyConfig
-from agent.planner import attach_priors, fit_planner
+from agent.planner import PlannerConfig, attach_priors, fit_planner
 from datasets.errors import EditorError, ParameterError
 from envs.observation import HEAD_INDEX, HISTORY_CHANNELS, WINDOW, channel_index
 from pretrain.dagger import collect_dagger
@@ -98,6 +98,10 @@ class PretrainConfig:
     """show the policy the whole-song planner's plan of each song (agent/planner.py): out
     of fold for training songs, the planner fitted on all of them (saved in the
     checkpoint) at fine-tuning and inference"""
+    planner_kind: str = "mlp"
+    """the planner's design (agent/planner.py ``KINDS``): "mlp", pointwise on whole-song
+    bar features, or "attention", a listwise transformer over the song's bars
+    (bench/planner_cv.py compares them on real music)"""
     plan_gain: float = 2.0
     """initial weight of the budgeted plan's keep/cut vote in the policy's type logits
     (PolicyConfig.plan_gain_init; learned from there)"""
@@ -365,13 +369,14 @@ def _run_planner_state(cfg: PretrainConfig, run_dir: Path) -> dict | None:
     index = run_dir / "labels" / "index.json"
     if not cfg.planner or not index.is_file():
         return None
-    return _planner_state_for(str(index.resolve()), index.stat().st_mtime_ns, cfg.stems)
+    return _planner_state_for(str(index.resolve()), index.stat().st_mtime_ns, cfg.stems, cfg.planner_kind)
 
 
 @functools.lru_cache(maxsize=4)
-def _planner_state_for(index: str, mtime_ns: int, stems: str) -> dict | None:
+def _planner_state_for(index: str, mtime_ns: int, stems: str, kind: str = "mlp") -> dict | None:
     """Fitted once per labels version: DAgger calls ``train`` once per round."""
-    planner = fit_planner(load_labels(Path(index).parent.parent), stems=stems)  # no out-of-fold fits needed here
+    planner = fit_planner(load_labels(Path(index).parent.parent), stems=stems,
+                          cfg=PlannerConfig(kind=kind))  # no out-of-fold fits needed here
     return None if planner is None else planner.to_state()
 
 
@@ -385,7 +390,7 @@ def build_run_data(cfg: PretrainConfig) -> tuple[BCData, list, float]:
     run_dir = Path(cfg.runs_dir) / cfg.run
     pairs = load_labels(run_dir)
     if cfg.planner:
-        pairs, _ = attach_priors(pairs, stems=cfg.stems)
+        pairs, _ = attach_priors(pairs, stems=cfg.stems, cfg=PlannerConfig(kind=cfg.planner_kind))
     augs = [IDENTITY] + random_augmentations(cfg.augment, seed=cfg.seed)
     target_keep = default_target_keep(run_dir)
     data = build_bc_data(

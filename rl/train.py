@@ -49,7 +49,7 @@ from agent.device import pick_device
 from agent.infer import edit_song
 from agent.layout import observation_layout
 from agent.model import Policy, PolicyConfig
-from agent.planner import attach_priors
+from agent.planner import PlannerConfig, attach_priors
 from datasets.audio import load_audio, resample, to_mono
 from datasets.errors import EditorError, ParameterError
 from datasets.features import extract_features
@@ -113,13 +113,15 @@ class TrainArgs:
 # ---------------------------------------------------------------------------- data
 
 
-def load_run_songs(run_dir: Path, *, stems: str = "auto", with_audio: bool = True, planner: bool = False) -> list[tuple[Any, Any]]:
+def load_run_songs(run_dir: Path, *, stems: str = "auto", with_audio: bool = True, planner: bool = False,
+                   planner_kind: str = "mlp") -> list[tuple[Any, Any]]:
     """(LabeledPair, envs.env.Song) for every labelled pair, features on the label's grid;
-    ``planner``: with the whole-song planner's out-of-fold plan (agent/planner.py)."""
+    ``planner``: with the whole-song planner's out-of-fold plan (agent/planner.py) of
+    design ``planner_kind``."""
     out = []
     pairs = load_labels(run_dir)
     if planner:  # the same out-of-fold plans behaviour cloning saw (deterministic)
-        pairs, _ = attach_priors(pairs, stems=stems)
+        pairs, _ = attach_priors(pairs, stems=stems, cfg=PlannerConfig(kind=planner_kind))
     for pair in pairs:
         audio = load_audio(pair.raw_path)
         feats = extract_features(audio, grid=pair.plan.grid, stems=stems)
@@ -337,8 +339,9 @@ def run(args: TrainArgs, *, log_fn=print) -> dict:
     # -- songs (data sample happens inside the envs at each reset)
     t0 = time.perf_counter()
     # a policy that learned with the whole-song planner's plans gets them here too
-    uses_planner = ((resume_ck if resume_ck is not None else start_ck) or {}).get("extra", {}).get("planner") is not None
-    pairs_songs = load_run_songs(run_dir, stems=args.stems, with_audio=True, planner=uses_planner)
+    planner_state = ((resume_ck if resume_ck is not None else start_ck) or {}).get("extra", {}).get("planner")
+    pairs_songs = load_run_songs(run_dir, stems=args.stems, with_audio=True, planner=planner_state is not None,
+                                 planner_kind=(planner_state or {}).get("kind", "mlp"))
     # the songs held out are the pretrained policy's validation songs: a resumed fine-tune
     # keeps those of the policy it started from, and from scratch holds out the same ones
     # as the run's pretrained policy, so the two compare on equal terms
