@@ -177,3 +177,28 @@ def test_tempo_ranker_learns_the_pulse_with_onsets():
     assert m[int(np.argmax(model.scores(X)))]
     again = TempoModel.from_dict(model.to_dict())
     assert np.allclose(again.scores(X), model.scores(X))
+
+
+def test_inference_puts_the_song_on_the_predicted_pulse(tmp_path):
+    # a checkpoint whose pulse ranker prefers "two beats in three of the tracker's": the
+    # new song's features come back on that pulse's beats, bar and phrase columns included
+    from alignment.grid import TEMPO_FEATURE_NAMES, TempoModel, editor_grid_features
+    from datasets.audio import ANALYSIS_SR, load_audio, write_audio
+    from datasets.features import extract_features
+    from tests.conftest import click_track
+
+    y, _ = click_track(bpm=150, seconds=24.0)
+    path = write_audio(tmp_path / "clicks.wav", y=y, sr=ANALYSIS_SR)
+    audio = load_audio(path)
+    feats = extract_features(audio, stems="dsp", use_cache=False)
+    w = np.zeros(len(TEMPO_FEATURE_NAMES))
+    w[TEMPO_FEATURE_NAMES.index("is_two_thirds")] = 5.0
+    n = len(TEMPO_FEATURE_NAMES)
+    model = GridModel(tempo=TempoModel(weights=tuple(w), mean=(0.0,) * n, std=(1.0,) * n, n_songs=3, agreement=1.0))
+    got, phase = editor_grid_features(audio, feats, model.to_dict(), stems="dsp", use_cache=False)
+    assert phase.beat_ratio == pytest.approx(2 / 3)
+    assert got.grid.tempo == pytest.approx(feats.grid.tempo * 2 / 3, rel=0.02)
+    assert np.allclose(got.grid.bounds, phase.apply(feats.grid).bounds)
+    # no pulse ranker (an older checkpoint): the tracker's beats stay
+    same, ph = editor_grid_features(audio, feats, GridModel().to_dict(), stems="dsp", use_cache=False)
+    assert same is feats and ph == GridPhase()
