@@ -1,0 +1,25 @@
+"""bench/grid_cv.py without a style-bench run: skipped under make bench, one error line otherwise."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _grid_cv():
+    spec = importlib.util.spec_from_file_location("grid_cv", ROOT / "bench" / "grid_cv.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_skips_without_runs_and_refuses_a_folder_without_labels(tmp_path, monkeypatch, capsys):
+    mod = _grid_cv()
+    monkeypatch.chdir(tmp_path)
+    assert mod.main([]) == 0 and "skipped" in capsys.readouterr().out
+    (tmp_path / "r" / "loud70" / "labels").mkdir(parents=True)
+    assert mod.main(["--runs", str(tmp_path / "r"), "--editors", "loud70"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "loud70/labels" in err[0] and "no label files" in err[0]
