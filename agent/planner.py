@@ -38,9 +38,10 @@ from datasets.beats import BeatGrid
 
 __all__ = ["PlannerConfig", "Planner", "attach_priors", "fit_planner", "bar_features", "song_inputs", "KINDS", "bar_targets", "beat_prior", "oof_priors", "BAR_FEATURES", "N_TARGETS"]
 
-#: Planner designs (``PlannerConfig.kind``): this file's pointwise MLP, or the listwise
-#: transformer over the song's bars of agent/planner_attention.py.
-KINDS = ("mlp", "attention")
+#: Planner designs (``PlannerConfig.kind``): this file's pointwise MLP, the listwise
+#: transformer over the song's bars of agent/planner_attention.py, or the linear
+#: within-song phrase ranker of agent/planner_rank.py.
+KINDS = ("mlp", "attention", "rank")
 
 
 @dataclass(frozen=True)
@@ -64,16 +65,22 @@ class PlannerConfig:
     seed: int = 0
     kind: str = "mlp"
     """"mlp" (this file) | "attention" (agent/planner_attention.py, its own
-    ``AttentionConfig`` defaults; ``seed`` and ``folds`` apply to both)"""
+    ``AttentionConfig`` defaults) | "rank" (agent/planner_rank.py, ``RankConfig``
+    defaults); ``seed`` and ``folds`` apply to all"""
 
 
 def song_inputs(values: np.ndarray, grid: BeatGrid, kind: str = "mlp") -> tuple[np.ndarray, np.ndarray]:
     """A planner kind's per-bar inputs of a song and the bar bounds [n_bars + 1]: the MLP's
-    ``bar_features``, or the attention planner's ``bar_tokens`` (those plus raw summaries)."""
+    ``bar_features``, the attention planner's ``bar_tokens`` (those plus raw summaries) or
+    the rank planner's ``rank_inputs`` (those plus bar seconds and phrase index)."""
     if _check_kind(kind) == "attention":
         from agent.planner_attention import bar_tokens
 
         return bar_tokens(values, grid)
+    if kind == "rank":
+        from agent.planner_rank import rank_inputs
+
+        return rank_inputs(values, grid)
     return bar_features(values, grid)
 
 
@@ -112,6 +119,10 @@ class Planner:
             from agent.planner_attention import AttentionConfig, AttentionPlanner
 
             return AttentionPlanner.fit(songs, AttentionConfig(seed=cfg.seed))  # type: ignore[return-value]
+        if cfg.kind == "rank":
+            from agent.planner_rank import RankConfig, RankPlanner
+
+            return RankPlanner.fit(songs, RankConfig(seed=cfg.seed))  # type: ignore[return-value]
         X = np.concatenate([x for x, _ in songs]).astype(np.float32)
         Y = np.concatenate([y for _, y in songs]).astype(np.float32)
         mean, std = X.mean(0), X.std(0)
@@ -160,6 +171,10 @@ class Planner:
             from agent.planner_attention import AttentionPlanner
 
             return AttentionPlanner.from_state(state)  # type: ignore[return-value]
+        if state.get("kind") == "rank":
+            from agent.planner_rank import RankPlanner
+
+            return RankPlanner.from_state(state)  # type: ignore[return-value]
         if tuple(state.get("features", ())) != BAR_FEATURES:
             return None  # a planner of another feature set: the policy runs without a prior
         cfg = PlannerConfig(**state["config"])

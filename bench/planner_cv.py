@@ -10,11 +10,16 @@ round-robin); each planner kind (agent/planner.py ``PlannerConfig.kind``) is fit
 training songs' labels and predicts every held-out song on its label grid (the editor's
 own phase, so the grid prediction's loss is not counted here). The per-bar probabilities
 go through ``beat_prior`` and the env's budget (bench/style_ladder.py: bars in score order
-until the keep ratio is filled), at two keep ratios:
+until the keep ratio is filled), at four keep ratios:
 
 - ``true``: the editor's own keep ratio of the song (order only: is the right material
   ranked first?);
-- ``mean``: the training songs' mean keep ratio (what a run without the answer gets).
+- ``mean``: the training songs' mean keep ratio (what a run without the answer gets);
+- ``sec``: the training songs' mean kept raw seconds over the song's duration, capped at
+  their largest keep ratio (an editor who aims at an output length, chorus75 / tight60);
+- ``learned``: ``mean`` or ``sec``, whichever unit varied less (coefficient of
+  variation) across the fold's training songs (agent/planner_rank.py ``fit_budget``, the
+  choice the rank planner records in its state); the choice per fold is printed.
 
 Scores, in raw seconds against the editor's aligned plan (bench/style_metrics.py):
 raw-usage IoU and phrase keep/cut accuracy on the editor's own phrases (its
@@ -23,12 +28,16 @@ Reference rows in the same run: ``keep everything`` (the floor) and ``labels`` (
 aligned labels' own kept bars through the same decoding: the ceiling of any planner on
 this grid).
 
-Time: ~0.3 s per song to load (features from the cache), 0.5-2 s per MLP fit and 3-7 s
-per attention fit on one core; the default run (5 editors x 35 songs x 2 folds, both
-kinds) took 2.3 min at load ~2.5 (cdfee0f). Held-out IoU at the true keep, MLP /
-attention: loud70 0.850 / 0.884, chorus75 0.698 / 0.718, sections8 0.727 / 0.691,
-firstdown 0.809 / 0.823, tight60 0.722 / 0.648 (keep everything 0.70 / 0.57 / 0.60 /
-0.64 / 0.53, labels 0.98-0.99; seed-to-seed spread of one kind ~0.03).
+Time: ~0.3 s per song to load (features from the cache), 0.5-2 s per MLP fit, 3-7 s per
+attention fit and 0.4-1 s per rank fit on one core; the default run (5 editors x 35 songs
+x 2 folds, three kinds) took 2.3 min at load ~4-5. Held-out IoU at the true keep, MLP /
+attention / rank: loud70 0.850 / 0.884 / 0.946, chorus75 0.698 / 0.718 / 0.833,
+sections8 0.727 / 0.691 / 0.707, firstdown 0.809 / 0.823 / 0.866, tight60 0.722 / 0.648 /
+0.818 (keep everything 0.70 / 0.57 / 0.60 / 0.64 / 0.53, labels 0.98-0.99; seed-to-seed
+spread of the MLP and attention kinds ~0.03; the rank fit is deterministic). The seconds
+budget: labels 0.953 vs 0.918 (mean ratio) on chorus75 and 0.960 vs 0.903 on tight60, rank
+0.815 vs 0.803 and 0.799 vs 0.763; it costs the ratio editors 0.01-0.02 (loud70 0.919 vs
+0.928), and the learned unit picks the ratio for them.
 """
 
 from __future__ import annotations
@@ -41,7 +50,7 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
+from dataclasses import asdict, dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -51,8 +60,10 @@ sys.path.insert(0, str(ROOT))
 
 from bench import style_metrics as sm  # noqa: E402
 
-__all__ = ["CvSong", "load_editor", "score_plan", "run_kind", "main"]
+__all__ = ["CvSong", "load_editor", "score_plan", "run_kind", "train_budgets", "main"]
 
+#: The budgets a held-out plan is decoded at (``run_kind``'s columns, IoU then phrase accuracy).
+BUDGETS = ("true", "mean", "sec", "learned")
 #: Files of a labels folder that are not songs.
 NOT_SONGS = ("index", "train", "skipped", "editor_grid")
 
@@ -119,19 +130,20 @@ def _decode(probs: np.ndarray, bounds: np.ndarray, song: CvSong, keep: float) ->
 
 
 def run_kind(songs: list[CvSong], folds: list[list[str]], kind: str, *, seed: int = 0) -> tuple[np.ndarray, float]:
-    """Held-out scores of one planner kind [shape=(n_songs, 4)]: IoU at the true keep, at
-    the mean keep, phrase accuracy at the true keep, at the mean keep (rows in ``songs``
-    order); and the mean fit time (s). ``kind="labels"`` decodes the aligned labels."""
+    """Held-out scores of one planner kind [shape=(n_songs, 8)]: IoU at the true keep, at
+    the mean keep ratio, at the mean kept seconds, at the learned one of the two
+    (``train_budgets``), then phrase accuracy at the same four (rows in ``songs`` order);
+    and the mean fit time (s). ``kind="labels"`` decodes the aligned labels."""
     from agent.planner import Planner, PlannerConfig, bar_targets, song_inputs
 
     inputs = [song_inputs(s.values, s.grid, "mlp" if kind == "labels" else kind) for s in songs]
     targets = [bar_targets(s.plan, b) for s, (_, b) in zip(songs, inputs)]
-    rows = np.full((len(songs), 4), np.nan)
+    rows = np.full((len(songs), 2 * len(BUDGETS)), np.nan)
     fit_s = []
     for held in folds:
         test = [i for i, s in enumerate(songs) if s.name in held]
         train = [i for i in range(len(songs)) if i not in test]
-        mean_keep = float(np.mean([songs[i].keep for i in train]))
+        learned, ratio, seconds = train_budgets([songs[i] for i in train])
         if kind != "labels":
             t0 = time.perf_counter()
             planner = Planner.fit([(inputs[i][0], targets[i]) for i in train], PlannerConfig(kind=kind, seed=seed))
@@ -139,10 +151,25 @@ def run_kind(songs: list[CvSong], folds: list[list[str]], kind: str, *, seed: in
         for i in test:
             X, bounds = inputs[i]
             probs = targets[i] if kind == "labels" else planner.predict(X)
-            a = score_plan(_decode(probs, bounds, songs[i], songs[i].keep), songs[i])
-            b = score_plan(_decode(probs, bounds, songs[i], mean_keep), songs[i])
-            rows[i] = (a[0], b[0], a[1], b[1])
+            s = songs[i]
+            keeps = (s.keep, ratio.keep_ratio(s.duration), seconds.keep_ratio(s.duration), learned.keep_ratio(s.duration))
+            sc = [score_plan(_decode(probs, bounds, s, k), s) for k in keeps]
+            rows[i] = [iou for iou, _ in sc] + [acc for _, acc in sc]
     return rows, float(np.mean(fit_s)) if fit_s else 0.0
+
+
+def train_budgets(train: list[CvSong]):
+    """The training songs' budget: the one ``agent.planner_rank.fit_budget`` learns, then
+    as a mean keep ratio and as mean kept raw seconds (capped at their largest ratio), the
+    two units it chooses from."""
+    from dataclasses import replace
+
+    from agent.planner_rank import fit_budget
+
+    dur = np.array([s.duration for s in train])
+    kept = np.array([s.keep for s in train]) * dur
+    b = fit_budget(kept, dur)
+    return b, replace(b, unit="ratio", value=float((kept / dur).mean())), replace(b, unit="seconds", value=float(kept.mean()))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -164,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     t_start = time.perf_counter()
     kinds = ["keep everything", "labels", *args.kinds]
-    table, per_song = [], {}
+    table, per_song, budgets = [], {}, []
     try:
         if args.folds < 2:
             raise EditorError(f"--folds {args.folds}: need at least 2 (every song held out once)")
@@ -179,32 +206,47 @@ def main(argv: list[str] | None = None) -> int:
                   f"({sum(s.phrases_from_truth for s in songs)} with the editor's phrases); "
                   f"held out per fold: {' | '.join(', '.join(f) for f in folds)}", flush=True)
             per_song[ed] = {"songs": [s.name for s in songs], "folds": folds}
+            for f, held in enumerate(folds):
+                b, _, _ = train_budgets([s for s in songs if s.name not in held])
+                budgets.append((ed, f, b))
+                print(f"  fold {f} budget: CV of the kept ratio {b.cv_ratio:.3f}, of the kept seconds {b.cv_seconds:.3f}"
+                      f" -> {b.unit}", flush=True)
             for kind in kinds:
                 if kind == "keep everything":
                     scores = [score_plan(sm.keep_everything(s.duration), s) for s in songs]
-                    rows = np.array([(iou, iou, acc, acc) for iou, acc in scores])  # no keep ratio to decode at
+                    rows = np.array([(iou,) * len(BUDGETS) + (acc,) * len(BUDGETS) for iou, acc in scores])  # no keep to decode at
                     fit_s = 0.0
                 else:
                     rows, fit_s = run_kind(songs, folds, kind, seed=args.seed)
                 m = rows.mean(0)
                 table.append((ed, kind, *m, fit_s))
                 per_song[ed][kind] = rows.tolist()
-                print(f"  {kind:<16} IoU true {m[0]:.3f} mean {m[1]:.3f}  phrase acc true {m[2]:.3f} mean {m[3]:.3f}"
-                      f"  (fit {fit_s:.1f} s)", flush=True)
+                n = len(BUDGETS)
+                print(f"  {kind:<16} IoU {' '.join(f'{b} {v:.3f}' for b, v in zip(BUDGETS, m[:n]))}  phrase acc "
+                      f"{' '.join(f'{b} {v:.3f}' for b, v in zip(BUDGETS, m[n:]))}  (fit {fit_s:.1f} s)", flush=True)
     except EditorError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     wall = time.perf_counter() - t_start
     print(f"\nheld-out planner plans on the editor's grid, {args.folds}-fold by song (seed {args.seed}), "
-          f"budgeted at the editor's keep of the song (true) and the training mean (mean); wall {wall / 60:.1f} min\n")
-    print("| editor | planner | IoU true | IoU mean | phrase acc true | phrase acc mean | fit s |")
-    print("|---|---|---|---|---|---|---|")
-    for ed, kind, a, b, c, d, f in table:
-        print(f"| {ed} | {kind} | {a:.3f} | {b:.3f} | {c:.3f} | {d:.3f} | {f:.1f} |")
+          f"budgeted at the editor's keep of the song (true), the training songs' mean keep ratio (mean) and their "
+          f"mean kept raw seconds, capped at their largest ratio (sec), and the one of the two learned from them (learned); "
+          f"wall {wall / 60:.1f} min\n")
+    print("| editor | planner | " + " | ".join(f"IoU {b}" for b in BUDGETS) + " | " + " | ".join(f"phrase acc {b}" for b in BUDGETS)
+          + " | fit s |")
+    print("|---|---|" + "---|" * (2 * len(BUDGETS) + 1))
+    for ed, kind, *m, f in table:
+        print(f"| {ed} | {kind} | " + " | ".join(f"{v:.3f}" for v in m) + f" | {f:.1f} |")
+    print("\nbudget unit learned from the training songs (agent/planner_rank.py fit_budget: the lower coefficient of variation)\n")
+    print("| editor | fold | CV kept ratio | CV kept seconds | unit |")
+    print("|---|---|---|---|---|")
+    for ed, f, b in budgets:
+        print(f"| {ed} | {f} | {b.cv_ratio:.3f} | {b.cv_seconds:.3f} | {b.unit} |")
     if args.json:
         from datasets.atomic import atomic_write_json
 
-        atomic_write_json(Path(args.json), {"table": table, "per_song": per_song, "wall_s": wall, "args": vars(args)})
+        atomic_write_json(Path(args.json), {"table": table, "per_song": per_song, "wall_s": wall, "args": vars(args),
+                                            "budgets": [(ed, f, asdict(b)) for ed, f, b in budgets]})
     return 0
 
 
