@@ -574,7 +574,7 @@ def get_parser() -> argparse.ArgumentParser:
     ap.add_argument("--skip-train", action="store_true", help="floors only (no BC / PPO)")
     ap.add_argument("--songs", type=int, default=None, help="use only the first N songs")
     ap.add_argument("--seed", type=int, default=0, help="fold split, floors, learning-curve subsets")
-    ap.add_argument("--planner-kind", default="mlp", choices=("mlp", "attention"),
+    ap.add_argument("--planner-kind", default="mlp", choices=("mlp", "attention", "rank"),
                     help="the whole-song planner's design (make pretrain's --planner_kind)")
     ap.add_argument("--bc-epochs", type=int, default=None, help="default: PretrainConfig's (--quick: 3)")
     ap.add_argument("--dagger-rounds", type=int, default=None, help="default: PretrainConfig's (--quick: 1)")

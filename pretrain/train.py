@@ -100,8 +100,8 @@ class PretrainConfig:
     checkpoint) at fine-tuning and inference"""
     planner_kind: str = "mlp"
     """the planner's design (agent/planner.py ``KINDS``): "mlp", pointwise on whole-song
-    bar features, or "attention", a listwise transformer over the song's bars
-    (bench/planner_cv.py compares them on real music)"""
+    bar features; "attention", a listwise transformer over the song's bars; "rank", a
+    sparse within-song phrase ranker (bench/planner_cv.py compares them on real music)"""
     plan_gain: float = 2.0
     """initial weight of the budgeted plan's keep/cut vote in the policy's type logits
     (PolicyConfig.plan_gain_init; learned from there)"""
