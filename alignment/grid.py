@@ -163,17 +163,24 @@ def cut_points(segments, n_beats: int) -> np.ndarray:
         order; a segment that starts where the previous one ended is a continuation
         (a fade or gain split), not a cut.
     """
-    pts: set[int] = set()
-    prev_end = None
-    for s in segments:
-        if s.raw_start != prev_end:
-            pts.add(int(s.raw_start))
-            if prev_end is not None:
-                pts.add(int(prev_end))
-        prev_end = s.raw_end
-    if prev_end is not None:
-        pts.add(int(prev_end))
+    pts = {int(p) for p in _edges(segments, lambda a, b: a == b)}
     return np.array(sorted(p for p in pts if 0 < p < n_beats), dtype=np.int64)
+
+
+def _edges(segments, joined) -> list:
+    """Raw positions where the output leaves or re-enters the raw: every segment start
+    and end, except where ``joined(start, previous end)`` (a continuation)."""
+    pts = []
+    prev_end = None
+    for seg in segments:
+        if prev_end is None or not joined(seg.raw_start, prev_end):
+            pts.append(seg.raw_start)
+            if prev_end is not None:
+                pts.append(prev_end)
+        prev_end = seg.raw_end
+    if prev_end is not None:
+        pts.append(prev_end)
+    return pts
 
 
 def candidate_phases(grid: BeatGrid) -> list[GridPhase]:
@@ -234,16 +241,7 @@ def cut_times(segments, duration: float) -> np.ndarray:
     """Raw seconds where the edit leaves or re-enters the raw [shape=(k,), sorted]:
     ``cut_points`` of the aligned segments (``raw_start``, ``raw_end`` in seconds),
     before any grid rounds them."""
-    pts: list[float] = []
-    prev_end = None
-    for seg in segments:
-        if prev_end is None or abs(seg.raw_start - prev_end) > JOIN_S:
-            pts.append(float(seg.raw_start))
-            if prev_end is not None:
-                pts.append(float(prev_end))
-        prev_end = seg.raw_end
-    if prev_end is not None:
-        pts.append(float(prev_end))
+    pts = [float(p) for p in _edges(segments, lambda a, b: abs(a - b) <= JOIN_S)]
     t = np.unique(np.round([p for p in pts if JOIN_S < p < duration - JOIN_S], 3))
     if len(t) > 1:  # one cut seen twice (out of a span and back into it)
         t = t[np.r_[True, np.diff(t) > JOIN_S]]

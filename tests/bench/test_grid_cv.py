@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.bench._load import load_bench
 
 
 def _grid_cv():
-    spec = importlib.util.spec_from_file_location("grid_cv", ROOT / "bench" / "grid_cv.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("grid_cv")
 
 
 def test_skips_without_runs_and_refuses_a_folder_without_labels(tmp_path, monkeypatch, capsys):

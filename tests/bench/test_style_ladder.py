@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.bench._load import load_bench
 
 
 def _ladder():
-    spec = importlib.util.spec_from_file_location("style_ladder", ROOT / "bench" / "style_ladder.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("style_ladder")
 
 
 def test_usage_iou_in_raw_seconds():
