@@ -444,6 +444,8 @@ def run_editor(style: se.EditorStyle, songs: dict[str, Path], folds: list[list[s
     curve: list[dict] = []
     cli = "not run"
     for f, held in enumerate(folds):
+        if args.only_folds is not None and f not in args.only_folds:
+            continue  # every method (floors too) is scored on the same held-out songs
         test = [truths[n] for n in held if n in truths]
         train = [truths[n] for n in truths if n not in held]
         for method, r in run_floors(train, test, views, args.seed).items():
@@ -565,6 +567,8 @@ def get_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python bench/style.py", description=__doc__.splitlines()[0])
     ap.add_argument("--editors", nargs="+", choices=list(se.EDITORS), help="default: all (--quick: loud70 chorus75)")
     ap.add_argument("--folds", type=int, default=2, help="k-fold by song, every song held out once")
+    ap.add_argument("--only-folds", type=int, nargs="+", default=None,
+                    help="evaluate these folds only (e.g. 0: half the songs held out, half the time)")
     ap.add_argument("--quick", action="store_true",
                     help=f"{len(QUICK_EDITORS)} editors, {QUICK_SONGS} songs cut to {QUICK_SECONDS:.0f} s, tiny budgets, no curve")
     ap.add_argument("--data", default=str(DATA), help="folder with tracks/ and music/ (the shared real recordings)")
