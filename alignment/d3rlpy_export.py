@@ -12,7 +12,7 @@ exactly what the agent sees at that step.
 - observations: float32 [N, W*F + G]: the env's ``"beats"`` window [W, F] (121 raw
   features + edit-history channels, envs.observation) flattened row-major, then
   ``"globals"`` [G]. The masks are not included: an offline learner that needs them can
-  rebuild them by replaying the actions with ``envs.plan.Executor``.
+  rebuild them by replaying the actions with ``envs.executor.Executor``.
 - actions: int [N] flat index in [0, 450) (``envs.actions.to_flat(type, size, amount)``),
   discrete action space of size 450;
 - rewards: the env's episode-end reward on the last step, 0 elsewhere (Monte Carlo);

@@ -220,7 +220,8 @@ def plan_actions(plan: EditPlan) -> tuple[list[tuple[int, int, int]], EditPlan, 
     so that labels and plan always agree. The round trip
     ``execute(grid, actions) == plan.merged()`` is checked here and raises on failure.
     """
-    from envs.plan import execute, oracle
+    from envs.executor import execute
+    from envs.oracle import oracle
 
     res = oracle(plan)
     actions = [tuple(int(v) for v in x) for x in res.actions]
@@ -426,7 +427,7 @@ def label_loss(alignment: Alignment, plan: EditPlan, *, why: list[str] | tuple[s
     """
     import inspect
 
-    from envs.plan import Executor
+    from envs.executor import Executor
 
     grid = plan.grid
     bounds = grid.bounds

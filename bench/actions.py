@@ -25,7 +25,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datasets.beats import BeatGrid  # noqa: E402
-from envs.plan import Executor, oracle  # noqa: E402
+from envs.executor import Executor  # noqa: E402
+from envs.oracle import oracle  # noqa: E402
 
 
 def _grid(seconds: float) -> BeatGrid:

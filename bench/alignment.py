@@ -61,7 +61,8 @@ from alignment.align import AlignedSegment, Alignment, SegmentEffects, align_sig
 from alignment.features import HOP, SR, frame_features  # noqa: E402
 from alignment.labels import plan_actions, snap_plan  # noqa: E402
 from datasets.audio import load_audio, resample, to_mono  # noqa: E402
-from envs.plan import EditPlan, Ops, Segment, oracle  # noqa: E402
+from envs.oracle import oracle  # noqa: E402
+from envs.plan import EditPlan, Ops, Segment  # noqa: E402
 from envs.render import layout, render  # noqa: E402
 
 FR = HOP / SR

@@ -210,7 +210,8 @@ def make_checkpoint(work: Path, song: Path) -> Path:
     from datasets.audio import load_audio
     from datasets.features import extract_features
     from envs.env import Song
-    from envs.plan import EditPlan, Segment, oracle_actions
+    from envs.oracle import oracle_actions
+    from envs.plan import EditPlan, Segment
     from pretrain.augment import IDENTITY
     from pretrain.dataset import LabeledPair, build_bc_data
     from pretrain.train import PretrainConfig, train

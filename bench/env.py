@@ -39,7 +39,8 @@ from datasets.audio import audio_hash, load_audio  # noqa: E402
 from datasets.features import extract_features  # noqa: E402
 from envs.baselines import PhraseEnergyPolicy, cut_all_action, keep_all_action, random_action, run_episode  # noqa: E402
 from envs.env import AudioEditEnv, Song, make_vector_env  # noqa: E402
-from envs.plan import EditPlan, Executor, Masks  # noqa: E402
+from envs.executor import Executor, Masks  # noqa: E402
+from envs.plan import EditPlan  # noqa: E402
 from envs.reward import COMPONENTS, episode_reward  # noqa: E402
 
 MUSIC = ROOT.parent / "shared" / "data" / "music"
@@ -159,7 +160,7 @@ def demo_cases(n_songs: int, demo: Path = DEMO) -> tuple[list[tuple[Song, list[t
     import json
 
     from datasets.demo.editors import plan_edit
-    from envs.plan import oracle
+    from envs.oracle import oracle
 
     def closest_actions(plan: EditPlan) -> list[tuple[int, int, int]]:
         res = oracle(plan)

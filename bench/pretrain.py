@@ -72,7 +72,8 @@ def _persona_pairs(songs, persona: str, *, editor_grid: bool = True, stems: str 
     from datasets.demo.editors import plan_edit
     from datasets.features import extract_features
     from envs.env import Song
-    from envs.plan import execute, oracle_actions
+    from envs.executor import execute
+    from envs.oracle import oracle_actions
     from pretrain.augment import IDENTITY
     from pretrain.dataset import LabeledPair
 

@@ -1,5 +1,5 @@
-"""envs: the action vocabulary, EditPlan and executor, renderer, reward and the gymnasium
-environment. Importing the package registers ``AudioEdit-v0``:
+"""envs: the action vocabulary, EditPlan, executor and oracle, renderer, reward and the
+gymnasium environment. Importing the package registers ``AudioEdit-v0``:
 
     import gymnasium, envs
     env = gymnasium.make("AudioEdit-v0", songs=[envs.env.Song.load("song.ogg")])

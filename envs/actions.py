@@ -3,7 +3,7 @@
 The policy has three heads (SPEC.md): type [18], size [5] given the type, amount [5]
 given the type. This module names them, maps them to one flat index and back, and holds
 the one table (``MEANING``) that says what every (type, amount) does. The executor in
-``envs/plan.py`` implements exactly this table, and ``docs/actions.md`` is generated
+``envs/executor.py`` implements exactly this table, and ``docs/actions.md`` is generated
 from it (``python -m envs.actions --write-docs``; a test checks they agree).
 
 Sizes: the chunk
@@ -316,7 +316,7 @@ def meaning_markdown() -> str:
         "",
         f"{N_TYPES} types x {N_SIZES} sizes x {N_AMOUNTS} amounts = {N_ACTIONS} actions; flat index",
         "`(type * 5 + size) * 5 + amount` (`to_flat` / `from_flat`). The policy's three heads",
-        "give type, size given type, amount given type; the executor (`envs.plan.Executor`)",
+        "give type, size given type, amount given type; the executor (`envs.executor.Executor`)",
         "masks every combination that is impossible in the current state or means nothing.",
         "",
         "## Sizes: the chunk at the read head h",
@@ -353,7 +353,7 @@ def meaning_markdown() -> str:
         lines.append(f"| {t.name} | {', '.join(a.name for a in ok)} | {', '.join(bad) or '-'} |")
     lines += [
         "",
-        "## State masks (see `envs.plan.Executor.masks`)",
+        "## State masks (see `envs.executor.Executor.masks`)",
         "",
         "- CUT sizes that would reach the song's end while nothing has been kept (an edit",
         "  must keep something; KEEP BEAT stays valid, so some action always is). SKIP",

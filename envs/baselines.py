@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from envs.actions import ActionType, Amount, Size
-from envs.plan import Masks
+from envs.executor import Masks
 
 __all__ = ["random_action", "keep_all_action", "cut_all_action", "largest_size", "phrase_energy_actions", "PhraseEnergyPolicy", "run_episode"]
 

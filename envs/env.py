@@ -1,6 +1,6 @@
 """The editing environment: a read head walks a song's beats and a policy edits it.
 
-Every step takes one factored action, runs it through the shared ``envs.plan.Executor``
+Every step takes one factored action, runs it through the shared ``envs.executor.Executor``
 (the same code that turns aligned labels into plans and plans into oracle actions, so
 what is trained is what is rendered), and the plan grows. The episode's reward arrives
 once, at the end (``envs.reward``).
@@ -21,7 +21,8 @@ from datasets.beats import BeatGrid
 from datasets.errors import ParameterError
 from envs.actions import N_AMOUNTS, N_SIZES, N_TYPES, ActionType
 from envs.observation import N_BEAT_CHANNELS, N_GLOBALS, WINDOW, ObservationBuilder
-from envs.plan import EditPlan, Executor, Masks, Ops
+from envs.executor import Executor, Masks
+from envs.plan import EditPlan, Ops
 from envs.reward import (
     CUTS_PER_EXTRA_LOOP,
     LOOP_BASE_ALLOWANCE,
@@ -298,7 +299,7 @@ class AudioEditEnv(gym.Env):
         return self._st.executor
 
     def action_masks(self) -> Masks:
-        """The executor's masks of the current state (bool; see ``envs.plan.Masks``)."""
+        """The executor's masks of the current state (bool; see ``envs.executor.Masks``)."""
         return self.executor.masks()
 
     def _obs(self) -> dict[str, np.ndarray]:

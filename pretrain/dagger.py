@@ -18,8 +18,8 @@ segment) in playing order. From a state it
    policy cut or skipped them: the target's decision about them is lost; going back
    for them would teach jumps no editor made). What the target itself jumps back for
    stays (`extended` plays its loudest phrase twice: JUMP_BACK + the repeat);
-3. runs the oracle's own greedy decomposition (``envs.plan`` ``_Oracle``) on that
-   residual from a copy of the current executor, and returns its first action, split
+3. runs the oracle from the current executor state (``envs.oracle.oracle_from``) on
+   that residual, and returns its first action, split
    like ``pretrain.dataset.refine_actions`` (KEEP / CUT / effects at most ``max_size``).
 So on the target's own trajectory the expert gives the (refined) oracle actions, and
 after a deviation the target's remaining decisions stay the target's.
@@ -35,7 +35,9 @@ import numpy as np
 from datasets.errors import ParameterError
 from envs.env import AudioEditEnv
 from envs.observation import HEAD_INDEX, WINDOW
-from envs.plan import EditPlan, Executor, Segment, _Oracle
+from envs.executor import Executor
+from envs.oracle import oracle_from
+from envs.plan import EditPlan, Segment
 from pretrain.augment import IDENTITY
 from pretrain.dataset import _SPLITTABLE, BCData, _boundaries, refine_actions, song_for
 
@@ -108,24 +110,14 @@ def _target_for(plan) -> _Target:
     return t[1]
 
 
-def _continuation(ex, target: _Target) -> list[tuple[int, int, int]]:
-    """The oracle's actions from executor state ``ex`` to the target's residual."""
-    played = [(a, b) for a, b, _ in ex._segs]
+def _continuation(ex, target: _Target) -> tuple[tuple[int, int, int], ...]:
+    """The oracle's actions from executor state ``ex`` to the target's residual (the
+    closest ones when a move cannot be made from here: the oracle notes it and goes on)."""
+    played = [(a, b) for a, b, _ in ex.spans()]
     j = target.pointer(played)
     res = target.residual(j, ex.head, ex.beat_usage)
-    # envs.plan has no "oracle from a state": drive its greedy decomposition (_Oracle)
-    # on a copy of the current executor instead of a fresh one.
-    o = _Oracle.__new__(_Oracle)
-    o.protect_end = False
-    o.target = EditPlan(segments=res, grid=target.plan.grid, source_sha256=target.plan.source_sha256)
-    o.ex = ex.copy()
-    o.tab = o.ex._tab
-    o.acts, o.notes = [], []
-    try:
-        o.run()
-    except AssertionError:  # a move the vocabulary cannot make from here: use what was emitted
-        pass
-    return o.acts
+    plan = EditPlan(segments=res, grid=target.plan.grid, source_sha256=target.plan.source_sha256)
+    return oracle_from(ex, plan).actions
 
 
 def _allowed(ex, t: int, s: int, a: int) -> bool:
@@ -161,7 +153,7 @@ def _mid_cut(ex, target: _Target, max_size: int | None) -> tuple[int, int, int] 
     with another move (a SKIP where the labels have per-bar CUTs). So replay the
     (refined) moves from where the cutting started and return the one that starts at
     the head; None when they do not land on the head (then plan from the head)."""
-    start = ex._segs[-1][1] if ex._segs else 0
+    start = ex.spans()[-1][1] if ex.n_segments else 0
     h = ex.head
     if not start < h or not ex.beat_cut[start:h].all():
         return None
@@ -192,7 +184,7 @@ def expert_action(ex, plan, *, max_size: int | None = 1) -> tuple[int, int, int]
 
     Parameters
     ----------
-    ex : envs.plan.Executor, any state (not done) on plan's grid; not modified
+    ex : envs.executor.Executor, any state (not done) on plan's grid; not modified
     plan : envs.plan.EditPlan, the editor's (target) plan
     max_size : KEEP / CUT / effect chunks larger than this size are split into the
         largest allowed step of at most this size that does not run past the oracle's
@@ -231,7 +223,7 @@ def expert_rollout(ex, plan, *, max_size: int | None = 1) -> list[tuple[int, int
 
 
 def _state_key(ex) -> tuple:
-    return (ex.head, tuple(ex._segs))
+    return (ex.head, ex.spans())
 
 
 def _flipped(ex, label: tuple[int, int, int]) -> tuple[int, int, int] | None:

@@ -190,7 +190,7 @@ def refine_actions(plan, actions: Sequence[Sequence[int]], *, max_size: int = 3,
     labels are also more samples per song. The result executes to the same merged plan
     (checked; on any difference the original actions are returned).
     """
-    from envs.plan import Executor
+    from envs.executor import Executor
 
     grid = plan.grid
     ex = Executor(grid, source_sha256=plan.source_sha256, **executor_kw)
@@ -225,7 +225,7 @@ def refine_actions(plan, actions: Sequence[Sequence[int]], *, max_size: int = 3,
 
 
 def _same(grid, plan, a1, a2, kw) -> bool:
-    from envs.plan import execute
+    from envs.executor import execute
 
     try:
         return execute(grid, a1, source_sha256=plan.source_sha256, **kw) == execute(grid, a2, source_sha256=plan.source_sha256, **kw)

@@ -28,7 +28,7 @@ radio      drops the second verse and the bridge (by section labels), then    0.
 Cuts fall on unit (phrase) boundaries, or on bar lines for tight's 2-bar / 1-bar trims.
 Fades are one chunk of the action vocabulary faded over a fraction of its length (the
 nearest to ~2 or ~4 bars that the grid's bar numbering allows), so every persona plan
-replays exactly through ``envs.plan.oracle_actions`` / ``execute`` (tested).
+replays exactly through ``envs.oracle.oracle_actions`` / ``envs.executor.execute`` (tested).
 """
 
 from __future__ import annotations

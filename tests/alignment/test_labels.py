@@ -12,7 +12,7 @@ from alignment.labels import label_pair, raw_grid
 from alignment.simulate import Span, assemble
 from datasets.audio import load_audio, write_audio
 from datasets.errors import AudioError
-from envs.plan import execute
+from envs.executor import execute
 from tests.conftest import music_file
 
 SR = 22050

@@ -208,7 +208,8 @@ def test_persona_styles(song_features):
 @pytest.mark.parametrize("persona", list(PERSONAS))
 def test_persona_plans_replay_through_the_action_vocabulary(song_features, persona):
     """The truth plan is expressible: its oracle actions rebuild it exactly."""
-    from envs.plan import execute, oracle_actions
+    from envs.executor import execute
+    from envs.oracle import oracle_actions
 
     for audio, feats, _ in song_features:
         plan = plan_edit(feats, persona, source_sha256=audio.sha256)

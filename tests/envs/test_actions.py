@@ -12,7 +12,7 @@ from datasets.errors import ParameterError
 from envs import actions as A
 from envs.actions import ActionType as T
 from envs.actions import Amount, Size
-from envs.plan import Executor
+from envs.executor import Executor
 from tests.envs._action_grids import SONGS, song_grid, waltz_grid
 
 

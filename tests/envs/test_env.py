@@ -182,7 +182,7 @@ def test_vector_envs_autoreset(songs, asynchronous):
         for i in range(2):
             np.testing.assert_array_equal(per_env[i].size, obs["size_mask"][i] > 0)
         rng = np.random.default_rng(0)
-        from envs.plan import Masks
+        from envs.executor import Masks
 
         ends = 0
         for _ in range(120):

@@ -1,4 +1,4 @@
-"""The action executor (envs.plan.Executor / execute) and its inverse (oracle_actions):
+"""The action executor (envs.executor: Executor / execute) and its inverse (envs.oracle: oracle_actions):
 semantics of each action on real and synthetic grids, masks, budgets, the step cap and
 the round trips actions -> plan -> actions -> plan."""
 
@@ -13,7 +13,9 @@ from datasets.errors import ParameterError
 from envs import actions as A
 from envs.actions import ActionType as T
 from envs.actions import Amount, Size
-from envs.plan import EditPlan, Executor, Ops, Segment, execute, oracle, oracle_actions
+from envs.executor import Executor, execute
+from envs.oracle import oracle, oracle_actions
+from envs.plan import EditPlan, Ops, Segment
 from tests.envs._action_grids import SONGS, song_grid, waltz_grid
 
 N = Amount.NEUTRAL
@@ -370,7 +372,7 @@ def test_output_length_cap_masks_repeats():
 
     from datasets.beats import BeatGrid
     from envs.actions import ActionType, Amount, Size
-    from envs.plan import Executor
+    from envs.executor import Executor
 
     grid = BeatGrid.from_beat_times(np.arange(0, 32, 0.5), duration=32.0, beats_per_bar=4)
     ex = Executor(grid)

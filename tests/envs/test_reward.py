@@ -200,7 +200,7 @@ def test_sensible_beats_degenerate_and_random(name):
 @pytest.mark.parametrize("persona", ["tight", "radio", "extended"])
 def test_persona_plan_beats_random(persona):
     from datasets.demo.editors import plan_edit
-    from envs.plan import oracle
+    from envs.oracle import oracle
 
     song = real_song("credits1-cp.ogg", 40.0)
     from datasets.features import FEATURE_NAMES, BeatFeatures

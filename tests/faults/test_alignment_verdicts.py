@@ -24,7 +24,7 @@ from alignment.labels import MIN_CONFIDENCE, MIN_REPRODUCED, label_pair
 from alignment.simulate import Span, assemble
 from datasets.audio import load_audio, write_audio
 from envs.actions import ActionType
-from envs.plan import execute
+from envs.executor import execute
 from tests.conftest import SHARED_DATA, music_file
 
 SR = 22050

@@ -216,7 +216,7 @@ def style():
     fitted on the replayed observations, one target keep ratio)."""
     from datasets.demo.editors import plan_edit
     from envs.env import AudioEditEnv, Song
-    from envs.plan import oracle_actions
+    from envs.oracle import oracle_actions
     from pretrain.dataset import refine_actions
 
     torch.manual_seed(0)

@@ -12,7 +12,8 @@ import numpy as np
 from datasets.beats import BeatGrid
 from datasets.features import feature_index
 from envs.env import Song
-from envs.plan import EditPlan, Segment, oracle_actions
+from envs.oracle import oracle_actions
+from envs.plan import EditPlan, Segment
 from pretrain.augment import IDENTITY
 from pretrain.dataset import LabeledPair
 

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 from datasets.beats import BeatGrid
-from envs.plan import EditPlan, Executor, Ops, Segment, execute, oracle_actions
+from envs.executor import Executor, execute
+from envs.oracle import oracle_actions
+from envs.plan import EditPlan, Ops, Segment
 from pretrain.dagger import (
     _flipped,
     collect_dagger,

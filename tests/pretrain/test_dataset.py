@@ -77,14 +77,15 @@ def test_load_labels(tmp_path):
 
 
 def test_refine_actions_same_plan_one_decision_per_phrase():
-    from envs.plan import EditPlan, Segment, execute
+    from envs.executor import execute
+    from envs.plan import EditPlan, Segment
     from pretrain.dataset import refine_actions
 
     pair, _ = synth_pair(7, n_phrases=8)
     g = pair.plan.grid
     # keep 3 phrases in a row, cut 3 in a row: the oracle uses TWO_PHRASES chunks
     plan = EditPlan(segments=(Segment(0, 48), Segment(96, 128)), grid=g, source_sha256=pair.plan.source_sha256)
-    from envs.plan import oracle_actions
+    from envs.oracle import oracle_actions
 
     acts = oracle_actions(plan)
     assert any(s == 4 for _, s, _ in acts)

@@ -38,7 +38,7 @@ def build_run(root: Path, *, seconds: float = 16.0, hidden: int = 16, songs=SONG
     from agent.model import Policy, PolicyConfig
     from datasets.audio import load_audio, write_audio
     from datasets.beats import track_beats
-    from envs.plan import oracle_actions
+    from envs.oracle import oracle_actions
 
     run = root / "tiny"
     (run / "labels").mkdir(parents=True, exist_ok=True)
