@@ -2,9 +2,8 @@
 
 For each pair (datasets.pairs.find_pairs) writes ``runs/NAME/labels/PAIR.json`` (the
 record of alignment.labels.PairLabels.to_dict) and then ``runs/NAME/labels/index.json``
-(pair -> label file, raw path, keep ratio, confidence, fidelity) and
-``runs/NAME/labels/train.json`` (every pair's beat plan, grid and actions in one file,
-what pretraining reads). Pairs whose label is newer than both audio files and was
+(pair -> label file, raw path, keep ratio, confidence, fidelity): what pretraining and
+fine-tuning read. Pairs whose label is newer than both audio files and was
 made by this label format are not aligned again. A pair that fails is reported and
 skipped; no pair at all exits with status 2.
 
@@ -13,7 +12,7 @@ at least ``--min-confidence`` (below it the edit is not recognisably of that raw
 pair is refused and no label is written) and its labels reproduce at least
 ``--min-reproduced`` of the edited duration (``LabelLoss.reproduced``: what the action
 vocabulary could not express, e.g. a repeat past the executor's 1.5x output cap, is
-lost). Other pairs are skipped: left out of index.json and train.json, so training
+lost). Other pairs are skipped: left out of index.json, so training
 never sees them, listed in ``runs/NAME/labels/skipped.json`` (pair -> reason, message,
 numbers) and at the end of the printed table.
 """
@@ -174,7 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     write_json(out_dir / "index.json", index)
     write_json(out_dir / "skipped.json", skipped)
     fit_grid_model([e["label"] for e in index.values()], out=out_dir / GRID_MODEL_FILE)
-    _write_train(out_dir, index)
+    # labels/train.json (all labels in one file) was written up to now and read by
+    # nothing; a stale copy would disagree with index.json
+    (out_dir / "train.json").unlink(missing_ok=True)
     _print_table(index, skipped)
     if not index:
         print(f"error: no pair could be labelled ({len(skipped)} skipped, {len(failed)} of them failed)", file=sys.stderr)
@@ -214,25 +215,6 @@ def _verdicts(entries: dict, failed: dict, *, min_confidence: float, min_reprodu
     for n in sorted(failed):
         skipped[n] = {"reason": "failed", "message": failed[n]}
     return index, skipped
-
-
-def _write_train(out_dir: Path, index: dict) -> None:
-    """One file with every pair's grid, beat plan, actions and confidences."""
-    episodes = []
-    for name, e in index.items():
-        rec = json.loads(Path(e["label"]).read_text())
-        episodes.append(
-            {
-                "name": name,
-                "raw_path": rec["raw_path"],
-                "raw_sha256": rec["raw_sha256"],
-                "plan": rec["plan"],
-                "actions": rec["actions"],
-                "raw_beat_confidence": rec["raw_beat_confidence"],
-                "confidence": rec["confidence"],
-            }
-        )
-    write_json(out_dir / "train.json", {"format_version": LABEL_FORMAT_VERSION, "episodes": episodes})
 
 
 def _print_table(index: dict, skipped: dict) -> None:

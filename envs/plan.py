@@ -17,7 +17,7 @@ import numpy as np
 from datasets.beats import BeatGrid
 from datasets.errors import ParameterError
 
-__all__ = ["Ops", "Segment", "EditPlan", "PLAN_FORMAT_VERSION"]
+__all__ = ["Ops", "Segment", "EditPlan", "PLAN_FORMAT_VERSION", "merge_segments"]
 
 PLAN_FORMAT_VERSION = 1
 
@@ -121,23 +121,10 @@ class EditPlan:
         """Same plan with contiguous segments that share ops joined into one.
 
         Two plans that sound the same then compare equal (KEEP 4 + KEEP 4 == KEEP 8).
+        Reversed runs stay apart (``merge_segments``): this is the executor's canonical
+        plan, and the oracle must be able to rebuild it.
         """
-        out: list[Segment] = []
-        for s in self.segments:
-            # Reversed segments never merge: [0,4) reversed then [4,8) reversed plays
-            # beats 3210 7654, while [0,8) reversed plays 76543210.
-            if (
-                out
-                and out[-1].raw_end == s.raw_start
-                and out[-1].ops == s.ops
-                and s.ops.fade_in_s == 0
-                and out[-1].ops.fade_out_s == 0
-                and not s.ops.reversed
-            ):
-                out[-1] = replace(out[-1], raw_end=s.raw_end)
-            else:
-                out.append(s)
-        return replace(self, segments=tuple(out))
+        return replace(self, segments=tuple(merge_segments(self.segments)))
 
     # -- validation ---------------------------------------------------------------
     def validate(self, *, source_sha256: str | None = None) -> "EditPlan":
@@ -208,3 +195,31 @@ class EditPlan:
         except json.JSONDecodeError as exc:
             raise ParameterError(f"plan is not valid JSON ({exc})") from None
         return cls.from_dict(d)
+
+
+def merge_segments(segments, *, reversed_runs: bool = False) -> list[Segment]:
+    """Join segments that continue each other in the raw with the same ops (no fade
+    between them): the one merge rule of the plan (``EditPlan.merged``) and the renderer.
+
+    reversed_runs : also join reversed segments that play the raw just *before* the
+        previous one ([4,8) reversed then [0,4) reversed plays 76543210, which is [0,8)
+        reversed). The renderer does (it merges what sounds the same); ``merged`` does
+        not, on purpose: it is the canonical form of the executor's plans, and the
+        oracle rebuilds a reversed span only as one REVERSE chunk, which [0,8) need not
+        be (JUMP_BACK + REVERSE BEAT can make [4,8)r + [3,4)r, never [3,8)r in one go).
+        Forward-contiguous reversed segments never merge: [0,4) then [4,8) reversed
+        plays 3210 7654, not 76543210.
+    """
+    out: list[Segment] = []
+    for s in segments:
+        if out:
+            p = out[-1]
+            same = p.ops == s.ops and p.ops.fade_out_s == 0 and s.ops.fade_in_s == 0
+            if same and not s.ops.reversed and p.raw_end == s.raw_start:
+                out[-1] = Segment(p.raw_start, s.raw_end, p.ops)
+                continue
+            if same and reversed_runs and s.ops.reversed and s.raw_end == p.raw_start:
+                out[-1] = Segment(s.raw_start, p.raw_end, p.ops)
+                continue
+        out.append(s)
+    return out

@@ -62,7 +62,7 @@ from pathlib import Path
 import numpy as np
 
 from datasets.errors import EditorError, ParameterError
-from envs.plan import EditPlan, Ops, Segment
+from envs.plan import EditPlan, Ops, Segment, merge_segments
 
 __all__ = [
     "DEFAULT_CROSSFADE_MS",
@@ -76,7 +76,6 @@ __all__ = [
     "Piece",
     "Layout",
     "RenderResult",
-    "merge_segments",
     "layout",
     "output_duration",
     "join_positions",
@@ -183,27 +182,6 @@ class Layout:
         return self.n_out / self.sr
 
 
-def merge_segments(segments: tuple[Segment, ...] | list[Segment]) -> list[Segment]:
-    """Rule 1: join segments that continue each other with the same sound.
-
-    Unlike ``EditPlan.merged`` this respects direction: two reversed segments merge only
-    when the later one plays the raw just *before* the earlier one.
-    """
-    out: list[Segment] = []
-    for s in segments:
-        if out:
-            p = out[-1]
-            same = p.ops == s.ops and p.ops.fade_out_s == 0 and s.ops.fade_in_s == 0
-            if same and not s.ops.reversed and p.raw_end == s.raw_start:
-                out[-1] = Segment(p.raw_start, s.raw_end, p.ops)
-                continue
-            if same and s.ops.reversed and s.raw_end == p.raw_start:
-                out[-1] = Segment(s.raw_start, p.raw_end, p.ops)
-                continue
-        out.append(s)
-    return out
-
-
 def _core_length(n_raw_span: int, tf: float) -> int:
     return n_raw_span if tf == 1.0 else max(1, int(round(n_raw_span / tf)))
 
@@ -231,7 +209,7 @@ def layout(plan: EditPlan, sr: int, crossfade_ms: float = DEFAULT_CROSSFADE_MS, 
     bounds = np.minimum(bounds, n_raw)
     x = int(round(crossfade_ms * sr / 1000.0))
     half = x // 2
-    segs = merge_segments(plan.segments)
+    segs = merge_segments(plan.segments, reversed_runs=True)  # rule 1: what sounds the same is one piece
     spans = []
     for s in segs:
         a, b = int(bounds[s.raw_start]), int(bounds[s.raw_end])

@@ -3,7 +3,8 @@ the editor's.
 
 Metrics (``plan_metrics``), all against the reference (human / persona) plan:
 - ``iou``: raw-usage IoU, |used_pred & used_ref| / |used_pred | used_ref| over raw
-  beats (a beat is used when the plan plays it at least once), duration-weighted.
+  beats (a beat is used when the plan plays it at least once), duration-weighted: the
+  one plan IoU of the project, ``envs.reward.plan_usage_iou``.
 - ``keep_error``: |keep_ratio(pred) - keep_ratio(ref)|.
 - ``join_f``: F-measure of the plans' edit points (raw beats where a merged segment
   starts or ends, the song's own ends excluded), matched within +-1 beat.
@@ -17,6 +18,7 @@ import numpy as np
 import torch
 
 from agent.model import Policy, obs_to_tensors
+from envs.reward import plan_usage_iou
 
 __all__ = ["plan_metrics", "edit_points", "rollout", "policy_fn"]
 
@@ -53,15 +55,9 @@ def _f_measure(ref: np.ndarray, est: np.ndarray, tol: float) -> float:
 def plan_metrics(pred, ref, *, tol_beats: float = 1.0) -> dict:
     """{"iou", "keep_error", "join_f"} of a predicted plan against the reference plan
     (both on the same grid)."""
-    assert pred.grid.n_beats == ref.grid.n_beats, "plans on different grids"
-    w = np.diff(ref.grid.bounds)
-    up = pred.raw_beats_used > 0 if pred.segments else np.zeros(ref.grid.n_beats, bool)
-    ur = ref.raw_beats_used > 0
-    union = float(w[up | ur].sum())
-    iou = float(w[up & ur].sum()) / union if union > 0 else 1.0
     kp = pred.keep_ratio if pred.segments else 0.0
     return {
-        "iou": iou,
+        "iou": plan_usage_iou(ref, pred),  # the reward's imitation IoU, weighted by ref's beats
         "keep_error": abs(kp - ref.keep_ratio),
         "join_f": _f_measure(edit_points(ref), edit_points(pred) if pred.segments else np.array([]), tol_beats),
     }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -100,8 +101,8 @@ def test_run_over_a_folder(pair, tmp_path):
     assert main(["--data", str(data), "--run", "t", "--runs-dir", str(runs), "--jobs", "1"]) == 0
     index = json.loads((runs / "t" / "labels" / "index.json").read_text())
     assert list(index) == ["good"] and index["good"]["segments"] == 5
-    train = json.loads((runs / "t" / "labels" / "train.json").read_text())
-    assert train["episodes"][0]["actions"]
+    assert json.loads(Path(index["good"]["label"]).read_text())["actions"]  # what pretraining reads
+    assert not (runs / "t" / "labels" / "train.json").exists()  # no second copy of the labels
     empty = tmp_path / "empty"
     empty.mkdir()
     assert main(["--data", str(empty), "--run", "t", "--runs-dir", str(runs)]) == 2

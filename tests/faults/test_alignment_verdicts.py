@@ -153,8 +153,7 @@ def test_make_align_skips_and_lists_what_does_not_train(clips, tmp_path, capsys)
     labels = runs / "t" / "labels"
     index = json.loads((labels / "index.json").read_text())
     assert list(index) == ["real"] and index["real"]["reproduced"] >= 0.95
-    train = json.loads((labels / "train.json").read_text())
-    assert [e["name"] for e in train["episodes"]] == ["real"]  # training never sees the others
+    assert list(index) == ["real"] and not (labels / "train.json").exists()  # training never sees the others
     skipped = json.loads((labels / "skipped.json").read_text())
     assert skipped["other"]["reason"] == "refused" and skipped["other"]["confidence"] < MIN_CONFIDENCE
     assert skipped["thrice"]["reason"] == "labels lose the edit" and skipped["thrice"]["reproduced"] < MIN_REPRODUCED

@@ -196,7 +196,7 @@ def test_a_corrupt_pair_in_a_batch_is_listed_and_the_others_labelled(song, tmp_p
     assert main(["--data", str(data), "--runs-dir", str(tmp_path / "runs"), "--run", "r", "--jobs", "1"]) == 0
     labels = tmp_path / "runs" / "r" / "labels"
     assert sorted(json.loads((labels / "index.json").read_text())) == ["a", "b"]
-    assert sorted(e["name"] for e in json.loads((labels / "train.json").read_text())["episodes"]) == ["a", "b"]
+    assert sorted(p.name for p in labels.glob("?.json")) == ["a.json", "b.json"]
     skipped = json.loads((labels / "skipped.json").read_text())
     assert list(skipped) == ["c"] and skipped["c"]["reason"] == "failed"
     assert str(data / "edited" / "c.wav") in skipped["c"]["message"]
