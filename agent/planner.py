@@ -63,13 +63,16 @@ class PlannerConfig:
     folds: int = 4
     """out-of-fold priors for the training songs (fewer songs: one fold per song)"""
     seed: int = 0
-    kind: str = "mlp"
-    """"mlp" (this file) | "attention" (agent/planner_attention.py, its own
-    ``AttentionConfig`` defaults) | "rank" (agent/planner_rank.py, ``RankConfig``
-    defaults); ``seed`` and ``folds`` apply to all"""
+    kind: str = "rank"
+    """"rank" (agent/planner_rank.py, ``RankConfig`` defaults) | "mlp" (this file) |
+    "attention" (agent/planner_attention.py, ``AttentionConfig`` defaults); ``seed`` and
+    ``folds`` apply to all. Rank is the default: held-out budgeted-plan IoU on 5 real-music
+    editors (bench/planner_cv.py) 0.71-0.95 vs the MLP's 0.70-0.87, best on 4 of 5, and
+    end to end (bench/style.py --only-folds 0, PPO) loud70 0.834 vs 0.794, tight60 0.664
+    vs 0.420 before the planner"""
 
 
-def song_inputs(values: np.ndarray, grid: BeatGrid, kind: str = "mlp") -> tuple[np.ndarray, np.ndarray]:
+def song_inputs(values: np.ndarray, grid: BeatGrid, kind: str = "rank") -> tuple[np.ndarray, np.ndarray]:
     """A planner kind's per-bar inputs of a song and the bar bounds [n_bars + 1]: the MLP's
     ``bar_features``, the attention planner's ``bar_tokens`` (those plus raw summaries) or
     the rank planner's ``rank_inputs`` (those plus bar seconds and phrase index)."""
@@ -177,7 +180,7 @@ class Planner:
             return RankPlanner.from_state(state)  # type: ignore[return-value]
         if tuple(state.get("features", ())) != BAR_FEATURES:
             return None  # a planner of another feature set: the policy runs without a prior
-        cfg = PlannerConfig(**state["config"])
+        cfg = PlannerConfig(**{**state["config"], "kind": "mlp"})  # older states name no kind: all MLPs
         net = _MLP(len(BAR_FEATURES), cfg)
         net.load_state_dict(state["net"])
         net.eval()

@@ -263,7 +263,7 @@ def _fold_run(labels: Path, ed_dir: Path, runs: Path, run: str, names: list[str]
     align_editor(data, runs, run, jobs=1, relabel_stale=False)  # labels copied from this code's run
 
 
-def train_fold(runs: Path, run: str, budget: Budget, *, threads: int, seed: int, planner_kind: str = "mlp") -> dict:
+def train_fold(runs: Path, run: str, budget: Budget, *, threads: int, seed: int, planner_kind: str = "rank") -> dict:
     """make pretrain + make finetune on runs/RUN; returns timings and checkpoint paths."""
     import tyro
 
@@ -521,8 +521,8 @@ def _fmt(v: float | None) -> str:
 
 
 def editor_markdown(res: dict) -> str:
-    lines = [f"### {res['editor']} ({res['songs']} songs, editor keeps {res['editor_keep']:.2f}, "
-             f"{res['songs_with_repeat']} with a repeat)", "",
+    lines = [f"### {res['editor']} ({res['table']['keep everything']['n']} of {res['songs']} songs held out; on all "
+             f"{res['songs']} the editor keeps {res['editor_keep']:.2f} and repeats a phrase on {res['songs_with_repeat']})", "",
              "| method | IoU | phrase acc | keep err | repeat hit | join F |", "|---|---|---|---|---|---|"]
     for m in METHODS:
         s = res["table"].get(m)
@@ -578,7 +578,7 @@ def get_parser() -> argparse.ArgumentParser:
     ap.add_argument("--skip-train", action="store_true", help="floors only (no BC / PPO)")
     ap.add_argument("--songs", type=int, default=None, help="use only the first N songs")
     ap.add_argument("--seed", type=int, default=0, help="fold split, floors, learning-curve subsets")
-    ap.add_argument("--planner-kind", default="mlp", choices=("mlp", "attention", "rank"),
+    ap.add_argument("--planner-kind", default="rank", choices=("rank", "mlp", "attention"),
                     help="the whole-song planner's design (make pretrain's --planner_kind)")
     ap.add_argument("--bc-epochs", type=int, default=None, help="default: PretrainConfig's (--quick: 3)")
     ap.add_argument("--dagger-rounds", type=int, default=None, help="default: PretrainConfig's (--quick: 1)")

@@ -98,10 +98,11 @@ class PretrainConfig:
     """show the policy the whole-song planner's plan of each song (agent/planner.py): out
     of fold for training songs, the planner fitted on all of them (saved in the
     checkpoint) at fine-tuning and inference"""
-    planner_kind: str = "mlp"
-    """the planner's design (agent/planner.py ``KINDS``): "mlp", pointwise on whole-song
-    bar features; "attention", a listwise transformer over the song's bars; "rank", a
-    sparse within-song phrase ranker (bench/planner_cv.py compares them on real music)"""
+    planner_kind: str = "rank"
+    """the planner's design (agent/planner.py ``KINDS``): "rank", a sparse within-song
+    phrase ranker (the default, best on real music); "mlp", pointwise on whole-song bar
+    features; "attention", a listwise transformer over the song's bars
+    (bench/planner_cv.py and bench/style.py --planner-kind compare them)"""
     plan_gain: float = 2.0
     """initial weight of the budgeted plan's keep/cut vote in the policy's type logits
     (PolicyConfig.plan_gain_init; learned from there)"""

@@ -58,7 +58,7 @@ def test_planner_learns_a_whole_song_phrase_rule_from_three_songs():
     for v, g in songs:
         X, b = bar_features(v, g)
         tables.append((X, bar_targets(_editor(v, g), b)))
-    planner = Planner.fit(tables, PlannerConfig(epochs=400))
+    planner = Planner.fit(tables, PlannerConfig(epochs=400, kind="mlp"))  # bar_features are the MLP's inputs
     v, g = _song(11)
     X, b = bar_features(v, g)
     truth = bar_targets(_editor(v, g), b)[:, 0] > 0.5

@@ -38,7 +38,7 @@ def test_attention_learns_a_rank_rule_that_one_bar_cannot_show():
     train = [_rank_song(rng) for _ in range(12)]
     test = [_rank_song(rng) for _ in range(6)]
     attn = AttentionPlanner.fit(train, AttentionConfig(epochs=200))
-    mlp = Planner.fit(train, PlannerConfig(epochs=200))  # pointwise: the same bar rows, one at a time
+    mlp = Planner.fit(train, PlannerConfig(epochs=200, kind="mlp"))  # pointwise: the same bar rows, one at a time
 
     def acc(model) -> float:
         return float(np.mean([((model.predict(X)[:, 0] > 0.5) == (Y[:, 0] > 0.5)).mean() for X, Y in test]))
@@ -76,7 +76,7 @@ def test_state_round_trips_weights_only_and_old_mlp_states_still_load():
     assert np.array_equal(back.prior(v, g), planner.prior(v, g))
     # a checkpoint written before the kinds existed: an MLP state without "kind"
     mlp_tables = [(song_inputs(*_song(s)[:2], "mlp")[0], Y) for s, (_, Y) in enumerate(tables)]
-    mlp = Planner.fit(mlp_tables, PlannerConfig(epochs=20))
+    mlp = Planner.fit(mlp_tables, PlannerConfig(epochs=20, kind="mlp"))
     old = mlp.to_state()
     del old["config"]["kind"]
     buf = io.BytesIO()
