@@ -6,6 +6,7 @@
     python bench/pretrain.py --folds 4 --no-context           # ablation: song-context channels zeroed
     python bench/pretrain.py --folds 4 --dagger-eval-all      # ours after BC and after each DAgger round
     python bench/pretrain.py --folds 4 --dagger-rounds 0      # plain behaviour cloning
+    python bench/pretrain.py --folds 2 --planner-kind mlp     # the MLP planner (default: PlannerConfig.kind)
 
 For each persona of ``datasets.demo.editors`` the persona's plan of every raw demo song
 (``plan_edit`` on the song's features: the same raw songs serve all personas) becomes
@@ -153,6 +154,20 @@ def _zero_context(data):
     return data
 
 
+def _pretrain_config(args, runs_dir: str):
+    """The PretrainConfig of one of our models, from the command line."""
+    from pretrain.train import PretrainConfig
+
+    return PretrainConfig(
+        run="bench", runs_dir=runs_dir, seed=args.seed, hidden=args.hidden, n_layers=args.n_layers, n_heads=args.n_heads,
+        kernel_size=args.kernel_size, dilations=tuple(args.dilations), dropout=args.dropout,
+        weight_decay=args.weight_decay, epochs=args.epochs, max_minutes=args.max_minutes, val_fraction=0.15,
+        patience=args.patience, restart=True, threads=args.threads, batch_size=args.batch_size, lr=args.lr,
+        feature_dropout=args.feature_dropout, history_dropout=args.history_dropout, type_weight_power=args.type_weight_power, select=args.select,
+        planner=args.planner, planner_kind=args.planner_kind,
+    )
+
+
 def run_persona(persona: str, songs, args, fold: int = 0) -> list[dict]:
     from envs.observation import HEAD_INDEX
     from pretrain.augment import IDENTITY, random_augmentations
@@ -160,7 +175,7 @@ def run_persona(persona: str, songs, args, fold: int = 0) -> list[dict]:
     from pretrain.dataset import BCData, build_bc_data, default_target_keep, song_for
     from pretrain.evaluate import policy_fn
     from pretrain.losses import predict
-    from pretrain.train import PretrainConfig, train
+    from pretrain.train import train
     from agent.checkpoint import load_checkpoint, policy_from_checkpoint
 
     pairs, env_songs, refs = _persona_pairs(songs, persona, editor_grid=args.editor_grid, stems=args.stems)
@@ -177,10 +192,11 @@ def run_persona(persona: str, songs, args, fold: int = 0) -> list[dict]:
     if args.planner:  # as make pretrain: out-of-fold plans for training songs, the full planner for test songs
         from dataclasses import replace as _replace
 
-        from agent.planner import oof_priors
+        from agent.planner import PlannerConfig, oof_priors
 
         key = (lambda p: (p.name, IDENTITY.key()))
-        priors, planner = oof_priors([(p.raw_sha256, env_songs[key(p)].values, p.plan.grid, p.plan) for p in train_pairs])
+        priors, planner = oof_priors([(p.raw_sha256, env_songs[key(p)].values, p.plan.grid, p.plan) for p in train_pairs],
+                                     PlannerConfig(kind=args.planner_kind))
         train_pairs = [_replace(p, plan_prior=pr) for p, pr in zip(train_pairs, priors)]
         for p in train_pairs:
             env_songs[key(p)] = _replace(env_songs[key(p)], plan_prior=p.plan_prior)
@@ -212,13 +228,7 @@ def run_persona(persona: str, songs, args, fold: int = 0) -> list[dict]:
 
     for label, data in variants:
         with tempfile.TemporaryDirectory() as tmp:
-            cfg = PretrainConfig(
-                run="bench", runs_dir=tmp, seed=args.seed, hidden=args.hidden, n_layers=args.n_layers, n_heads=args.n_heads,
-                kernel_size=args.kernel_size, dilations=tuple(args.dilations), dropout=args.dropout,
-                weight_decay=args.weight_decay, epochs=args.epochs, max_minutes=args.max_minutes, val_fraction=0.15,
-                patience=args.patience, restart=True, threads=args.threads, batch_size=args.batch_size, lr=args.lr,
-                feature_dropout=args.feature_dropout, history_dropout=args.history_dropout, type_weight_power=args.type_weight_power, select=args.select,
-            )
+            cfg = _pretrain_config(args, tmp)
             t0 = time.perf_counter()
             evaluated = {"s": 0.0}  # evaluation time, not training time
 
@@ -309,6 +319,7 @@ def _table(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from agent.planner import KINDS, PlannerConfig
     from datasets.demo.editors import PERSONAS
 
     ap = argparse.ArgumentParser(prog="python bench/pretrain.py", description=__doc__.splitlines()[0])
@@ -358,6 +369,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="label on the tracker's grid, not on the phase the persona's cuts agree with (alignment/grid.py)")
     ap.add_argument("--no-planner", dest="planner", action="store_false",
                     help="no whole-song planner plans in the observation (agent/planner.py)")
+    ap.add_argument("--planner-kind", default=PlannerConfig.kind, choices=KINDS,
+                    help="the whole-song planner's design (PlannerConfig.kind; make pretrain's --planner_kind)")
     ap.add_argument("--baselines", nargs="*", default=["majority", "hgb", "d3rlpy_bc", "d3rlpy_cql"])
     ap.add_argument("--hgb-iter", type=int, default=100)
     ap.add_argument("--d3rlpy-steps", type=int, default=3000)
