@@ -19,6 +19,19 @@ class _Stop(Exception):
     pass
 
 
+@pytest.fixture(autouse=True)
+def _logger_levels():
+    """bench/pretrain.py's main quiets loggers for the whole process, as a script should;
+    here it runs inside the test session, so later tests must get their levels back."""
+    import logging
+
+    names = ("pretrain.train", "d3rlpy")
+    before = {n: logging.getLogger(n).level for n in names}
+    yield
+    for n, level in before.items():
+        logging.getLogger(n).setLevel(level)
+
+
 def _args(monkeypatch, argv: list[str]):
     """The parsed command line of ``main(argv)``, with nothing loaded or trained."""
     seen = []
