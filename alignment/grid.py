@@ -301,19 +301,18 @@ def fit_tempo(grid: BeatGrid, times: np.ndarray) -> PhaseFit:
     if tempo not in ties:
         ties = (tempo, *ties)
     phase = replace(fit.phase, beat_ratio=tempo[0], beat_offset=tempo[1])
-    on_down = lambda g: _group_starts(g, 1)  # noqa: E731
     return PhaseFit(
         phase=phase, ties=fit.ties, hits=fit.hits, n_cuts=len(times),
-        on_bar_before=_share_on(on_down(grid), grid, times), on_bar_after=_share_on(on_down(phase.apply(grid)), phase.apply(grid), times),
+        on_bar_before=_share_on_downbeats(grid, times), on_bar_after=_share_on_downbeats(phase.apply(grid), times),
         tempo_ties=ties, tempo_scores=tuple(scores),
     )
 
 
-def _share_on(lines: np.ndarray, grid: BeatGrid, times: np.ndarray) -> float:
-    """Fraction of the times within ``_tolerance`` of a beat of ``grid`` where ``lines`` is True."""
+def _share_on_downbeats(grid: BeatGrid, times: np.ndarray) -> float:
+    """Fraction of the times within ``_tolerance`` of one of the grid's downbeats."""
     if len(times) == 0:
         return 1.0
-    t = grid.bounds[:-1][lines]
+    t = grid.times[grid.is_downbeat]
     if len(t) == 0:
         return 0.0
     d = np.min(np.abs(times[:, None] - t[None, :]), axis=1)
