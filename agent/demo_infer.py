@@ -10,11 +10,11 @@ records them by audio hash), so the demo shows generalisation, not memory.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from agent.infer import main as infer_main
+from alignment.label_index import read_label_records
 from datasets.errors import EditorError
 
 __all__ = ["main"]
@@ -32,15 +32,13 @@ def _checkpoint(run_dir: Path) -> Path:
 def _held_out_song(run_dir: Path) -> Path:
     import torch
 
-    index = json.loads((run_dir / "labels" / "index.json").read_text())
     bc = run_dir / "checkpoints" / "bc_best.pt"
     val = set(torch.load(bc, weights_only=True).get("extra", {}).get("val_songs", [])) if bc.is_file() else set()
-    pairs = list(index.values())
-    for entry in pairs:
-        label = json.loads(Path(entry["label"]).read_text())
+    records = list(read_label_records(run_dir))
+    for _name, _entry, label in records:
         if label.get("raw_sha256") in val:
-            return Path(entry["raw_path"])
-    return Path(pairs[-1]["raw_path"])  # no split recorded: the last pair
+            return Path(label["raw_path"])
+    return Path(records[-1][2]["raw_path"])  # no split recorded: the last pair
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,13 +23,13 @@ exactly what the agent sees at that step.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from alignment.label_index import index_path, read_label_records
 from datasets.atomic import atomic_path
 from datasets.errors import EditorError
 from datasets.safety import refuse_overwrite
@@ -94,14 +94,12 @@ def build_dataset(labels_dir: str | Path, *, reward_audio: bool = False, min_con
     from datasets.features import extract_features
     from envs.env import Song
 
-    index_path = Path(labels_dir) / "index.json"
-    if not index_path.exists():
-        raise EditorError(f"{index_path}: no label index (run python -m alignment.run first)")
-    index = json.loads(index_path.read_text())
+    run_dir = Path(labels_dir).parent
+    if not index_path(run_dir).exists():
+        raise EditorError(f"{index_path(run_dir)}: no label index (run python -m alignment.run first)")
     parts: list[dict[str, np.ndarray]] = []
     names = []
-    for name, e in index.items():
-        rec = json.loads(Path(e["label"]).read_text())
+    for name, _entry, rec in read_label_records(run_dir):
         if rec.get("actions") is None or rec["confidence"] < min_confidence:
             continue
         audio = load_audio(rec["raw_path"])

@@ -39,7 +39,9 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+from alignment.label_index import index_path, keep_ratios, labels_dir  # noqa: E402
 from datasets.errors import EditorError  # noqa: E402
+from envs.reward import target_keep_from  # noqa: E402
 
 
 @torch.no_grad()
@@ -108,13 +110,13 @@ def _ratio(x: float, ref: float) -> str:
     return "-" if not (np.isfinite(x) and np.isfinite(ref) and ref > 0) else f"{x / ref:.2f}x"
 
 
-def _breakdown(songs, policy, *, n_envs: int, steps: int, run_dir: Path) -> dict:
+def _breakdown(songs, policy, *, n_envs: int, steps: int, target_keep: float) -> dict:
     """Env steps per CPU-second: the env alone (random valid actions), and rollouts with
     the policy acting (no update)."""
     from envs.env import AudioEditEnv
     from rl.rollout import collect_rollout, make_vector_env
 
-    envs = make_vector_env([lambda: AudioEditEnv(songs, run_dir=run_dir)] * n_envs)
+    envs = make_vector_env([lambda: AudioEditEnv(songs, target_keep=target_keep)] * n_envs)
     obs, _ = envs.reset(seed=list(range(n_envs)))
     rng = np.random.default_rng(0)
     c0, n = time.process_time(), 0
@@ -185,11 +187,11 @@ def main(argv: list[str] | None = None) -> int:
         from pretrain.train import PretrainConfig
         from pretrain.train import run as pretrain  # as make pretrain: BC + DAgger rounds
 
-        if not (run_dir / "labels" / "index.json").is_file():
-            print(f"error: no labels in {run_dir / 'labels'}; run `make align RUN={args.run}` first", file=sys.stderr)
+        if not index_path(run_dir).is_file():
+            print(f"error: no labels in {labels_dir(run_dir)}; run `make align RUN={args.run}` first", file=sys.stderr)
             return 2
         (Path(tmp_runs.name) / args.run).mkdir()
-        (Path(tmp_runs.name) / args.run / "labels").symlink_to((run_dir / "labels").resolve())
+        labels_dir(Path(tmp_runs.name) / args.run).symlink_to(labels_dir(run_dir).resolve())
         t0 = time.perf_counter()
         pretrain(PretrainConfig(run=args.run, runs_dir=tmp_runs.name, seed=args.pretrain_seed, threads=args.threads))
         print(f"pretrained a BC policy with seed {args.pretrain_seed} in {time.perf_counter() - t0:.0f} s")
@@ -208,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     if not held:
         print("error: need at least 2 songs to hold one out", file=sys.stderr)
         return 2
-    eval_envs = [AudioEditEnv([pairs_songs[i][1]], run_dir=run_dir) for i in held]
+    target_keep = target_keep_from(keep_ratios(run_dir))
+    eval_envs = [AudioEditEnv([pairs_songs[i][1]], target_keep=target_keep) for i in held]
 
     rows = {}
     bc = policy_from_checkpoint(load_checkpoint(bc_path))
@@ -236,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
                           "first_reward": out["history"][0]["episode_reward"]}
 
     train_songs = [pairs_songs[i][1] for i in range(len(pairs_songs)) if i not in held]
-    speed = _breakdown(train_songs, bc, n_envs=args.n_envs, steps=args.steps, run_dir=run_dir)
+    speed = _breakdown(train_songs, bc, n_envs=args.n_envs, steps=args.steps, target_keep=target_keep)
 
     base = rows["BC (pretrained)"]
     print(f"\nPPO fine-tuning benchmark: run {args.run}, {len(pairs_songs) - len(held)} training songs, "

@@ -34,6 +34,8 @@ import numpy as np  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from alignment.label_index import read_index  # noqa: E402
+
 COLUMNS = ("planner, predicted grid", "planner, editor's grid", "policy, predicted grid", "policy, editor's grid",
            "policy vs its plan")
 
@@ -114,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     if planner is None:
         print(f"error: {args.checkpoint} carries no planner (trained with --no-planner or before it)", file=sys.stderr)
         return 2
-    train = set(json.loads((run / "labels" / "index.json").read_text()))
+    train = set(read_index(run))
     rows = []
     for f in sorted(Path(args.labels).glob("*.json")):
         if f.stem in ("index", "train", "skipped", "editor_grid") or f.stem in train:

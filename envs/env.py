@@ -25,11 +25,11 @@ from envs.executor import Executor, Masks
 from envs.plan import EditPlan, Ops
 from envs.reward import (
     CUTS_PER_EXTRA_LOOP,
+    DEFAULT_TARGET_KEEP,
     LOOP_BASE_ALLOWANCE,
     RewardContext,
     RewardResult,
     RewardWeights,
-    default_target_keep,
     episode_reward,
 )
 
@@ -212,8 +212,8 @@ class AudioEditEnv(gym.Env):
 
     ## Arguments
     songs : one or a list of ``Song`` / ``BeatFeatures`` / ``(values, grid)``
-    target_keep : keep ratio the reward aims at; None = median of the aligned pairs in
-        ``run_dir`` (``envs.reward.default_target_keep``), else 45 %
+    target_keep : keep ratio the reward aims at; None = 45 %. A run's value is the median
+        of its aligned pairs (``envs.reward.target_keep_from``), set by the caller
     weights : ``RewardWeights``
     max_steps, jump_budget, loop_budget : executor budgets (None = its defaults)
     reward_audio : measure clicks / levels on a local render when a song has audio
@@ -231,7 +231,6 @@ class AudioEditEnv(gym.Env):
         songs,
         *,
         target_keep: float | None = None,
-        run_dir: str | Path | None = None,
         weights: RewardWeights = RewardWeights(),
         max_steps: int | None = None,
         jump_budget: int | None = None,
@@ -252,7 +251,7 @@ class AudioEditEnv(gym.Env):
         if invalid_action_penalty > 0:
             raise ParameterError(f"invalid_action_penalty must be <= 0, got {invalid_action_penalty}")
         self.render_mode = None
-        self.target_keep = float(target_keep) if target_keep is not None else default_target_keep(run_dir)
+        self.target_keep = float(target_keep) if target_keep is not None else DEFAULT_TARGET_KEEP
         self.weights = weights
         self.max_steps = max_steps
         self.jump_budget = jump_budget

@@ -59,11 +59,9 @@ is the keep-ratio and cut-ratio terms that make keep-all lose (tests/envs/test_r
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
-from pathlib import Path
 
 import numpy as np
 
@@ -79,7 +77,7 @@ __all__ = [
     "RewardContext",
     "RewardResult",
     "episode_reward",
-    "default_target_keep",
+    "target_keep_from",
     "keep_band",
     "plan_usage_iou",
     "local_join_quality",
@@ -533,50 +531,12 @@ def episode_reward(
     return RewardResult(total=total, weighted=weighted, scores={n: float(v) for n, v in s.items()})
 
 
-_TARGET_LOGGED: set[str] = set()
-
-
-def default_target_keep(run_dir: str | Path | None) -> float:
-    """Median keep ratio of the user's aligned pairs (``RUN/labels/index.json``), or 45%.
-
-    The index is ``alignment.run``'s ``{pair name: entry}`` (also accepted: a list, or
-    ``{"pairs": [...]}``); an entry carries ``keep_ratio`` or names a ``label`` file whose
-    record (or its ``plan``) has one. Clipped to the keep band's floor (20 %).
-    """
-    if run_dir is None:
+def target_keep_from(keep_ratios) -> float:
+    """The keep ratio an episode aims at, from the user's aligned pairs' keep ratios (the
+    caller reads them: ``alignment.label_index.keep_ratios``): their median, clipped to
+    the keep band's floor (20 %); 45 % when there are none. One value for every song: a
+    per-song value would hand the policy each label's own answer."""
+    ratios = np.asarray(keep_ratios, dtype=np.float64)
+    if ratios.size == 0:
         return DEFAULT_TARGET_KEEP
-    index = Path(run_dir) / "labels" / "index.json"
-    if not index.exists():
-        return DEFAULT_TARGET_KEEP
-    try:
-        data = json.loads(index.read_text())
-    except json.JSONDecodeError as exc:
-        raise ParameterError(f"{index}: not valid JSON ({exc})") from None
-    if isinstance(data, dict):  # the align worker's {pair name: entry}, or {"pairs": [...]}
-        entries = data.get("pairs", data)
-        entries = list(entries.values()) if isinstance(entries, dict) else entries
-    else:
-        entries = data
-    ratios = []
-    for e in entries:
-        if not isinstance(e, dict):
-            continue
-        if "keep_ratio" in e:
-            ratios.append(float(e["keep_ratio"]))
-            continue
-        name = e.get("label") or e.get("path") or e.get("file")
-        if name:
-            p = Path(name) if Path(name).is_absolute() else index.parent / name
-            if p.exists():
-                d = json.loads(p.read_text())
-                plan = d.get("plan", d)
-                if "keep_ratio" in plan:
-                    ratios.append(float(plan["keep_ratio"]))
-    if not ratios:
-        log.warning("%s: no keep ratios found; using the default target %.2f", index, DEFAULT_TARGET_KEEP)
-        return DEFAULT_TARGET_KEEP
-    target = float(np.clip(np.median(ratios), KEEP_RATIO_MIN, 1.0))
-    if str(index) not in _TARGET_LOGGED:  # once per process, not once per environment
-        _TARGET_LOGGED.add(str(index))
-        log.info("target keep ratio %.3f = median of %d aligned pairs in %s", target, len(ratios), index)
-    return target
+    return float(np.clip(np.median(ratios), KEEP_RATIO_MIN, 1.0))

@@ -28,6 +28,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from alignment.label_index import index_path, read_label_records
 from datasets.errors import EditorError, ParameterError
 from pretrain.augment import IDENTITY, Augmentation, augment_audio
 
@@ -56,22 +57,10 @@ def load_labels(run_dir: str | Path) -> list[LabeledPair]:
     """
     from envs.plan import EditPlan
 
-    labels = Path(run_dir) / "labels"
-    index_path = labels / "index.json"
-    if not index_path.is_file():
-        raise ParameterError(f"{index_path}: no label index; run `make align` first")
-    index = json.loads(index_path.read_text())
-    if not isinstance(index, dict) or not index:
-        raise ParameterError(f"{index_path}: lists no labelled pair")
     out = []
-    for name in sorted(index):
-        entry = index[name]
-        path = Path(entry.get("label", labels / f"{name}.json"))
-        if not path.is_file():
-            path = labels / f"{name}.json"
-        rec = json.loads(path.read_text())
+    for name, _entry, rec in read_label_records(run_dir):
         if not rec.get("actions"):
-            log.warning("%s: no oracle actions in %s; pair skipped", name, path)
+            log.warning("%s: no oracle actions in its label record; pair skipped", name)
             continue
         plan = EditPlan.from_dict(rec["plan"])
         conf = rec.get("raw_beat_confidence")
@@ -86,7 +75,7 @@ def load_labels(run_dir: str | Path) -> list[LabeledPair]:
             )
         )
     if not out:
-        raise ParameterError(f"{index_path}: no pair has oracle actions")
+        raise ParameterError(f"{index_path(run_dir)}: no pair has oracle actions")
     return out
 
 
@@ -284,10 +273,11 @@ def replay_episode(env, song_index: int, actions: Sequence[Sequence[int]], *, pl
 
 
 def default_target_keep(pairs: Sequence[LabeledPair]) -> float:
-    """The keep ratio the env is told to aim at: the median over the labelled pairs (as
-    ``envs.reward.default_target_keep`` does for a run). One value for every song: a
-    per-song value would hand the policy each label's own answer."""
-    return float(np.median([p.plan.keep_ratio for p in pairs])) if pairs else 0.45
+    """The keep ratio the env is told to aim at for these pairs (``envs.reward.target_keep_from``
+    of their keep ratios): what fine-tuning and inference set for the run."""
+    from envs.reward import target_keep_from
+
+    return target_keep_from([p.plan.keep_ratio for p in pairs])
 
 
 def build_bc_data(pairs: Sequence[LabeledPair], *, augmentations: Sequence[Augmentation] = (IDENTITY,),

@@ -47,12 +47,14 @@ import numpy as np
 import torch
 
 from alignment.grid import load_grid_model
+from alignment.label_index import index_path, keep_ratios, labels_dir
 from agent.checkpoint import load_checkpoint, policy_from_checkpoint, save_checkpoint, to_plain
 from agent.device import pick_device
 from agent.model import N_TYPES, Policy, PolicyConfig
 from agent.planner import PlannerConfig, attach_priors, fit_planner
 from datasets.errors import EditorError, ParameterError
 from envs.observation import HEAD_INDEX, HISTORY_CHANNELS, WINDOW, channel_index
+from envs.reward import target_keep_from
 from pretrain.dagger import collect_dagger
 from pretrain.dataset import BCData, build_bc_data, load_labels, split_by_song
 from pretrain.evaluate import policy_fn
@@ -367,7 +369,7 @@ def _confusion_figure(cm: np.ndarray):
 
 def _run_planner_state(cfg: PretrainConfig, run_dir: Path) -> dict | None:
     """The planner fitted on the run's labelled pairs (None: off, or no labels)."""
-    index = run_dir / "labels" / "index.json"
+    index = index_path(run_dir)
     if not cfg.planner or not index.is_file():
         return None
     return _planner_state_for(str(index.resolve()), index.stat().st_mtime_ns, cfg.stems, cfg.planner_kind)
@@ -385,7 +387,6 @@ def build_run_data(cfg: PretrainConfig) -> tuple[BCData, list, float]:
     """(data, pairs, target_keep) of a run: its labels (runs/RUN/labels) replayed in the
     env, x (1 + cfg.augment) versions, with the env's target keep ratio as fine-tuning and
     inference will set it for this run."""
-    from envs.reward import default_target_keep
     from pretrain.augment import IDENTITY, random_augmentations
 
     run_dir = Path(cfg.runs_dir) / cfg.run
@@ -393,7 +394,7 @@ def build_run_data(cfg: PretrainConfig) -> tuple[BCData, list, float]:
     if cfg.planner:
         pairs, _ = attach_priors(pairs, stems=cfg.stems, cfg=PlannerConfig(kind=cfg.planner_kind))
     augs = [IDENTITY] + random_augmentations(cfg.augment, seed=cfg.seed)
-    target_keep = default_target_keep(run_dir)
+    target_keep = target_keep_from(keep_ratios(run_dir))
     data = build_bc_data(
         pairs, augmentations=augs, stems=cfg.stems, target_keep=target_keep,
         refine_max_size=None if cfg.refine_max_size < 0 else cfg.refine_max_size,
@@ -421,7 +422,7 @@ def train(cfg: PretrainConfig, data: BCData | None = None, *, target_keep: float
     run_dir = Path(cfg.runs_dir) / cfg.run
     ckpt_dir = run_dir / "checkpoints"
     # where this editor hears bars and phrases (make align fitted it); inference uses it
-    editor_grid = load_grid_model(run_dir / "labels").to_dict()
+    editor_grid = load_grid_model(labels_dir(run_dir)).to_dict()
     # the whole-song planner inference will use: fitted on every labelled song (the
     # training data carries out-of-fold plans, build_run_data)
     planner_state = _run_planner_state(cfg, run_dir)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 
@@ -15,10 +13,11 @@ from envs.plan import EditPlan, Ops, Segment
 from envs.reward import (
     COMPONENTS,
     DEFAULT_TARGET_KEEP,
+    KEEP_RATIO_MIN,
     RewardContext,
     RewardWeights,
-    default_target_keep,
     episode_reward,
+    target_keep_from,
 )
 from tests.envs._songs import real_song
 
@@ -169,18 +168,10 @@ def test_empty_plan_is_worst(grid, ctx):
     assert all(v <= 0 for k, v in empty.scores.items() if k != "diversity_bonus")
 
 
-def test_default_target_keep(tmp_path):
-    assert default_target_keep(None) == DEFAULT_TARGET_KEEP
-    assert default_target_keep(tmp_path) == DEFAULT_TARGET_KEEP
-    (tmp_path / "labels").mkdir()
-    (tmp_path / "labels" / "a.json").write_text(json.dumps({"plan": {"keep_ratio": 0.3}}))
-    index = [{"keep_ratio": 0.5}, {"keep_ratio": 0.6}, {"label": "a.json"}]
-    (tmp_path / "labels" / "index.json").write_text(json.dumps({"pairs": index}))
-    assert default_target_keep(tmp_path) == pytest.approx(0.5)
-    # alignment.run's format: {pair name: entry}
-    index = {"x": {"name": "x", "keep_ratio": 0.3}, "y": {"name": "y", "label": str(tmp_path / "labels" / "a.json")}}
-    (tmp_path / "labels" / "index.json").write_text(json.dumps(index))
-    assert default_target_keep(tmp_path) == pytest.approx(0.3)
+def test_target_keep_from_is_the_clipped_median():
+    assert target_keep_from([]) == DEFAULT_TARGET_KEEP
+    assert target_keep_from([0.5, 0.6, 0.3]) == pytest.approx(0.5)
+    assert target_keep_from([0.05, 0.1]) == pytest.approx(KEEP_RATIO_MIN)  # the keep band's floor
 
 
 # -- real songs: degenerate edits lose, sensible and persona edits beat random policies --
