@@ -212,7 +212,8 @@ def run(args: argparse.Namespace) -> dict:
     from envs.env import AudioEditEnv, Song
     from envs.export import export_all
     from envs.quality import detect_clicks
-    from envs.render import output_duration, render
+    from envs.layout import output_duration
+    from envs.render import render
     from envs.reward import KEEP_RATIO_MIN
 
     t_start = time.perf_counter()

@@ -18,8 +18,8 @@ import numpy as np
 
 from datasets.atomic import atomic_path, atomic_write_text
 from envs.export import ops_label, output_timeline as export_timeline
+from envs.layout import DEFAULT_CROSSFADE_MS
 from envs.plan import EditPlan, Ops
-from envs.render import DEFAULT_CROSSFADE_MS
 
 __all__ = ["OutputSegment", "output_timeline", "plot_edit", "write_report_html"]
 

@@ -63,7 +63,8 @@ from alignment.labels import plan_actions, snap_plan  # noqa: E402
 from datasets.audio import load_audio, resample, to_mono  # noqa: E402
 from envs.oracle import oracle  # noqa: E402
 from envs.plan import EditPlan, Ops, Segment  # noqa: E402
-from envs.render import layout, render  # noqa: E402
+from envs.layout import layout  # noqa: E402
+from envs.render import render  # noqa: E402
 
 FR = HOP / SR
 

@@ -37,7 +37,8 @@ from datasets.audio import ANALYSIS_SR, load_audio, resample, to_mono  # noqa: E
 from datasets.beats import track_beats  # noqa: E402
 from envs.plan import EditPlan, Ops, Segment  # noqa: E402
 from envs.quality import click_scores  # noqa: E402
-from envs.render import join_positions, output_duration, render  # noqa: E402
+from envs.layout import join_positions, output_duration  # noqa: E402
+from envs.render import render  # noqa: E402
 from envs.reward import local_join_quality  # noqa: E402
 
 MUSIC = ROOT.parent / "shared" / "data" / "music"

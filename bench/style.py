@@ -331,7 +331,7 @@ class Inferrer:
         from datasets.audio import load_audio
         from datasets.features import feature_index
         from envs.env import AudioEditEnv, Song
-        from envs.render import output_duration
+        from envs.layout import output_duration
         from envs.reward import KEEP_RATIO_MIN
 
         audio = load_audio(raw_path)

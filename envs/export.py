@@ -1,7 +1,7 @@
 """Export an EditPlan for people and DAWs: JSON, Audacity labels, a Reaper project, OTIO.
 
 Every format places the (merged) segments where ``envs.render`` puts them
-(``envs.render.layout``), so a file opened in a DAW lines up with the rendered audio:
+(``envs.layout.layout``), so a file opened in a DAW lines up with the rendered audio:
 
 - JSON: ``EditPlan.to_dict()`` plus ``"output"``: the sample rate, crossfade, output
   duration, each output segment's span and each join. ``EditPlan.from_json`` reads it
@@ -35,7 +35,7 @@ from pathlib import Path
 
 from datasets.atomic import atomic_write_text
 from envs.plan import EditPlan, Ops
-from envs.render import DEFAULT_CROSSFADE_MS, Layout, Piece, layout
+from envs.layout import DEFAULT_CROSSFADE_MS, Layout, Piece, layout
 
 __all__ = [
     "ops_label",

@@ -70,7 +70,8 @@ from datasets.errors import ParameterError
 from envs.actions import ActionType
 from envs.plan import EditPlan, Segment
 from envs.quality import CLICK_THRESHOLD, Click, JoinQuality, click_scores, energy_consistency
-from envs.render import DEFAULT_CROSSFADE_MS, layout, render_excerpt
+from envs.layout import DEFAULT_CROSSFADE_MS, layout
+from envs.render import render_excerpt
 
 __all__ = [
     "RewardWeights",

@@ -19,7 +19,7 @@ from datasets.demo.editors import PERSONAS, analyse, plan_edit
 from datasets.demo.midi import midi_backend, render_midi
 from datasets.demo.songs import FORM, generate_song
 from datasets.errors import ParameterError
-from envs.render import output_duration
+from envs.layout import output_duration
 from tests.conftest import MIDI
 
 

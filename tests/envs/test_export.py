@@ -11,7 +11,8 @@ import pytest
 from datasets.beats import BeatGrid
 from envs.export import HAVE_OTIO, audacity_labels, export_all, reaper_project
 from envs.plan import EditPlan, Ops, Segment
-from envs.render import layout, render
+from envs.layout import layout
+from envs.render import render
 
 SR = 44100
 

@@ -13,7 +13,7 @@ from envs.actions import Amount, Size
 from envs.executor import execute
 from envs.oracle import oracle
 from envs.plan import EditPlan, Ops, Segment, merge_segments
-from envs.render import layout
+from envs.layout import layout
 
 N = Amount.NEUTRAL
 _OPS = (Ops(), Ops(gain_db=-3.0), Ops(reversed=True), Ops(reversed=True, gain_db=-3.0),

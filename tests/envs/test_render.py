@@ -11,15 +11,8 @@ from datasets.audio import load_audio
 from datasets.beats import BeatGrid
 from datasets.errors import ParameterError
 from envs.plan import EditPlan, Ops, Segment
-from envs.render import (
-    SAFETY_CEILING,
-    join_positions,
-    layout,
-    main,
-    output_duration,
-    render,
-    render_excerpt,
-)
+from envs.layout import join_positions, layout, output_duration
+from envs.render import SAFETY_CEILING, main, render, render_excerpt
 from tests.conftest import music_file
 
 SR = 44100
