@@ -37,7 +37,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from datasets.audio import audio_hash, load_audio  # noqa: E402
 from datasets.features import extract_features  # noqa: E402
-from envs.baselines import PhraseEnergyPolicy, cut_all_action, keep_all_action, random_action, run_episode  # noqa: E402
+from envs.scripted import PhraseEnergyPolicy, cut_all_action, keep_all_action, random_action, run_episode  # noqa: E402
 from envs.env import AudioEditEnv, Song, make_vector_env  # noqa: E402
 from envs.executor import Executor, Masks  # noqa: E402
 from envs.plan import EditPlan  # noqa: E402

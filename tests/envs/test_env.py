@@ -9,7 +9,7 @@ from gymnasium.utils.env_checker import check_env
 
 import envs  # noqa: F401  (registers AudioEdit-v0)
 from envs.actions import ActionType, Amount, Size
-from envs.baselines import random_action, run_episode
+from envs.scripted import random_action, run_episode
 from envs.env import AudioEditEnv, make_vector_env
 from envs.observation import (
     BEAT_CHANNELS,

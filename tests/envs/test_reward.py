@@ -7,7 +7,7 @@ import pytest
 
 from datasets.beats import BeatGrid
 from envs.actions import ActionType as T
-from envs.baselines import PhraseEnergyPolicy, cut_all_action, keep_all_action, random_action, run_episode
+from envs.scripted import PhraseEnergyPolicy, cut_all_action, keep_all_action, random_action, run_episode
 from envs.env import AudioEditEnv
 from envs.plan import EditPlan, Ops, Segment
 from envs.reward import (
