@@ -1,11 +1,20 @@
 """Label every pair of a data folder: ``python -m alignment.run --data DIR --run NAME --jobs 2``.
 
+Pairs are labelled on ``--jobs`` local processes, or as Ray tasks with ``--backend ray``
+or ``RAY_ADDRESS`` set (datasets.parallel: the same labels, byte for byte). A killed
+batch resumes: finished labels are up to date (below) and are not redone.
+
 For each pair (datasets.pairs.find_pairs) writes ``runs/NAME/labels/PAIR.json`` (the
 record of alignment.labels.PairLabels.to_dict) and then ``runs/NAME/labels/index.json``
 (pair -> label file, raw path, keep ratio, confidence, fidelity): what pretraining and
 fine-tuning read. Pairs whose label is newer than both audio files and was
 made by this label format are not aligned again. A pair that fails is reported and
 skipped; no pair at all exits with status 2.
+
+The edited side may be a DAW project over the raw (``NAME.rpp``, ``NAME.otio``,
+``NAME.plan.json``; alignment/projects.py): its items are read, not aligned, and label
+with confidence 1.0 ("from project" in the table); a project over another file, or
+none, is a failed pair with one line naming the file.
 
 Verdicts (the rule, alignment.labels): a pair trains when its alignment confidence is
 at least ``--min-confidence`` (below it the edit is not recognisably of that raw: the
@@ -25,14 +34,13 @@ import logging
 import os
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 from alignment.__main__ import write_json
 from alignment.grid import GRID_MODEL_FILE, fit_grid_model
 from alignment.labels import LABEL_FORMAT_VERSION, MIN_CONFIDENCE, MIN_REPRODUCED, RefusedPair
 from datasets.errors import EditorError, ParameterError
-from datasets.procs import pool_kwargs
+from datasets.parallel import add_backend_args, run_items
 from datasets.safety import refuse_overwrite
 
 __all__ = ["main", "label_one", "up_to_date"]
@@ -61,10 +69,14 @@ def label_one(name: str, raw: str, edited: str, out: str, min_confidence: float 
     # one BLAS thread per worker: the pool already uses the cores
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     from alignment.labels import label_pair
+    from alignment.projects import is_project, label_project
 
     t0 = time.perf_counter()
     try:
-        lab = label_pair(raw, edited, min_confidence=min_confidence, editor_grid=editor_grid)
+        if is_project(edited):
+            lab = label_project(raw, edited, editor_grid=editor_grid)
+        else:
+            lab = label_pair(raw, edited, min_confidence=min_confidence, editor_grid=editor_grid)
     except RefusedPair as exc:
         return {"name": name, "refused": str(exc), "confidence": exc.confidence, "raw_path": raw, "edited_path": edited}
     except EditorError as exc:
@@ -91,6 +103,9 @@ def _entry(name: str, out: str, rec: dict, seconds: float) -> dict:
         "lost_s": loss.get("lost_s"),
         "loss": loss.get("summary"),
         "seconds": seconds,
+        # "audio" (aligned), or the project kind read exactly (confidence 1.0)
+        "edited_kind": rec.get("edited_kind", "audio"),
+        "project_notes": rec.get("project_notes", []),
     }
 
 
@@ -99,7 +114,7 @@ def get_parser() -> argparse.ArgumentParser:
     ap.add_argument("--data", default="training_data", help="folder with raw/ and edited/ (datasets.pairs)")
     ap.add_argument("--run", default="default", help="run name: output in runs/RUN/labels/")
     ap.add_argument("--runs-dir", default="runs", help="where runs live")
-    ap.add_argument("--jobs", type=int, default=2, help="pairs labelled in parallel")
+    add_backend_args(ap, jobs_default=2)
     ap.add_argument("--force", action="store_true", help="relabel pairs whose label is up to date")
     ap.add_argument(
         "--min-confidence", type=float, default=MIN_CONFIDENCE,
@@ -150,25 +165,15 @@ def main(argv: list[str] | None = None) -> int:
         else:
             todo.append((p.name, str(p.raw), str(p.edited), str(out), args.min_confidence, args.editor_grid))
     failed: dict[str, str] = {}
-    jobs = max(1, int(args.jobs))
+    try:
+        outcomes = run_items(label_one, todo, jobs=args.jobs, backend=args.backend)
+    except EditorError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     with tqdm(total=len(todo), desc="align", unit="pair", disable=not todo) as bar:
-        if jobs == 1 or len(todo) <= 1:
-            for t in todo:
-                try:
-                    r = label_one(*t)
-                except Exception as exc:  # a crash in one pair must not stop the others
-                    r = {"name": t[0], "error": f"{type(exc).__name__}: {exc}"}
-                _collect(r, entries, failed, bar)
-        else:
-            # workers die with this process (a killed `make align` leaves no orphans)
-            with ProcessPoolExecutor(max_workers=jobs, **pool_kwargs()) as pool:
-                futs = {pool.submit(label_one, *t): t[0] for t in todo}
-                for f in as_completed(futs):
-                    try:
-                        r = f.result()
-                    except Exception as exc:  # a crash in one pair must not stop the others
-                        r = {"name": futs[f], "error": f"{type(exc).__name__}: {exc}"}
-                    _collect(r, entries, failed, bar)
+        # a crash in one pair (an exception, a dead worker) is that pair's error; the others finish
+        for o in outcomes:
+            _collect(o.value if o.ok else {"name": o.name, "error": o.error}, entries, failed, bar)
     index, skipped = _verdicts(entries, failed, min_confidence=args.min_confidence, min_reproduced=args.min_reproduced)
     write_json(out_dir / "index.json", index)
     write_json(out_dir / "skipped.json", skipped)
@@ -220,13 +225,21 @@ def _verdicts(entries: dict, failed: dict, *, min_confidence: float, min_reprodu
 def _print_table(index: dict, skipped: dict) -> None:
     """The pairs that train (``repr``: share of the edit the labels reproduce), then
     those whose labels lose some of the edit but still train, then the skipped ones."""
-    print(f"{'pair':<28} {'segs':>5} {'keep':>6} {'conf':>6} {'repr':>6} {'fid dB':>7} {'sec':>6}")
+    print(f"{'pair':<28} {'segs':>5} {'keep':>6} {'conf':>6} {'repr':>6} {'fid dB':>7} {'sec':>6}  from")
     for n, e in index.items():
         sec = "cached" if e.get("skipped") else f"{e['seconds']:.1f}"
         rep = "-" if e.get("reproduced") is None else f"{e['reproduced']:.3f}"
+        kind = e.get("edited_kind", "audio")
+        src = "audio (aligned)" if kind == "audio" else f"project (.{kind})"
+        fid = f"{e['fidelity']:>7.2f}" if kind == "audio" else f"{'-':>7}"
         print(
-            f"{n[:28]:<28} {e['segments']:>5} {e['keep_ratio']:>6.3f} {e['confidence']:>6.3f} {rep:>6} {e['fidelity']:>7.2f} {sec:>6}"
+            f"{n[:28]:<28} {e['segments']:>5} {e['keep_ratio']:>6.3f} {e['confidence']:>6.3f} {rep:>6} {fid} {sec:>6}  {src}"
         )
+    notes = {n: e["project_notes"] for n, e in index.items() if e.get("project_notes")}
+    if notes:
+        print(f"projects: what the labels leave out ({len(notes)}):")
+        for n, ns in notes.items():
+            print(f"  {n}: " + "; ".join(ns[:3]) + (f" and {len(ns) - 3} more" if len(ns) > 3 else ""))
     lossy = {n: e for n, e in index.items() if (e.get("lost_s") or 0.0) > 0.0}
     if lossy:
         print(f"trains, but the labels lose part of the edit ({len(lossy)}):")

@@ -98,7 +98,10 @@ Structure (103-120)
 120 timbre_distance_to_song  cosine distance of mfcc_1..12 to the song's mean
 
 CLI: ``python -m datasets.features SONG_OR_FOLDER [--out feats.npz|DIR] [--no-cache]
-[--stems auto|dsp|demucs] [--jobs N]``.
+[--stems auto|dsp|demucs] [--jobs N] [--backend auto|pool|ray]``. A folder's songs run on
+``--jobs`` local processes, or as Ray tasks (``--backend ray`` or ``RAY_ADDRESS`` set;
+datasets.parallel); a killed run resumes from the cache (keyed by content, written
+atomically, so several machines may share one ``EDITOR_CACHE_DIR``).
 """
 
 from __future__ import annotations
@@ -814,13 +817,15 @@ def _worker_init(level: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m datasets.features SONG|FOLDER [--out F] [--no-cache] [--stems M] [--jobs N]``."""
+    """``python -m datasets.features SONG|FOLDER [--out F] [--no-cache] [--stems M] [--jobs N] [--backend B]``."""
+    from datasets.parallel import add_backend_args, run_items
+
     p = argparse.ArgumentParser(prog="python -m datasets.features", description="Per-beat features (121 named columns).")
     p.add_argument("input", help="audio file, or a folder of audio files")
     p.add_argument("--out", help="output .npz (file input) or folder for NAME.npz files (folder input)")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the feature cache")
     p.add_argument("--stems", choices=_stems.METHODS, default="auto", help="stem separation method")
-    p.add_argument("--jobs", type=int, default=1, help="parallel processes over the files of a folder")
+    add_backend_args(p, jobs_default=1)
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     level = logging.INFO if args.verbose else logging.WARNING
@@ -843,9 +848,6 @@ def main(argv: list[str] | None = None) -> int:
     if not files:
         print(f"error: {src}: no audio files ({', '.join(AUDIO_EXTS)}) in this folder", file=sys.stderr)
         return 2
-    if args.jobs < 1:
-        print(f"error: --jobs must be >= 1, got {args.jobs}", file=sys.stderr)
-        return 2
     outs = [str(Path(args.out) / (Path(f).stem + ".npz")) if args.out else None for f in files]
     try:  # a.wav and a.flac would both write a.npz; --out must not be (in) an input
         refuse_overwrite([o for o in outs if o], files)
@@ -864,18 +866,17 @@ def main(argv: list[str] | None = None) -> int:
 
     results: list[dict] = []
     t0 = time.perf_counter()
-    if args.jobs == 1:
-        for f, o in tqdm(list(zip(files, outs)), desc="features", unit="file"):
-            results.append(_one(f, o, method, not args.no_cache))
-    else:
-        from concurrent.futures import ProcessPoolExecutor, as_completed
-
-        from datasets.procs import pool_kwargs  # workers die with this process
-
-        with ProcessPoolExecutor(max_workers=args.jobs, **pool_kwargs(_worker_init, (level,))) as ex:
-            futs = [ex.submit(_one, f, o, method, not args.no_cache) for f, o in zip(files, outs)]
-            for fut in tqdm(as_completed(futs), total=len(futs), desc="features", unit="file"):
-                results.append(fut.result())
+    try:
+        outcomes = run_items(
+            _one, [(f, o, method, not args.no_cache) for f, o in zip(files, outs)], jobs=args.jobs, backend=args.backend,
+            initializer=_worker_init, initargs=(level,),
+        )
+        for o in tqdm(outcomes, total=len(files), desc="features", unit="file"):
+            # a crash (not an EditorError) or a dead worker: that file's one error line
+            results.append(o.value if o.ok else {"path": o.name, "error": o.error if o.name in o.error else f"{o.name}: {o.error}"})
+    except EditorError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     results.sort(key=lambda r: r["path"])
     errors = [r for r in results if "error" in r]
     for r in results:

@@ -15,7 +15,7 @@ demo       ``datasets.demo``: scripted users of the tool (they plan with envs an
 agent      the policy, checkpoints, the whole-song planner, the report page
 pretrain   behaviour cloning + DAgger, the offline-RL baselines
 rl         PPO fine-tuning of the pretrained policy (reads pretrain's data builders)
-infer      ``agent.infer`` (and ``agent.demo_infer``): edits a new song; the top
+infer      ``agent.infer`` (and ``agent.demo_infer``, ``agent.batch``): edits new songs; the top
 bench      benchmarks, may use everything
 tests      may use everything, bench included
 =========  ==========================================================================
@@ -50,10 +50,6 @@ UPWARD_ALLOWED = {
     ("alignment.labels", "envs.oracle"),
     ("alignment.labels", "envs.plan"),
     ("alignment.labels", "envs.render"),
-    # the d3rlpy export replays labels in the env to build transitions. Fix: the export
-    # beside its user (pretrain/baselines.py), or fed by the env's caller.
-    ("alignment.d3rlpy_export", "envs.actions"),
-    ("alignment.d3rlpy_export", "envs.env"),
     # fine-tuning's greedy evaluation edits a song with inference's edit_song. Fix:
     # edit_song in a module below agent.infer (agent/), that both import.
     ("rl.train", "agent.infer"),
@@ -64,7 +60,7 @@ def layer(module: str) -> str:
     """The layer of a dotted module name (see the module docstring)."""
     if module == "datasets.demo" or module.startswith("datasets.demo."):
         return "demo"
-    if module in ("agent.infer", "agent.demo_infer"):
+    if module in ("agent.infer", "agent.demo_infer", "agent.batch"):
         return "infer"
     return module.split(".")[0]
 
