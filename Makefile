@@ -10,7 +10,7 @@ RUN ?= default
 JOBS ?= 2
 INPUT ?=
 
-.PHONY: setup test demo demo-data align pretrain finetune infer bench
+.PHONY: setup test demo demo-data align pretrain finetune infer review bench
 
 setup: $(STAMP)
 
@@ -24,6 +24,12 @@ $(STAMP): requirements.txt
 	  { apt-get install -y -q --no-install-recommends libfluidsynth3 >/dev/null 2>&1 || \
 	    { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q --no-install-recommends libfluidsynth3 >/dev/null 2>&1; }; } ; } || \
 	  echo "setup: libfluidsynth3 not installed (needs root + apt); MIDI demo songs use the additive fallback"
+	@# The review page's browser test drives Debian's chromium with its matching chromedriver
+	@# (about 60 s and 410 MB the first time); without them that test is skipped.
+	-@{ command -v chromium >/dev/null && command -v chromedriver >/dev/null; } || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  { apt-get install -y -q --no-install-recommends chromium chromium-driver >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q --no-install-recommends chromium chromium-driver >/dev/null 2>&1; }; } ; } || \
+	  echo "setup: chromium not installed (needs root + apt); the review page's browser test is skipped"
 	python3 -m venv .venv
 	.venv/bin/pip install -q setuptools wheel
 	.venv/bin/pip install -q torch==2.13.0
@@ -53,6 +59,11 @@ finetune: setup
 infer: setup
 	@if [ -z "$(INPUT)" ]; then echo "error: give the song to edit: make infer INPUT=song.wav" >&2; exit 2; fi
 	$(PY) -m agent.infer "$(INPUT)" $(if $(CHECKPOINT),--checkpoint "$(CHECKPOINT)",--newest-in runs) $(if $(OUT),--out "$(OUT)") $(ARGS)
+
+# make review OUT=runs/infer/song [DATA=training_data] [ARGS="--port 8765 --no-browser"]
+review: setup
+	@if [ -z "$(OUT)" ]; then echo "error: give the folder make infer wrote: make review OUT=runs/infer/song" >&2; exit 2; fi
+	$(PY) -m agent.review "$(OUT)" --data $(DATA) $(ARGS)
 
 # ---- the demo: a corpus of generated songs edited by a scripted persona, then every stage ----
 DEMO_DATA := runs/demo/data
