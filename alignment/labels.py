@@ -21,7 +21,9 @@
 4. ``plan_fidelity``: the plan rendered by envs.render, aligned back to the real
    edited file, and their log-mel distance (dB) on the matched frames.
 
-``label_pair`` runs everything for one raw/edited pair and returns the JSON record.
+``label_pair`` runs everything for one raw/edited pair and returns the JSON record;
+``labels_from_alignment`` is its steps 1-4 for any alignment (alignment/projects.py
+gives it a DAW project's items, with confidence 1.0).
 """
 
 from __future__ import annotations
@@ -43,7 +45,8 @@ from envs.plan import EditPlan, Ops, Segment
 
 __all__ = [
     "LABEL_FORMAT_VERSION", "MIN_CONFIDENCE", "MIN_REPRODUCED", "RefusedPair", "raw_grid", "snap_plan", "plan_actions",
-    "plan_fidelity", "expressible_plan", "label_loss", "LabelLoss", "label_pair", "PairLabels",
+    "plan_fidelity", "expressible_plan", "label_loss", "LabelLoss", "label_pair", "PairLabels", "EditedProject",
+    "labels_from_alignment",
 ]
 
 log = logging.getLogger(__name__)
@@ -514,6 +517,16 @@ def _express(plan: EditPlan, confs: list[float], al: Alignment):
 
 
 @dataclass(frozen=True)
+class EditedProject:
+    """The edited side of a pair when it is a DAW project, not audio (what the record
+    names: the file and its hash). kind : "rpp" | "otio" | "plan"."""
+
+    path: str
+    sha256: str
+    kind: str
+
+
+@dataclass(frozen=True)
 class PairLabels:
     """Everything the aligner says about one pair (``to_dict`` is the JSON record)."""
 
@@ -525,11 +538,13 @@ class PairLabels:
     notes: tuple[str, ...]
     fidelity: dict
     raw: Audio
-    edited: Audio
+    edited: Audio | EditedProject
     seconds: float
     grid_fit: PhaseFit | None = None
     #: what the labels do not play of the edit (``label_loss``)
     loss: LabelLoss | None = None
+    #: what of a DAW project the labels leave out (muted items, plug-ins, ...)
+    project_notes: tuple[str, ...] = ()
 
     def raw_beat_confidence(self) -> np.ndarray:
         """[shape=(n_beats,)] confidence of each raw beat's label: the segment's for a
@@ -564,6 +579,9 @@ class PairLabels:
                 "seconds": self.seconds,
                 "editor_grid": None if self.grid_fit is None else self.grid_fit.to_dict(),
                 "loss": None if self.loss is None else self.loss.to_dict(),
+                # "audio" (aligned) or the project kind; a project's confidence is 1.0
+                "edited_kind": self.edited.kind if isinstance(self.edited, EditedProject) else "audio",
+                "project_notes": list(self.project_notes),
             }
         )
         return d
@@ -611,6 +629,32 @@ def label_pair(
         raise EditorError(
             f"{edited.path}: no part of it matches {raw.path} (confidence {al.confidence:.2f}); is it an edit of that recording?"
         )
+    return labels_from_alignment(
+        al, raw=raw, edited=edited, grid=grid, with_actions=with_actions, with_fidelity=with_fidelity,
+        editor_grid=editor_grid, t0=t0,
+    )
+
+
+def labels_from_alignment(
+    al: Alignment,
+    *,
+    raw: Audio,
+    edited: Audio | EditedProject,
+    grid: BeatGrid,
+    with_actions: bool = True,
+    with_fidelity: bool = True,
+    editor_grid: bool = True,
+    t0: float | None = None,
+    project_notes: tuple[str, ...] = (),
+) -> PairLabels:
+    """Steps 1-4 of the module for one alignment of ``raw`` (``label_pair`` after
+    ``align``): the beat plan on the editor's grid, its actions, loss and fidelity.
+
+    edited : the edited audio, or the DAW project the alignment was read from (then
+        no fidelity is measured: there is no audio to compare with)
+    """
+    t0 = time.perf_counter() if t0 is None else t0
+    with_fidelity = with_fidelity and isinstance(edited, Audio)
     plan, confs = snap_plan(al, grid, source_sha256=raw.sha256)
     # The editor's own bar and phrase lines (alignment/grid.py): relabel on the phase
     # their cut points agree with, so a phrase-level edit becomes phrase-level actions.
@@ -641,4 +685,5 @@ def label_pair(
         seconds=time.perf_counter() - t0,
         grid_fit=grid_fit if editor_grid else None,
         loss=loss,
+        project_notes=tuple(project_notes),
     )

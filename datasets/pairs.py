@@ -5,6 +5,11 @@ Two layouts are accepted, because that is how musicians keep such files:
 1. ``DATA/raw/NAME.ext`` <-> ``DATA/edited/NAME.ext`` (any audio extension on either side);
 2. ``NAME_raw.ext`` <-> ``NAME_edit.ext`` (or ``_edited``) side by side in ``DATA``.
 
+The edited side may also be a DAW project over the raw recording (``PROJECT_SUFFIXES``:
+``NAME.rpp``, ``NAME.otio``, ``NAME.plan.json``; alignment/projects.py reads them). A
+project and an audio file of one name: the project wins (it says exactly what was done;
+a corrected plan saved beside an older rendered edit is the newer word), with a warning.
+
 Files that match nothing are listed in one warning; finding no pair at all is an error,
 since every training stage needs at least one.
 """
@@ -18,12 +23,15 @@ from pathlib import Path
 
 from datasets.errors import EditorError
 
-__all__ = ["Pair", "find_pairs", "AUDIO_EXTENSIONS"]
+__all__ = ["Pair", "find_pairs", "AUDIO_EXTENSIONS", "PROJECT_SUFFIXES", "project_name"]
 
 log = logging.getLogger(__name__)
 
 #: What libsndfile reads (datasets.audio.load_audio), lower case with the dot.
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".w64")
+
+#: DAW projects accepted as the edited side (lower case, with the dot; longest first).
+PROJECT_SUFFIXES = (".plan.json", ".rpp", ".otio")
 
 _RAW_SUFFIXES = ("_raw",)
 _EDIT_SUFFIXES = ("_edit", "_edited")
@@ -44,12 +52,36 @@ def _audio_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS and not p.name.startswith("."))
 
 
+def project_name(path: str | os.PathLike) -> str | None:
+    """NAME of a project file (``NAME.rpp``, ``NAME.otio``, ``NAME.plan.json``), else None."""
+    name = Path(path).name
+    low = name.lower()
+    for s in PROJECT_SUFFIXES:
+        if low.endswith(s) and len(name) > len(s):
+            return name[: -len(s)]
+    return None
+
+
+def _project_files(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.is_file() and project_name(p) and not p.name.startswith("."))
+
+
 def _by_stem(files: list[Path], where: Path) -> dict[str, Path]:
     out: dict[str, Path] = {}
     for p in files:
-        if p.stem in out:
-            raise EditorError(f"{where}: two files named '{p.stem}' ({out[p.stem].name}, {p.name}); keep one")
-        out[p.stem] = p
+        stem = project_name(p) or p.stem
+        if stem in out:
+            old = out[stem]
+            if (project_name(old) is None) != (project_name(p) is None):  # an audio edit and a project
+                proj, audio = (old, p) if project_name(old) else (p, old)
+                log.warning("%s: '%s' has a project and an audio edit; using the project %s, ignoring %s",
+                            where, stem, proj.name, audio.name)
+                out[stem] = proj
+                continue
+            raise EditorError(f"{where}: two files named '{stem}' ({old.name}, {p.name}); keep one")
+        out[stem] = p
     return out
 
 
@@ -74,7 +106,7 @@ def find_pairs(data_dir: str | os.PathLike) -> list[Pair]:
 
     # Layout 1: raw/ and edited/ folders.
     raw = _by_stem(_audio_files(root / "raw"), root / "raw")
-    edited = _by_stem(_audio_files(root / "edited"), root / "edited")
+    edited = _by_stem(_audio_files(root / "edited") + _project_files(root / "edited"), root / "edited")
     for name in sorted(set(raw) | set(edited)):
         if name in raw and name in edited:
             pairs[name] = Pair(name=name, raw=raw[name], edited=edited[name])
@@ -84,11 +116,15 @@ def find_pairs(data_dir: str | os.PathLike) -> list[Pair]:
     # Layout 2: NAME_raw.ext beside NAME_edit.ext.
     side_raw: dict[str, Path] = {}
     side_edit: dict[str, Path] = {}
-    for p in _audio_files(root):
-        if (n := _strip(p.stem, _RAW_SUFFIXES)) is not None:
+    for p in _audio_files(root) + _project_files(root):
+        proj = project_name(p)
+        if proj is None and (n := _strip(p.stem, _RAW_SUFFIXES)) is not None:
             side_raw[n] = p
-        elif (n := _strip(p.stem, _EDIT_SUFFIXES)) is not None:
-            side_edit[n] = p
+        elif (n := _strip(proj or p.stem, _EDIT_SUFFIXES)) is not None:
+            if n in side_edit:
+                side_edit[n] = _by_stem([side_edit[n], p], root)[proj or p.stem]
+            else:
+                side_edit[n] = p
         else:
             unmatched.append(p)
     for name in sorted(set(side_raw) | set(side_edit)):

@@ -40,3 +40,24 @@ def test_no_pairs_is_an_error(tmp_path):
         find_pairs(tmp_path)
     with pytest.raises(EditorError, match="not found"):
         find_pairs(tmp_path / "missing")
+
+
+def test_projects_are_edited_sides(tmp_path, caplog):
+    """A DAW project pairs like audio; beside an audio edit of the same name it wins."""
+    _touch(tmp_path / "raw" / "a.wav")
+    _touch(tmp_path / "edited" / "a.rpp")
+    _touch(tmp_path / "raw" / "b.flac")
+    _touch(tmp_path / "edited" / "b.wav")
+    _touch(tmp_path / "edited" / "b.plan.json")
+    _touch(tmp_path / "raw" / "c.wav")
+    _touch(tmp_path / "edited" / "c.otio")
+    _touch(tmp_path / "d_raw.wav")
+    _touch(tmp_path / "d_edit.rpp")
+    pairs = find_pairs(tmp_path)
+    assert [(p.name, p.edited.name) for p in pairs] == [
+        ("a", "a.rpp"), ("b", "b.plan.json"), ("c", "c.otio"), ("d", "d_edit.rpp"),
+    ]
+    assert "using the project b.plan.json, ignoring b.wav" in caplog.text
+    _touch(tmp_path / "edited" / "a.otio")
+    with pytest.raises(EditorError, match="two files named 'a'"):
+        find_pairs(tmp_path)
