@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from agent.model import N_AMOUNTS, N_SIZES, N_TYPES
+from pretrain.d3rlpy_export import mdp_dataset
 from pretrain.dataset import BCData
 
 __all__ = ["current_beat_features", "MajorityBaseline", "HGBBaseline", "D3rlpyBaseline", "to_mdp_dataset", "BASELINES"]
@@ -136,8 +137,6 @@ class HGBBaseline:
 def to_mdp_dataset(data: BCData, idx: np.ndarray, head_index: int, *, mean=None, std=None):
     """d3rlpy MDPDataset of rows idx (kept in episode order): observation = standardised
     current-beat features, action = flat index, reward 1 at each episode's last step."""
-    import d3rlpy
-
     idx = np.asarray(idx)
     idx = idx[np.lexsort((data.step[idx], data.episode[idx]))]
     X = current_beat_features({"beats": data.beats[idx], "globals": data.globals[idx]}, head_index)
@@ -146,14 +145,8 @@ def to_mdp_dataset(data: BCData, idx: np.ndarray, head_index: int, *, mean=None,
     X = (X - mean) / std
     ep = data.episode[idx]
     last = np.r_[ep[1:] != ep[:-1], True]
-    ds = d3rlpy.dataset.MDPDataset(
-        observations=X.astype(np.float32),
-        actions=_flat(data.actions[idx]).reshape(-1, 1),
-        rewards=last.astype(np.float32).reshape(-1, 1),
-        terminals=last.astype(np.float32),
-        action_space=d3rlpy.constants.ActionSpace.DISCRETE,
-        action_size=N_FLAT,
-    )
+    ds = mdp_dataset(X.astype(np.float32), _flat(data.actions[idx]).reshape(-1, 1),
+                     last.astype(np.float32).reshape(-1, 1), last.astype(np.float32))
     return ds, mean, std
 
 

@@ -1,8 +1,9 @@
-"""Aligned episodes as a d3rlpy ``MDPDataset`` (the offline-RL baseline's input).
+"""Aligned episodes as a d3rlpy ``MDPDataset`` (offline RL's input), and the one place an
+MDPDataset is built (``mdp_dataset``; pretrain/baselines.py's d3rlpy learners use it too).
 
 Usage::
 
-    python -m alignment.d3rlpy_export --labels runs/NAME/labels --out runs/NAME/offline.h5
+    python -m pretrain.d3rlpy_export --labels runs/NAME/labels --out runs/NAME/offline.h5
 
 Each labelled pair (``runs/NAME/labels/index.json``) is one episode: its oracle actions
 are replayed in ``envs.env.AudioEditEnv`` on the raw song (features from
@@ -34,9 +35,29 @@ from datasets.atomic import atomic_path
 from datasets.errors import EditorError
 from datasets.safety import refuse_overwrite
 
-__all__ = ["flatten_observation", "episode_arrays", "build_dataset", "main"]
+__all__ = ["N_FLAT_ACTIONS", "mdp_dataset", "flatten_observation", "episode_arrays", "build_dataset", "main"]
 
 log = logging.getLogger(__name__)
+
+#: Flat discrete actions: every (type, size, amount) of envs.actions (18 x 5 x 5).
+N_FLAT_ACTIONS = 450
+
+
+def mdp_dataset(observations: np.ndarray, actions: np.ndarray, rewards: np.ndarray, terminals: np.ndarray,
+                timeouts: np.ndarray | None = None):
+    """d3rlpy's MDPDataset over the flat discrete action space: rows in episode order,
+    ``terminals`` / ``timeouts`` 1 at each episode's last step."""
+    import d3rlpy  # heavy (imports its own torch stack); only the offline-RL paths need it
+
+    return d3rlpy.dataset.MDPDataset(
+        observations=observations,
+        actions=actions,
+        rewards=rewards,
+        terminals=terminals,
+        timeouts=timeouts,
+        action_space=d3rlpy.constants.ActionSpace.DISCRETE,
+        action_size=N_FLAT_ACTIONS,
+    )
 
 
 def flatten_observation(obs: dict) -> np.ndarray:
@@ -87,8 +108,6 @@ def episode_arrays(song, actions, *, reward_audio: bool = False) -> dict[str, np
 def build_dataset(labels_dir: str | Path, *, reward_audio: bool = False, min_confidence: float = 0.0):
     """``d3rlpy.dataset.MDPDataset`` of every labelled pair in ``labels_dir`` whose
     confidence is at least ``min_confidence``. Returns (dataset, names)."""
-    import d3rlpy
-
     from datasets.audio import load_audio
     from datasets.beats import BeatGrid
     from datasets.features import extract_features
@@ -111,20 +130,11 @@ def build_dataset(labels_dir: str | Path, *, reward_audio: bool = False, min_con
     if not parts:
         raise EditorError(f"{labels_dir}: no labelled episode to export")
     cat = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-    ds = d3rlpy.dataset.MDPDataset(
-        observations=cat["observations"],
-        actions=cat["actions"],
-        rewards=cat["rewards"],
-        terminals=cat["terminals"],
-        timeouts=cat["timeouts"],
-        action_space=d3rlpy.constants.ActionSpace.DISCRETE,
-        action_size=450,
-    )
-    return ds, names
+    return mdp_dataset(cat["observations"], cat["actions"], cat["rewards"], cat["terminals"], cat["timeouts"]), names
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m alignment.d3rlpy_export", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m pretrain.d3rlpy_export", description=__doc__.splitlines()[0])
     ap.add_argument("--labels", required=True, help="runs/NAME/labels")
     ap.add_argument("--out", required=True, help="output .h5 (d3rlpy's dump format)")
     ap.add_argument("--reward-audio", action="store_true", help="score episodes with audio terms (slower)")

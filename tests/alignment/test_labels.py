@@ -109,7 +109,7 @@ def test_run_over_a_folder(pair, tmp_path):
 
 
 def test_d3rlpy_export_replays_the_labels(pair, tmp_path):
-    from alignment.d3rlpy_export import build_dataset, main as export_main
+    from pretrain.d3rlpy_export import build_dataset, main as export_main
     from alignment.run import main as run_main
     from envs.observation import N_BEAT_CHANNELS, N_GLOBALS, WINDOW
 
