@@ -1,5 +1,6 @@
 import re
 from html.parser import HTMLParser
+from pathlib import Path
 from urllib.parse import unquote
 
 import numpy as np
@@ -53,3 +54,35 @@ def test_report_links_resolve_from_disk(tmp_path):
     for src in p.srcs:
         assert (out / unquote(src)).resolve().exists(), src
     assert len(re.findall("<tr><td>", page.read_text())) == len(plan.segments)
+
+
+def test_png_shows_each_region_kind_and_the_timeline(tmp_path):
+    from PIL import Image
+
+    from agent.report import _COLOURS, _OUT_BOX, _RAW_BOX, _hex
+
+    plan = _plan()  # 16 s: kept 0-4 s, cut 4-8 s, looped 8-12 s, reverb 12-16 s
+    y = np.random.default_rng(0).normal(0, 0.1, (2, 16 * 8000)).astype(np.float32)
+    img = Image.open(plot_edit(plan, y=y, sr=8000, path=tmp_path / "edit.png")).convert("RGB")
+    assert img.size == (1200, 450)
+    x0, _, x1, y1 = _RAW_BOX
+    for t, kind in ((2.0, "kept"), (6.0, "cut"), (10.0, "looped"), (14.0, "effect")):
+        x = int(x0 + (x1 - x0) * t / 16.0)
+        assert img.getpixel((x, y1 - 3)) == _hex(_COLOURS[kind], 0.35), kind  # below the waveform
+    mid = (_RAW_BOX[1] + y1) // 2
+    assert img.getpixel(((x0 + x1) // 2, mid)) == (34, 34, 34)  # the waveform crosses the middle
+    ox0, oy0, ox1, oy1 = _OUT_BOX
+    blues = {_hex("#5b8fd6"), _hex("#a9c6ee")}
+    row = [img.getpixel((x, (oy0 + oy1) // 2 + 20)) for x in range(ox0 + 2, ox1 - 2)]
+    assert blues <= set(row)  # both alternating segment colours on the output timeline
+
+
+def test_png_needs_no_matplotlib(tmp_path):
+    """Importing matplotlib cost ~0.5 s of a cold agent.infer (issue 17)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np; from tests.agent.test_report import _plan; from agent.report import plot_edit; "
+            f"plot_edit(_plan(), y=np.zeros(16 * 8000, np.float32), sr=8000, path={str(tmp_path / 'e.png')!r}); "
+            "assert 'matplotlib' not in sys.modules, 'matplotlib imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2])
