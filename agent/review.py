@@ -17,10 +17,12 @@ timeline), as ``DATA/edited/NAME.plan.json``, and puts the untouched raw recordi
 it as ``DATA/raw/NAME.ext`` (a hard link, or a copy across filesystems) unless that file
 already holds the same recording: ``make align`` then reads the pair.
 
-Saving never replaces a different pair silently: a different ``NAME.plan.json`` is
-replaced only when the request says ``overwrite`` (the page asks first); another edited
-file of that name (audio, a DAW project) or a different recording under ``raw/NAME.*`` is
-never replaced (save under another name).
+Saving never replaces a different pair silently: a different ``NAME.plan.json``, or an
+edited recording ``edited/NAME.wav`` (which the plan would replace as the pair's edit in
+``make align``: ``datasets.pairs`` takes a project over audio of one name), only when the
+request says ``overwrite`` (the page asks first); a DAW project of that name
+(``NAME.rpp``, ``NAME.otio``: two projects of one name stop ``make align``) or a
+different recording under ``raw/NAME.*``, never (save under another name).
 
 The folder is found as ``agent.infer`` writes it: ``NAME.plan.json`` (``--name`` when the
 folder holds several), the raw recording the plan was made from (``--raw``, else the file
@@ -51,7 +53,7 @@ import numpy as np
 
 from datasets.atomic import atomic_path, locked_folder
 from datasets.errors import EditorError, ParameterError
-from datasets.pairs import AUDIO_EXTENSIONS
+from datasets.pairs import AUDIO_EXTENSIONS, project_name
 from datasets.safety import refuse_overwrite
 
 __all__ = ["ReviewFolder", "ReviewSession", "SaveConflict", "find_review", "peaks", "create_app", "serve", "main"]
@@ -68,8 +70,6 @@ KEEP_PREVIEWS = 3
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.+-]{0,119}$")
 _MIME = {".wav": "audio/wav", ".flac": "audio/flac", ".ogg": "audio/ogg", ".oga": "audio/ogg",
          ".opus": "audio/ogg", ".mp3": "audio/mpeg", ".aif": "audio/aiff", ".aiff": "audio/aiff"}
-#: Edited-side files a pair reader may take for NAME (audio, DAW projects, a plan).
-_EDITED_KINDS = (*AUDIO_EXTENSIONS, ".rpp", ".otio", ".plan.json")
 
 
 class SaveConflict(EditorError):
@@ -153,15 +153,6 @@ def peaks(y: np.ndarray, *, columns: int = PEAK_COLUMNS) -> tuple[np.ndarray, np
     cols = max(1, min(columns, len(mono)))
     edges = np.linspace(0, len(mono), cols + 1).astype(np.int64)
     return np.minimum.reduceat(mono, edges[:-1]), np.maximum.reduceat(mono, edges[:-1])
-
-
-def _pair_name(p: Path) -> str | None:
-    """The pair name an edited-side file stands for, or None for other files."""
-    low = p.name.lower()
-    for ext in _EDITED_KINDS:
-        if low.endswith(ext) and len(p.name) > len(ext):
-            return p.name[: -len(ext)]
-    return None
 
 
 class ReviewSession:
@@ -321,10 +312,14 @@ class ReviewSession:
             refuse_overwrite([plan_path, raw_target], [self.found.plan, self.found.folder])
             edited_dir.mkdir(parents=True, exist_ok=True)
             with locked_folder(edited_dir):  # two pages saving at once: one after the other
-                others = sorted(p for p in edited_dir.iterdir() if p.is_file() and p != plan_path and _pair_name(p) == name)
-                if others:
-                    raise SaveConflict(f"{others[0]} is already the edited side of pair '{name}'; save under another name",
+                projects = [p for p in edited_dir.iterdir() if p.is_file() and p != plan_path and project_name(p) == name]
+                if projects:  # two projects of one name: make align could not choose
+                    raise SaveConflict(f"{projects[0]} is already the edited side of pair '{name}'; save under another name",
                                        overwritable=False)
+                audio = [p for p in edited_dir.iterdir() if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS and p.stem == name]
+                if audio and not overwrite:  # the plan would take over as that pair's edit
+                    raise SaveConflict(f"{audio[0]} is the edited side of pair '{name}': the plan would replace it in make align "
+                                       "(the audio stays); save anyway?", overwritable=True)
                 raw_action = self._check_raw(raw_dir, name)
                 plan_action = "written"
                 if plan_path.exists():

@@ -14,9 +14,11 @@ import soundfile as sf
 
 from agent.review import ReviewSession, create_app, find_review, main, peaks
 from agent.review_plan import bar_lines, cut_edges, move_edge, phrases, set_span, toggle_phrase
+from alignment.projects import label_project
 from datasets.audio import load_audio, write_audio
 from datasets.beats import BeatGrid
 from datasets.errors import EditorError, ParameterError
+from datasets.pairs import find_pairs
 from envs.export import export_all
 from envs.plan import EditPlan, Ops, Segment
 from envs.layout import output_duration
@@ -192,6 +194,12 @@ def test_state_toggle_preview_save(client, song, tmp_path):
         source_sha256=load_audio(raw_copy).sha256)
     assert back == session.plan
     assert json.loads((data / "edited" / "jam.plan.json").read_text())["output"]["crossfade_ms"] == 10.0
+    # make align's reader takes it as a pair, read exactly: the corrected plan's raw beats
+    pairs = find_pairs(data)
+    assert [(p.name, p.raw, p.edited) for p in pairs] == [("jam", raw_copy, data / "edited" / "jam.plan.json")]
+    lab = label_project(pairs[0].raw, pairs[0].edited, grid=_grid(), editor_grid=False)
+    assert lab.edited.kind == "plan" and set(lab.plan_confidence) == {1.0} and lab.actions
+    assert np.array_equal(lab.plan.raw_beats_used, session.plan.raw_beats_used)
     # saving the same again changes nothing
     again = _post(c, "/api/save", {"name": "jam"}).get_json()
     assert again["plan_action"] == "unchanged" and again["raw_action"] == "already there"
@@ -211,13 +219,19 @@ def test_save_never_replaces_a_different_pair_silently(client, tmp_path):
     assert r.status_code == 200 and r.get_json()["plan_action"] == "replaced"
     assert EditPlan.from_json((data / "edited" / "jam.plan.json").read_text()) == session.plan
 
-    # an edited recording of that name, or a different raw recording: never replaced
+    # an edited recording of that name: the plan would take its place in make align, so ask
     write_audio(data / "edited" / "take2.wav", y=_song()[:, :SR], sr=SR)
-    r = _post(c, "/api/save", {"name": "take2", "overwrite": True})
-    assert r.status_code == 409 and not r.get_json()["overwritable"] and "take2.wav" in r.get_json()["conflict"]
+    r = _post(c, "/api/save", {"name": "take2"})
+    assert r.status_code == 409 and r.get_json()["overwritable"] and "take2.wav" in r.get_json()["conflict"]
+    assert _post(c, "/api/save", {"name": "take2", "overwrite": True}).status_code == 200
+    assert (data / "edited" / "take2.wav").exists()  # left alone
+    # a DAW project of that name, or a different raw recording: never replaced
+    (data / "edited" / "take4.rpp").write_text("<REAPER_PROJECT\n>\n")
+    r = _post(c, "/api/save", {"name": "take4", "overwrite": True})
+    assert r.status_code == 409 and not r.get_json()["overwritable"] and "take4.rpp" in r.get_json()["conflict"]
     other = write_audio(data / "raw" / "take3.wav", y=_song()[:, ::-1].copy(), sr=SR)
     r = _post(c, "/api/save", {"name": "take3", "overwrite": True})
-    assert r.status_code == 409 and "different recording" in r.get_json()["conflict"]
+    assert r.status_code == 409 and not r.get_json()["overwritable"] and "different recording" in r.get_json()["conflict"]
     assert not (data / "edited" / "take3.plan.json").exists() and load_audio(other).sha256 != session.audio.sha256
     # a name that is a path
     assert _post(c, "/api/save", {"name": "../evil"}).status_code == 400
