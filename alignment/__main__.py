@@ -66,7 +66,8 @@ def plot_alignment(path: str | os.PathLike, record: dict, *, title: str = "") ->
 def get_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m alignment", description=__doc__.splitlines()[0])
     ap.add_argument("raw", help="raw recording (any format libsndfile reads)")
-    ap.add_argument("edited", help="the hand-edited version of it")
+    ap.add_argument("edited", help="the hand-edited version of it, or a project of the edit (NAME.rpp, NAME.otio, "
+                                   "NAME.plan.json: read exactly, alignment/projects.py)")
     ap.add_argument("--json", dest="json_out", help="write the label record here")
     ap.add_argument("--plot", help="write a PNG of edited time vs raw time here")
     ap.add_argument("--no-actions", action="store_true", help="skip the oracle actions")
@@ -83,9 +84,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from datasets.audio import check_audio
 
+    from datasets.pairs import project_name
+
+    project = project_name(args.edited) is not None
     try:  # the inputs first, before the aligner is imported: a typo is one line at once
         check_audio(args.raw)
-        check_audio(args.edited)
+        if not project:
+            check_audio(args.edited)
     except EditorError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -98,9 +103,15 @@ def main(argv: list[str] | None = None) -> int:
         min_conf = MIN_CONFIDENCE if args.min_confidence is None else args.min_confidence
         if not 0.0 <= min_conf <= 1.0:  # also refuses nan
             raise ParameterError(f"--min-confidence must be in [0, 1], got {min_conf}")
-        labels = label_pair(
-            args.raw, args.edited, with_actions=not args.no_actions, with_fidelity=not args.no_fidelity, min_confidence=min_conf
-        )
+        if project:
+            from alignment.projects import label_project
+
+            labels = label_project(args.raw, args.edited, with_actions=not args.no_actions)
+        else:
+            labels = label_pair(
+                args.raw, args.edited, with_actions=not args.no_actions, with_fidelity=not args.no_fidelity,
+                min_confidence=min_conf,
+            )
     except EditorError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -123,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         # what the action vocabulary could not say (a reversed song's first beat, a repeat
         # past the output cap): one line, with make align's verdict
         print(f"warning: {args.edited}: {loss.line()}", file=sys.stderr)
+    for note in labels.project_notes:  # what of a DAW project the labels leave out
+        print(f"note: {args.edited}: {note}", file=sys.stderr)
     try:
         if args.json_out:
             write_json(args.json_out, rec)

@@ -187,6 +187,12 @@ def test_hand_written_reaper_project(grid, clicks, tmp_path):
     assert [(s.raw_start, s.raw_end) for s in got] == [(16, 24), (0, 16), (24, 32), (32, 36), (36, 40)]
     assert got[2].ops == Ops(gain_db=-3.0) and got[4].ops == Ops(fade_out_s=2.0) and got[3].ops == Ops()
 
+    from alignment.__main__ import main  # python -m alignment RAW PROJECT: the same record
+
+    assert main([str(tmp_path / "raw.wav"), str(rpp), "--json", str(tmp_path / "o.json"), "--no-fidelity"]) == 0
+    cli = json.loads((tmp_path / "o.json").read_text())  # on the tracker's grid of the clicks
+    assert cli["edited_kind"] == "rpp" and cli["confidence"] == 1.0 and cli["loss"]["reproduced"] == 1.0
+
 
 def test_the_same_edit_as_audio_and_as_a_project_gives_the_same_labels(tmp_path):
     """A real recording edited by a plan (a far reorder, a -3 dB bar, a one-bar
