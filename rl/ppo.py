@@ -1,43 +1,57 @@
 """Monte Carlo PPO: fine-tunes a factored-action policy in a vector of editing envs.
 
-The spec's "Training Approach", read top to bottom (CleanRL style, no trainer class):
+One file, read top to bottom as the run goes (CleanRL's shape, no trainer class, no
+callbacks): the config, the songs each epoch draws, the policy and its anchor, the
+rollout, returns and advantages, the update, the log line, the checkpoint. ``train`` is a
+generator that yields each epoch's statistics after its checkpoint, so a caller's own
+per-epoch work (rl/train.py's greedy edit of a held-out song) is a visible loop::
 
-1. **Rollout** (rl/rollout.py). Every epoch resets the N envs with seeds derived from
-   ``(seed, epoch)`` and steps them until each env has recorded at least ``steps``
-   transitions *and* finished the episode it is in. So every recorded episode is complete: the reward is
-   paid at the episode end only (Monte Carlo), and a half-finished episode would have no
-   return at all. Resetting per epoch also makes a resumed run continue identically
-   without pickling environments.
-2. **Returns.** ``rl.returns.monte_carlo_returns`` per episode, honouring ends (the
-   spec's first implementation ran returns across an env-interleaved buffer; we order
-   the buffer env-major so each env's episodes are contiguous and end with ``done``).
-   Returns are clipped to ``+-return_clip`` (spec "Known Issues": FP16/large value
-   losses) and, with ``return_norm="welford"``, value targets are standardised with
-   Welford running statistics.
-3. **Advantages.** ``G - mean(G)`` (the spec's mean baseline), ``G`` minus the mean
-   return of the *other* episodes of the same song in the epoch (``baseline="song"``,
-   a leave-one-out mean as in RLOO / GRPO: songs differ more in how much reward is
-   reachable than actions do, so a batch mean mostly measures which songs were drawn;
-   ``song_group`` envs share their reset seeds so that every song drawn is edited
-   several times per epoch), or ``G - V(s)`` (``baseline="value"``); then normalised to
-   mean 0, std 1.
-4. **Update.** Clipped surrogate (clip 0.2), joint entropy bonus with a coefficient that
-   starts high (spec: 0.5-0.75) and decays (linear or cosine) to a floor, value loss
-   with a small coefficient (0.05-0.1), an anchor to the frozen pretrained policy so
-   fine-tuning keeps the user's style (``anchor="kl"``: k3 estimate of
-   KL(pi || pi_ref) on the rollout's actions; ``anchor="bc"``: negative log-likelihood
-   of the human plans' actions), gradient accumulation over micro-batches,
+    for row in train(PPOConfig(epochs=50), policy=policy, env_fns=[make_env] * 16, writer=writer,
+                     save=SaveTo(Path("runs/demo/checkpoints/ppo_last.pt"))):
+        print(row["epoch"], row["episode_reward"])
+
+The steps (the spec's "Training Approach"):
+
+1. **Songs.** Every epoch resets the N envs with seeds derived from ``(seed, epoch)``
+   (``epoch_seeds``); the envs draw their songs on reset, and ``song_group`` envs share a
+   seed so that every song drawn is edited several times per epoch. Resetting per epoch
+   also makes a resumed run continue identically without pickling environments.
+2. **Rollout** (rl/rollout.py, behind ``RolloutSource.next_rollout`` of rl/worker.py).
+   The envs step until each has recorded at least ``steps`` transitions *and* finished the
+   episode it is in: the reward is paid at the episode end only (Monte Carlo), and a
+   half-finished episode would have no return at all. With ``overlap`` (CPU) the rollout
+   comes from a forked worker that collected it while the learner updated (below).
+3. **Returns.** ``rl.returns.monte_carlo_returns`` per episode, honouring ends (the
+   buffer is env-major, so each env's episodes are contiguous and end with ``done``).
+   Returns are clipped to ``+-return_clip`` (spec "Known Issues") and, with
+   ``return_norm="welford"``, value targets are standardised with running statistics.
+4. **Advantages.** ``G - mean(G)`` (the spec's mean baseline), ``G`` minus the mean
+   return of the *other* episodes of the same song in the epoch (``baseline="song"``, a
+   leave-one-out mean as in RLOO / GRPO: songs differ more in how much reward is
+   reachable than actions do, so a batch mean mostly measures which songs were drawn),
+   or ``G - V(s)`` (``baseline="value"``); then normalised to mean 0, std 1.
+5. **Update.** Clipped surrogate, joint entropy bonus with a coefficient that starts high
+   (spec: 0.5-0.75) and decays to a floor, value loss with a small coefficient, an anchor
+   to the frozen pretrained policy so fine-tuning keeps the user's style (``anchor="kl"``:
+   k3 estimate of KL(pi || pi_ref) on the rollout's actions; ``anchor="bc"``: negative
+   log-likelihood of the human plans' actions), gradient accumulation over micro-batches,
    gradient-norm clipping, cosine learning rate, and an early stop when the approximate
    KL to the rollout policy exceeds ``target_kl``.
-5. **Overlap** (``overlap=True``, CPU): the next rollout is collected by a forked worker
-   (rl/worker.py) while the learner updates, so each rollout is one update behind. The
-   update is then decoupled PPO (Hilton et al. 2022): ratio and clip are taken against
-   the policy at the start of the update ("proximal", one no-grad forward pass), each
-   sample is weighted by pi_prox / pi_behaviour truncated at ``lag_weight_clip``, and the
-   KL early stop measures the distance to the proximal policy. Without overlap the
-   proximal policy is the behaviour policy and this is plain PPO.
+   With ``overlap`` each rollout is one update behind, and the update is decoupled PPO
+   (Hilton et al. 2022): ratio and clip against the policy at the start of the update
+   ("proximal", one no-grad forward pass), each sample weighted by pi_prox / pi_behaviour
+   truncated at ``lag_weight_clip``. Without overlap the proximal policy is the behaviour
+   policy and this is plain PPO.
+6. **Log.** One line per epoch (logger ``rl.ppo``) and TensorBoard (rl/log.py); a warning
+   when one action type takes over (the spec's type collapse).
+7. **Save.** Every ``save_every`` epochs and at the end, through agent/checkpoint.py, the
+   one checkpoint format (inference reads a fine-tuned policy like a pretrained one): the
+   weights as ``model``, the optimizer as ``optimizer``, and PPO's own state in
+   ``extra["ppo"]`` (scheduler, running return statistics, RNG states, the overlapped
+   worker's behaviour weights, epoch, global step), so a resumed run continues bit for bit.
 
-The policy is any ``nn.Module`` with agent/model.py's API::
+The policy is any ``nn.Module`` with agent/model.py's API (an ``agent.model.Policy`` when
+checkpoints are saved)::
 
     act(obs, deterministic=False, generator=None) -> (actions [B,3] long, logp [B], value [B], entropies)
     evaluate(obs, actions) -> (logp [B], entropies, value [B])
@@ -52,23 +66,20 @@ Rollouts assert that no masked action was sampled.
 Throughput: set ``torch.set_num_threads(1)`` for small batches on a busy CPU (rl/train.py
 does); timing per epoch is logged as data sample / rollout / update (with overlap,
 "rollout" is the time the learner waited for the worker and the worker's own times are
-logged beside it).
-
-Usage (the CLI with real songs is rl/train.py)::
-
-    stats = train(PPOConfig(epochs=50), policy=policy, env_fns=[make_env] * 8, writer=writer)
+logged beside it). The CLI with real songs is rl/train.py.
 """
 
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import random
 import time
 import warnings
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -77,33 +88,30 @@ import numpy as np
 import torch
 from torch import nn
 
-from datasets.atomic import atomic_path
+from agent.checkpoint import save_checkpoint
+from agent.model import Policy
 from datasets.errors import ParameterError
-from rl.returns import monte_carlo_returns
-from rl.rollout import Rollout, collect_rollout, index_obs, make_vector_env, rollout_logp
-from rl.worker import RolloutWorker
+from rl.log import log_epoch
+from rl.returns import RunningMeanStd, compute_advantages, explained_variance, monte_carlo_returns
+from rl.rollout import HEADS, index_obs, make_vector_env, rollout_logp
+from rl.worker import EpochSeeds, RolloutSource
 
 __all__ = [
     "PPOConfig",
+    "SaveTo",
     "Demos",
-    "RunningMeanStd",
     "seed_everything",
-    "pick_device",
+    "epoch_seeds",
     "entropy_coef_at",
-    "compute_advantages",
-    "song_baseline",
-    "explained_variance",
     "head_entropies",
     "evaluate_actions",
-    "save_checkpoint",
-    "load_checkpoint",
     "train",
-    "CHECKPOINT_FORMAT",
 ]
 
-CHECKPOINT_FORMAT = "rl-ppo-1"
-MASK_KEYS = ("type_mask", "size_mask", "amount_mask")
-HEADS = ("type", "size", "amount")
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------------- config
 
 
 @dataclass(frozen=True)
@@ -180,7 +188,7 @@ class PPOConfig:
     save_every: int = 10
     """epochs between atomic checkpoints (0 = only the last)"""
     eval_every: int = 10
-    """epochs between greedy edits of a held-out song (0 = never)"""
+    """epochs between greedy edits of a held-out song (rl/train.py's loop; 0 = never)"""
     deterministic_torch: bool = False
     """torch.use_deterministic_algorithms (slower; CPU runs are already reproducible)"""
     overlap: bool = True
@@ -189,6 +197,25 @@ class PPOConfig:
     one update behind and the loss is decoupled PPO (``lag_weight_clip``). Off on CUDA"""
     lag_weight_clip: float = 2.0
     """overlap: each sample's weight pi_prox / pi_behaviour is truncated at this (V-trace's rho-bar)"""
+
+
+@dataclass(frozen=True)
+class SaveTo:
+    """Where ``train`` writes its checkpoints, and what goes in them beside PPO's state.
+
+    The format is agent/checkpoint.py's (the only one), with ``stage="finetune"``.
+    """
+
+    path: Path
+    """the checkpoint file, replaced atomically at every save"""
+    stage_config: Mapping[str, Any] | None = None
+    """the run's settings stored as ``stage_config`` (default: the PPOConfig)"""
+    layout: Mapping[str, Any] | None = None
+    """observation layout (agent.layout.observation_layout()); None: the model's own"""
+    style: Mapping[str, Any] = field(default_factory=dict)
+    """the user's style settings, stored in ``extra`` beside ``ppo`` (inference reads them)"""
+    origin: Mapping[str, Any] = field(default_factory=dict)
+    """where the run started (pretrained checkpoint and its sha256): ``extra["ppo"]["extra"]``"""
 
 
 @dataclass(frozen=True)
@@ -205,39 +232,7 @@ class Demos:
         return int(self.actions.shape[0])
 
 
-class RunningMeanStd:
-    """Welford / Chan running mean and variance of a scalar stream (spec: reward stats)."""
-
-    def __init__(self, eps: float = 1e-4) -> None:
-        # eps as a pseudo-count keeps the first update from dividing by zero
-        self.mean = 0.0
-        self.var = 1.0
-        self.count = eps
-
-    def update(self, x: np.ndarray) -> None:
-        x = np.asarray(x, dtype=np.float64).ravel()
-        if x.size == 0:
-            return
-        b_mean, b_var, b_n = float(x.mean()), float(x.var()), x.size
-        delta = b_mean - self.mean
-        tot = self.count + b_n
-        self.mean += delta * b_n / tot
-        m2 = self.var * self.count + b_var * b_n + delta**2 * self.count * b_n / tot
-        self.var = m2 / tot
-        self.count = tot
-
-    @property
-    def std(self) -> float:
-        return math.sqrt(self.var + 1e-8)
-
-    def state_dict(self) -> dict[str, float]:
-        return {"mean": self.mean, "var": self.var, "count": self.count}
-
-    def load_state_dict(self, state: Mapping[str, float]) -> None:
-        self.mean, self.var, self.count = float(state["mean"]), float(state["var"]), float(state["count"])
-
-
-# ---------------------------------------------------------------------------- setup
+# ---------------------------------------------------------------------------- seeding and songs
 
 
 def seed_everything(seed: int, *, deterministic: bool = False) -> None:
@@ -251,11 +246,42 @@ def seed_everything(seed: int, *, deterministic: bool = False) -> None:
         torch.use_deterministic_algorithms(True)
 
 
-def pick_device(name: str = "auto") -> torch.device:
-    """``cuda`` when available (never silently CPU on a GPU box), else CPU."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
+def epoch_seeds(cfg: PPOConfig, epoch: int) -> EpochSeeds:
+    """The seeds of ``epoch``'s rollout, a function of (seed, epoch) only (resume-exact).
+
+    The envs draw their songs on reset, seeded by (seed, epoch); groups of ``song_group``
+    envs share a seed, so they edit the same songs in the same order. The sample seed
+    drives the overlapped worker's action sampling."""
+    base = (cfg.seed * 1_000_003 + epoch * cfg.n_envs) % 2**31
+    envs = [base + i // max(1, cfg.song_group) for i in range(cfg.n_envs)]
+    return EpochSeeds(envs=envs, sample=(cfg.seed * 2_000_003 + epoch * 7_919 + 17) % 2**62)
+
+
+def _rng_state(generator: torch.Generator, sample_gen: torch.Generator) -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": [np_state[0], torch.as_tensor(np_state[1].astype(np.int64)), *np_state[2:]],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "generator": generator.get_state(),
+        "sample_generator": sample_gen.get_state(),
+    }
+
+
+def _set_rng_state(state: Mapping[str, Any], generator: torch.Generator, sample_gen: torch.Generator) -> None:
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
+    torch.set_rng_state(state["torch"])
+    if torch.cuda.is_available() and state["cuda"]:
+        torch.cuda.set_rng_state_all(state["cuda"])
+    generator.set_state(state["generator"])
+    sample_gen.set_state(state["sample_generator"])
+
+
+# ---------------------------------------------------------------------------- schedules and policy
 
 
 def entropy_coef_at(cfg: PPOConfig, epoch: int) -> float:
@@ -293,113 +319,6 @@ def evaluate_actions(policy: nn.Module, obs: Mapping[str, torch.Tensor], actions
     return logp, head_entropies(ent), value
 
 
-def _sample_seed(cfg: PPOConfig, epoch: int) -> int:
-    """Seed of the overlapped worker's action sampling in ``epoch`` (resume-exact)."""
-    return (cfg.seed * 2_000_003 + epoch * 7_919 + 17) % 2**62
-
-
-# ---------------------------------------------------------------------------- advantages
-
-
-def song_baseline(returns: torch.Tensor, episode_ids: torch.Tensor, episodes: Sequence[Mapping[str, Any]]) -> torch.Tensor:
-    """Per transition [M]: the mean return of the other episodes of the same song.
-
-    An episode's return is its first transition's (Monte Carlo, reward at the end). A
-    song edited once in the batch gets the mean over all episodes instead."""
-    ids = episode_ids.numpy()
-    g = returns.double().numpy()
-    first: dict[int, float] = {}
-    for k in range(len(ids) - 1, -1, -1):  # the first transition of each episode wins
-        first[int(ids[k])] = g[k]
-    song_of = {int(e["id"]): e.get("song", "") for e in episodes}
-    by_song: dict[str, list[int]] = {}
-    for e in first:
-        by_song.setdefault(song_of.get(e, f"#{e}"), []).append(e)
-    overall = float(np.mean(list(first.values()))) if first else 0.0
-    base: dict[int, float] = {}
-    for eps in by_song.values():
-        tot = sum(first[e] for e in eps)
-        for e in eps:
-            base[e] = (tot - first[e]) / (len(eps) - 1) if len(eps) > 1 else overall
-    return torch.as_tensor(np.array([base[int(e)] for e in ids]), dtype=returns.dtype)
-
-
-def compute_advantages(
-    returns: torch.Tensor,
-    values: torch.Tensor | None,
-    *,
-    baseline: str,
-    episode_ids: torch.Tensor | None = None,
-    episodes: Sequence[Mapping[str, Any]] = (),
-) -> torch.Tensor:
-    """Normalised advantages [M] from returns [M], values [M] (``baseline="value"``) or
-    the episodes' songs (``baseline="song"``: ``episode_ids`` [M] and ``episodes``)."""
-    if baseline == "value":
-        assert values is not None, "value baseline needs values"
-        adv = returns - values
-    elif baseline == "song":
-        assert episode_ids is not None, "song baseline needs episode ids"
-        adv = returns - song_baseline(returns, episode_ids, episodes)
-    else:
-        adv = returns - returns.mean()
-    if adv.numel() > 1:
-        adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-    return adv
-
-
-def explained_variance(pred: torch.Tensor, target: torch.Tensor) -> float:
-    """1 - Var[target - pred] / Var[target] (nan when the target is constant)."""
-    var_y = float(target.var()) if target.numel() > 1 else 0.0
-    if var_y == 0.0:
-        return float("nan")
-    return 1.0 - float((target - pred).var()) / var_y
-
-
-# ---------------------------------------------------------------------------- checkpoint
-
-
-def _rng_state(generator: torch.Generator, sample_gen: torch.Generator) -> dict[str, Any]:
-    np_state = np.random.get_state()
-    return {
-        "python": random.getstate(),
-        "numpy": [np_state[0], torch.as_tensor(np_state[1].astype(np.int64)), *np_state[2:]],
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "generator": generator.get_state(),
-        "sample_generator": sample_gen.get_state(),
-    }
-
-
-def _set_rng_state(state: Mapping[str, Any], generator: torch.Generator, sample_gen: torch.Generator) -> None:
-    py = state["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    name, keys, *rest = state["numpy"]
-    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
-    torch.set_rng_state(state["torch"])
-    if torch.cuda.is_available() and state["cuda"]:
-        torch.cuda.set_rng_state_all(state["cuda"])
-    generator.set_state(state["generator"])
-    sample_gen.set_state(state["sample_generator"])
-
-
-def save_checkpoint(path: str | Path, state: Mapping[str, Any]) -> None:
-    """torch.save through the one atomic writer (datasets.atomic: never a half file, the
-    user's umask)."""
-    with atomic_path(path) as tmp:
-        torch.save(dict(state), tmp)
-
-
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a PPO checkpoint with ``weights_only=True``; checks its format tag."""
-    path = Path(path)
-    if not path.is_file():
-        raise ParameterError(f"checkpoint not found: {path}")
-    state = torch.load(path, map_location=map_location, weights_only=True)
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise ParameterError(f"not a PPO checkpoint ({CHECKPOINT_FORMAT}): {path}")
-    return state
-
-
 # ---------------------------------------------------------------------------- training loop
 
 
@@ -412,31 +331,26 @@ def train(
     demos: Demos | None = None,
     writer: Any = None,
     device: torch.device | str = "cpu",
-    save_path: str | Path | None = None,
-    save_fn: Callable[[Path, dict[str, Any]], None] | None = None,
-    resume: str | Path | Mapping[str, Any] | None = None,
+    save: SaveTo | None = None,
+    resume: Mapping[str, Any] | None = None,
     subprocess: bool = False,
     stop_after: int = 0,
-    greedy_eval: Callable[[nn.Module, int, int], None] | None = None,
-    extra_state: Mapping[str, Any] | None = None,
-    log: Callable[[str], None] = print,
-) -> list[dict[str, float]]:
-    """Fine-tune ``policy`` in place with Monte Carlo PPO; returns one stats dict per epoch.
+) -> Iterator[dict[str, float]]:
+    """Fine-tune ``policy`` in place with Monte Carlo PPO; yields one stats dict per epoch
+    (after that epoch's checkpoint), so ``list(train(...))`` is the run's history.
 
+    env_fns : ``cfg.n_envs`` env factories (closures: the overlapped worker is forked)
     reference : frozen pretrained policy for the KL anchor (default: a copy of ``policy``
         as given, i.e. the pretrained weights)
     demos : human-plan transitions, required for ``anchor="bc"``
     writer : a TensorBoard SummaryWriter (or None)
-    save_path : atomic checkpoint written every ``save_every`` epochs and at the end
-    save_fn : ``f(path, state)`` writes the state dict (default ``save_checkpoint``);
-        rl/train.py passes one that writes agent/checkpoint.py's format, so inference
-        reads fine-tuned checkpoints like pretrained ones
-    resume : a checkpoint path or loaded dict; restores weights, optimizer, scheduler,
-        running stats, RNG states, epoch and global step
+    save : where checkpoints go (every ``save_every`` epochs and at the end); None = none
+    resume : a fine-tuning checkpoint as ``agent.checkpoint.load_checkpoint`` returns it;
+        restores weights, reference, optimizer, scheduler, running stats, RNG states, the
+        worker's behaviour weights, epoch and global step
+    subprocess : one process per env (gymnasium AsyncVectorEnv)
     stop_after : end this session after so many epochs (0 = run to ``cfg.epochs``), with
         a checkpoint, so that a time-boxed run resumes later exactly where it stopped
-    greedy_eval : ``f(policy, epoch, global_step)`` called every ``eval_every`` epochs
-    extra_state : stored verbatim in each checkpoint (e.g. the model's config)
     """
     if len(env_fns) != cfg.n_envs:
         raise ParameterError(f"n_envs={cfg.n_envs} but {len(env_fns)} env factories were given")
@@ -444,7 +358,13 @@ def train(
         raise ParameterError(f"minibatch_size={cfg.minibatch_size} is not a multiple of grad_accum={cfg.grad_accum}")
     if cfg.anchor == "bc" and (demos is None or len(demos) == 0):
         raise ParameterError("anchor='bc' needs human-plan demos (none were given)")
+    if save is not None and not isinstance(policy, Policy):
+        raise ParameterError(f"checkpoints are agent/checkpoint.py's format, which needs an agent.model.Policy, "
+                             f"not a {type(policy).__name__}: train without save")
+    if resume is not None and "ppo" not in (resume.get("extra") or {}):
+        raise ParameterError("resume: not a fine-tuning checkpoint of agent/checkpoint.py's format (no extra['ppo'])")
 
+    # -- policy, its frozen anchor, optimizer and the seeded state
     device = torch.device(device)
     seed_everything(cfg.seed, deterministic=cfg.deterministic_torch)
     policy.to(device)
@@ -456,7 +376,6 @@ def train(
         reference.to(device).eval()
         for p in reference.parameters():
             p.requires_grad_(False)
-
     optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.lr, eps=1e-5)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine_lr_lambda(cfg))
     rms = RunningMeanStd()
@@ -464,36 +383,24 @@ def train(
     # (torch.multinomial on CUDA needs a CUDA generator)
     generator = torch.Generator().manual_seed(cfg.seed)
     sample_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
-    start_epoch, global_step = 0, 0
-    resume_behaviour = None
+    start_epoch, global_step, behaviour = 0, 0, None
     if resume is not None:
-        ck = resume if isinstance(resume, Mapping) else load_checkpoint(resume, map_location="cpu")
-        policy.load_state_dict(ck["policy"])
-        if reference is not None and ck.get("reference"):
-            reference.load_state_dict(ck["reference"])
-        optimizer.load_state_dict(ck["optimizer"])
-        scheduler.load_state_dict(ck["scheduler"])
-        rms.load_state_dict(ck["rms"])
-        _set_rng_state(ck["rng"], generator, sample_gen)
-        start_epoch, global_step = int(ck["epoch"]), int(ck["global_step"])
-        resume_behaviour = ck.get("behaviour") or None
-        log(f"ppo: resumed at epoch {start_epoch}, global step {global_step}")
+        st = resume["extra"]["ppo"]
+        policy.load_state_dict(resume["model"])
+        if reference is not None and st.get("reference"):
+            reference.load_state_dict(st["reference"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(st["scheduler"])
+        rms.load_state_dict(st["rms"])
+        _set_rng_state(st["rng"], generator, sample_gen)
+        start_epoch, global_step = int(st["epoch"]), int(st["global_step"])
+        behaviour = st.get("behaviour") or None
+        log.info(f"ppo: resumed at epoch {start_epoch}, global step {global_step}")
 
-    def checkpoint_state(epoch: int) -> dict[str, Any]:
-        return {
-            "format": CHECKPOINT_FORMAT,
-            "config": asdict(cfg),
-            "policy": policy.state_dict(),
-            "reference": reference.state_dict() if reference is not None else {},
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "rms": rms.state_dict(),
-            "behaviour": behaviour if use_overlap else {},
-            "rng": _rng_state(generator, sample_gen),
-            "epoch": epoch,
-            "global_step": global_step,
-            "extra": dict(extra_state or {}),
-        }
+    # -- the rollouts: the envs here, or (overlap, CPU) a forked worker one update ahead
+    use_overlap = cfg.overlap and device.type == "cpu"
+    if cfg.overlap and not use_overlap:
+        log.info(f"ppo: overlap off on {device} (the worker would fork a CUDA context); rollouts run in this process")
 
     def make_envs() -> gym.vector.VectorEnv:
         v = make_vector_env(env_fns, subprocess=subprocess)
@@ -501,60 +408,26 @@ def train(
         v.observation_space.seed(cfg.seed)
         return v
 
-    def env_seeds(epoch: int) -> list[int]:
-        # the envs draw their songs on reset, seeded by (seed, epoch); groups of
-        # song_group envs share a seed, so they edit the same songs in the same order
-        base = (cfg.seed * 1_000_003 + epoch * cfg.n_envs) % 2**31
-        return [base + i // max(1, cfg.song_group) for i in range(cfg.n_envs)]
-
-    use_overlap = cfg.overlap and device.type == "cpu"
-    if cfg.overlap and not use_overlap:
-        log(f"ppo: overlap off on {device} (the worker would fork a CUDA context); rollouts run in this process")
-    envs: gym.vector.VectorEnv | None = None
-    worker: RolloutWorker | None = None
-    # overlap: the weights the in-flight rollout is collected with (a checkpoint stores them)
-    behaviour = {k: v.detach().clone() for k, v in (resume_behaviour or policy.state_dict()).items()}
-    if use_overlap:
-        worker = RolloutWorker(
-            make_envs, copy.deepcopy(policy).cpu(), steps=cfg.steps, daemon=not subprocess,
-            reference=copy.deepcopy(reference).cpu() if cfg.anchor == "kl" and reference is not None else None,
-        )
-        worker.request(behaviour, env_seeds(start_epoch), _sample_seed(cfg, start_epoch))
-    else:
-        envs = make_envs()
     micro = cfg.minibatch_size // cfg.grad_accum
-    history: list[dict[str, float]] = []
-    log(f"ppo: device {device}, {cfg.n_envs} envs ({'subprocess' if subprocess else 'sync'}"
-        f"{', in an overlapped worker' if use_overlap else ''}), "
-        f"{sum(p.numel() for p in policy.parameters()):,} parameters, anchor={cfg.anchor}, baseline={cfg.baseline}")
+    rollouts = RolloutSource(
+        make_envs, policy, reference=reference if cfg.anchor == "kl" else None, steps=cfg.steps, overlap=use_overlap,
+        device=device, sample_gen=sample_gen, behaviour=behaviour, first=epoch_seeds(cfg, start_epoch),
+        daemon=not subprocess, ref_batch=max(micro, 256),
+    )
+    log.info(f"ppo: device {device}, {cfg.n_envs} envs ({'subprocess' if subprocess else 'sync'}"
+             f"{', in an overlapped worker' if use_overlap else ''}), "
+             f"{sum(p.numel() for p in policy.parameters()):,} parameters, anchor={cfg.anchor}, baseline={cfg.baseline}")
     try:
         for epoch in range(start_epoch, cfg.epochs):
             t0, c0 = time.perf_counter(), time.process_time()
             ent_coef = entropy_coef_at(cfg, epoch)
             lr_now = optimizer.param_groups[0]["lr"]
-
             is_last = epoch + 1 == cfg.epochs or (stop_after > 0 and epoch + 1 - start_epoch >= stop_after)
-            worker_times: dict[str, float] = {}
-            if worker is not None:
-                # -- rollout e (collected with the weights before update e - 1) ...
-                res = worker.result()
-                ro = res.rollout
-                t_data, t_rollout = 0.0, time.perf_counter() - t0  # time waited for the worker
-                worker_times = {"time_worker_reset": res.t_reset, "time_worker_rollout": res.t_rollout,
-                                "cpu_time_worker": res.cpu}
-                # ... and rollout e + 1 starts now, with these weights, while we update
-                behaviour = {k: v.detach().clone() for k, v in policy.state_dict().items()}
-                if not is_last:
-                    worker.request(behaviour, env_seeds(epoch + 1), _sample_seed(cfg, epoch + 1))
-            else:
-                # -- data sample: the envs draw their songs on reset, seeded by (seed, epoch)
-                obs, _ = envs.reset(seed=env_seeds(epoch))
-                t_data = time.perf_counter() - t0
 
-                # -- rollout
-                t1 = time.perf_counter()
-                ro = collect_rollout(envs, policy, obs=obs, steps=cfg.steps, generator=sample_gen, device=device)
-                t_rollout = time.perf_counter() - t1
+            # -- rollout (songs drawn at the envs' reset)
+            batch = rollouts.next_rollout(policy, seeds=epoch_seeds(cfg, epoch),
+                                          next_seeds=None if is_last else epoch_seeds(cfg, epoch + 1))
+            ro = batch.rollout
             global_step += ro.env_steps
 
             # -- returns and advantages
@@ -574,15 +447,10 @@ def train(
             obs_d = {k: v.to(device) for k, v in ro.obs.items()}
             actions_d, old_logp = ro.actions.to(device), ro.logp.to(device)
             adv, targets = adv.to(device), targets.to(device)
-            ref_logp = None
-            if cfg.anchor == "kl" and reference is not None:
-                if worker is not None and res.ref_logp is not None:
-                    ref_logp = res.ref_logp.to(device)  # computed by the worker
-                else:
-                    ref_logp = rollout_logp(reference, obs_d, actions_d, batch=max(micro, 256))
+            ref_logp = batch.ref_logp.to(device) if batch.ref_logp is not None else None
             # decoupled PPO: ratio and clip against the policy as it is now (the proximal
             # policy); samples weighted by pi_prox / pi_behaviour (1 without overlap)
-            if worker is not None:
+            if batch.lagged:
                 prox_logp = rollout_logp(policy, obs_d, actions_d, batch=max(micro, 256))
                 lag_w = (prox_logp - old_logp).exp().clamp(max=cfg.lag_weight_clip)
             else:
@@ -651,7 +519,7 @@ def train(
             scheduler.step()
             t_update = time.perf_counter() - t2
 
-            # -- bookkeeping
+            # -- log
             with torch.no_grad():
                 ev = explained_variance(ro.values, targets.cpu())
             row = {k: v / max(1, n_mb) for k, v in stats.items()}
@@ -674,13 +542,13 @@ def train(
                 early_stop=float(stop),
                 top_type=top,
                 top_type_frac=top_frac,
-                time_data=t_data,
-                time_rollout=t_rollout,
+                time_data=batch.times["time_data"],
+                time_rollout=batch.times["time_rollout"],
                 time_update=t_update,
                 sps=ro.env_steps / max(elapsed, 1e-9),
                 # CPU seconds of this process: on a shared machine wall time measures the load
                 cpu_time=time.process_time() - c0,
-                **worker_times,
+                **{k: v for k, v in batch.times.items() if k not in ("time_data", "time_rollout")},
             )
             if lag_w is not None:
                 row["lag_weight"] = float(lag_w.mean())
@@ -688,55 +556,37 @@ def train(
             comp_names = sorted({k for e in ro.episodes for k in e["components"]})
             for k in comp_names:
                 row[f"reward/{k}"] = float(np.mean([e["components"][k] for e in ro.episodes if k in e["components"]]))
-            history.append(row)
             if top_frac > cfg.collapse_frac:
                 msg = f"type collapse: type {top} is {top_frac:.0%} of actions at epoch {epoch}"
                 warnings.warn(msg, RuntimeWarning, stacklevel=2)
-                log(f"ppo: WARNING {msg}")
+                log.warning(f"ppo: WARNING {msg}")
             if writer is not None:
-                _log_epoch(writer, row, act_np, global_step)
-            log(
+                log_epoch(writer, row, act_np, global_step)
+            log.info(
                 f"ppo: epoch {epoch} step {global_step} reward {row['episode_reward']:.4f} "
                 f"kl {row.get('approx_kl', 0):.4f} ev {ev:.3f} ent_coef {ent_coef:.3f} "
-                f"sps {row['sps']:.0f} (rollout {t_rollout:.2f}s update {t_update:.2f}s)"
+                f"sps {row['sps']:.0f} (rollout {row['time_rollout']:.2f}s update {t_update:.2f}s)"
             )
-            done_epochs = epoch + 1
-            last = is_last
-            if save_path is not None and ((cfg.save_every and done_epochs % cfg.save_every == 0) or last):
-                (save_fn or save_checkpoint)(Path(save_path), checkpoint_state(done_epochs))
-            if greedy_eval is not None and cfg.eval_every and (
-                done_epochs % cfg.eval_every == 0 or last
-            ):
-                greedy_eval(policy, done_epochs, global_step)
-            if last:
+
+            # -- save (agent/checkpoint.py's format; PPO's own state in extra["ppo"])
+            done = epoch + 1
+            if save is not None and ((cfg.save_every and done % cfg.save_every == 0) or is_last):
+                ppo_state = {
+                    "config": asdict(cfg),
+                    "reference": reference.state_dict() if reference is not None else {},
+                    "scheduler": scheduler.state_dict(),
+                    "rms": rms.state_dict(),
+                    "behaviour": rollouts.behaviour,
+                    "rng": _rng_state(generator, sample_gen),
+                    "epoch": done,
+                    "global_step": global_step,
+                    "extra": dict(save.origin),
+                }
+                save_checkpoint(save.path, model=policy, optimizer=optimizer, step=global_step, stage="finetune",
+                                stage_config=asdict(cfg) if save.stage_config is None else save.stage_config,
+                                layout=save.layout, extra={"ppo": ppo_state, **save.style})
+            yield row
+            if is_last:
                 break
     finally:
-        if envs is not None:
-            envs.close()
-        if worker is not None:
-            worker.close()
-    return history
-
-
-def _log_epoch(writer: Any, row: Mapping[str, float], actions: np.ndarray, step: int) -> None:
-    """TensorBoard: charts/*, losses/*, time/*, reward components and action histograms."""
-    chart_keys = ("episode_reward", "episode_length", "learning_rate", "ent_coef", "sps", "top_type_frac", "episodes")
-    loss_keys = ("policy_loss", "value_loss", "anchor_loss", "approx_kl", "clipfrac", "explained_variance",
-                 "grad_norm", "updates", "early_stop") + tuple(f"entropy_{h}" for h in HEADS)
-    for k in chart_keys:
-        if k in row and not math.isnan(float(row[k])):
-            writer.add_scalar(f"charts/{k}", row[k], step)
-    for k in loss_keys:
-        if k in row and not math.isnan(float(row[k])):
-            writer.add_scalar(f"losses/{k}", row[k], step)
-    for k in ("time_data", "time_rollout", "time_update", "time_worker_reset", "time_worker_rollout"):
-        if k in row:  # the worker's own times with overlap
-            writer.add_scalar(f"time/{k[5:]}", row[k], step)
-    for k in ("lag_weight", "lag_weight_clipped"):  # overlap: how stale the rollout was
-        if k in row:
-            writer.add_scalar(f"losses/{k}", row[k], step)
-    for k, v in row.items():
-        if k.startswith("reward/"):
-            writer.add_scalar(f"charts/{k}", v, step)
-    for h, name in enumerate(HEADS):
-        writer.add_histogram(f"actions/{name}", actions[:, h], step, bins=np.arange(-0.5, (18 if h == 0 else 5) + 0.5))
+        rollouts.close()

@@ -1,4 +1,7 @@
-"""Monte Carlo returns over a rollout buffer interleaved across vector-env workers.
+"""Returns and advantages: what each transition of a rollout is worth (rl/ppo.py, steps 3-4).
+
+Monte Carlo returns over a rollout buffer interleaved across vector-env workers, their
+running statistics (value targets), and the advantage baselines.
 
 The buffer is time-major, ``[T, N]``: row t holds the N workers' transitions at rollout
 step t, and each column is one worker's stream of consecutive episodes. The return of a
@@ -19,9 +22,15 @@ action is ignored: drop it from the loss with ``next_step_reset_mask(dones)``.
 
 from __future__ import annotations
 
-import numpy as np
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
 
-__all__ = ["monte_carlo_returns", "next_step_reset_mask"]
+import numpy as np
+import torch
+
+__all__ = ["monte_carlo_returns", "next_step_reset_mask", "RunningMeanStd", "song_baseline", "compute_advantages",
+           "explained_variance"]
 
 
 def monte_carlo_returns(
@@ -79,3 +88,89 @@ def next_step_reset_mask(dones: np.ndarray, prev_dones: np.ndarray | None = None
     shifted[0] = False if prev_dones is None else np.asarray(prev_dones, dtype=bool)
     shifted[1:] = d[:-1]
     return ~shifted
+
+
+class RunningMeanStd:
+    """Welford / Chan running mean and variance of a scalar stream (spec: reward stats)."""
+
+    def __init__(self, eps: float = 1e-4) -> None:
+        # eps as a pseudo-count keeps the first update from dividing by zero
+        self.mean = 0.0
+        self.var = 1.0
+        self.count = eps
+
+    def update(self, x: np.ndarray) -> None:
+        x = np.asarray(x, dtype=np.float64).ravel()
+        if x.size == 0:
+            return
+        b_mean, b_var, b_n = float(x.mean()), float(x.var()), x.size
+        delta = b_mean - self.mean
+        tot = self.count + b_n
+        self.mean += delta * b_n / tot
+        m2 = self.var * self.count + b_var * b_n + delta**2 * self.count * b_n / tot
+        self.var = m2 / tot
+        self.count = tot
+
+    @property
+    def std(self) -> float:
+        return math.sqrt(self.var + 1e-8)
+
+    def state_dict(self) -> dict[str, float]:
+        return {"mean": self.mean, "var": self.var, "count": self.count}
+
+    def load_state_dict(self, state: Mapping[str, float]) -> None:
+        self.mean, self.var, self.count = float(state["mean"]), float(state["var"]), float(state["count"])
+
+
+def song_baseline(returns: torch.Tensor, episode_ids: torch.Tensor, episodes: Sequence[Mapping[str, Any]]) -> torch.Tensor:
+    """Per transition [M]: the mean return of the other episodes of the same song.
+
+    An episode's return is its first transition's (Monte Carlo, reward at the end). A
+    song edited once in the batch gets the mean over all episodes instead."""
+    ids = episode_ids.numpy()
+    g = returns.double().numpy()
+    first: dict[int, float] = {}
+    for k in range(len(ids) - 1, -1, -1):  # the first transition of each episode wins
+        first[int(ids[k])] = g[k]
+    song_of = {int(e["id"]): e.get("song", "") for e in episodes}
+    by_song: dict[str, list[int]] = {}
+    for e in first:
+        by_song.setdefault(song_of.get(e, f"#{e}"), []).append(e)
+    overall = float(np.mean(list(first.values()))) if first else 0.0
+    base: dict[int, float] = {}
+    for eps in by_song.values():
+        tot = sum(first[e] for e in eps)
+        for e in eps:
+            base[e] = (tot - first[e]) / (len(eps) - 1) if len(eps) > 1 else overall
+    return torch.as_tensor(np.array([base[int(e)] for e in ids]), dtype=returns.dtype)
+
+
+def compute_advantages(
+    returns: torch.Tensor,
+    values: torch.Tensor | None,
+    *,
+    baseline: str,
+    episode_ids: torch.Tensor | None = None,
+    episodes: Sequence[Mapping[str, Any]] = (),
+) -> torch.Tensor:
+    """Normalised advantages [M] from returns [M], values [M] (``baseline="value"``) or
+    the episodes' songs (``baseline="song"``: ``episode_ids`` [M] and ``episodes``)."""
+    if baseline == "value":
+        assert values is not None, "value baseline needs values"
+        adv = returns - values
+    elif baseline == "song":
+        assert episode_ids is not None, "song baseline needs episode ids"
+        adv = returns - song_baseline(returns, episode_ids, episodes)
+    else:
+        adv = returns - returns.mean()
+    if adv.numel() > 1:
+        adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+    return adv
+
+
+def explained_variance(pred: torch.Tensor, target: torch.Tensor) -> float:
+    """1 - Var[target - pred] / Var[target] (nan when the target is constant)."""
+    var_y = float(target.var()) if target.numel() > 1 else 0.0
+    if var_y == 0.0:
+        return float("nan")
+    return 1.0 - float((target - pred).var()) / var_y

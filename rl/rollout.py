@@ -28,7 +28,9 @@ from torch import nn
 from agent.model import obs_to_tensors
 from datasets.procs import child_call
 
-__all__ = ["Rollout", "collect_rollout", "index_obs", "make_vector_env", "obs_to_torch", "rollout_logp"]
+__all__ = ["HEADS", "Rollout", "collect_rollout", "index_obs", "make_vector_env", "obs_to_torch", "rollout_logp"]
+
+HEADS = ("type", "size", "amount")  # the factored action's heads: the columns of Rollout.actions
 
 
 @dataclass(frozen=True)

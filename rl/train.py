@@ -31,6 +31,7 @@ pretrained policy was retrained since, stops with an error naming ``--restart``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -44,22 +45,21 @@ import numpy as np
 import torch
 import tyro
 
-from agent.checkpoint import load_checkpoint, policy_from_checkpoint, save_checkpoint
+from agent.checkpoint import load_checkpoint, policy_from_checkpoint
 from agent.device import pick_device
 from agent.infer import edit_song
 from agent.layout import observation_layout
 from agent.model import Policy, PolicyConfig
 from agent.planner import PlannerConfig, attach_priors
-from datasets.audio import load_audio, resample, to_mono
+from datasets.audio import load_audio
 from datasets.errors import EditorError, ParameterError
 from datasets.features import extract_features
-from envs.actions import ActionType
 from envs.env import AudioEditEnv, Song
-from envs.render import render
 from envs.reward import plan_usage_iou
 from pretrain.augment import IDENTITY
 from pretrain.dataset import build_bc_data, load_labels
-from rl.ppo import HEADS, Demos, PPOConfig, train
+from rl.log import log_greedy
+from rl.ppo import Demos, PPOConfig, SaveTo, train
 
 __all__ = ["TrainArgs", "load_run_songs", "split_songs", "heldout_split", "greedy_edit", "run", "main"]
 
@@ -190,33 +190,6 @@ def greedy_edit(policy, env, song_index: int = 0) -> dict:
     }
 
 
-def _action_table(actions: np.ndarray) -> str:
-    """Markdown table of the type distribution (names from envs.actions)."""
-    counts = np.bincount(actions[:, 0], minlength=len(ActionType))
-    rows = ["| type | count | share |", "|---|---|---|"]
-    for t in np.argsort(-counts):
-        if counts[t]:
-            rows.append(f"| {ActionType(int(t)).name} | {counts[t]} | {counts[t] / counts.sum():.0%} |")
-    return "\n".join(rows)
-
-
-def _log_greedy(writer, song, result: dict, step: int, *, seconds: float) -> None:
-    """Reward, IoU, action distribution and (when the song has audio) the edited audio."""
-    writer.add_scalar("eval/episode_reward", result["reward"], step)
-    if not np.isnan(result["iou"]):
-        writer.add_scalar("eval/plan_iou", result["iou"], step)
-    for k, v in result["components"].items():
-        writer.add_scalar(f"eval/reward/{k}", v, step)
-    acts = result["actions"]
-    for h, name in enumerate(HEADS):
-        writer.add_histogram(f"eval/actions_{name}", acts[:, h], step, bins=np.arange(-0.5, (18 if h == 0 else 5) + 0.5))
-    writer.add_text("eval/action_distribution", f"song {song.name}, {len(acts)} actions\n\n" + _action_table(acts), step)
-    if song.y is not None and result["plan"].segments:
-        out = render(y=song.y, sr=song.sr, plan=result["plan"]).y
-        mono = resample(to_mono(out), sr_in=song.sr, sr_out=22050)[: int(seconds * 22050)]
-        writer.add_audio("eval/edit", torch.as_tensor(np.clip(mono, -1, 1))[None], step, sample_rate=22050)
-
-
 # ---------------------------------------------------------------------------- main
 
 # PPO fields that define a run: a resumed run keeps the checkpoint's values; the others
@@ -228,37 +201,12 @@ _RUN_DEFINING = {"seed", "steps", "n_envs", "lr", "lr_final_ratio", "update_epoc
                  "anchor", "anchor_coef", "bc_batch_size"}
 
 
-def _agent_save_fn(policy, stage_config: dict, layout: dict, style: dict):
-    """``save_fn`` for rl.ppo.train writing agent/checkpoint.py's format: the weights as
-    ``model``, the optimizer as ``optimizer``, the rest of PPO's state in ``extra["ppo"]``,
-    and the run's style settings (``style``: target_keep, stem_method) beside it."""
-    def save(path: Path, state: dict) -> None:
-        state = dict(state)
-        state.pop("policy")  # == policy.state_dict(), stored as "model"
-        optimizer_state = state.pop("optimizer")
-
-        class _Optimizer:  # agent's save_checkpoint reads optimizer.state_dict()
-            @staticmethod
-            def state_dict():
-                return optimizer_state
-
-        save_checkpoint(path, model=policy, optimizer=_Optimizer(), step=int(state["global_step"]), stage="finetune",
-                        stage_config=stage_config, layout=layout, extra={"ppo": state, **style})
-
-    return save
-
-
 def _is_finetune(ck: dict) -> bool:
     return ck.get("stage") == "finetune" and "ppo" in ck.get("extra", {})
 
 
 def _file_sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def _resume_state(ckpt: dict) -> dict:
-    """agent-format fine-tuning checkpoint -> the flat dict rl.ppo.train resumes from."""
-    return {"policy": ckpt["model"], "optimizer": ckpt["optimizer"], **ckpt["extra"]["ppo"]}
 
 
 def run(args: TrainArgs, *, log_fn=print) -> dict:
@@ -404,12 +352,6 @@ def run(args: TrainArgs, *, log_fn=print) -> dict:
 
     eval_env = AudioEditEnv([eval_song], **env_kw)
 
-    def evaluate(pol, epoch: int, step: int) -> None:
-        res = greedy_edit(pol, eval_env)
-        _log_greedy(writer, eval_song, res, step, seconds=args.eval_seconds)
-        log_fn(f"finetune: greedy edit of {eval_song.name} at epoch {epoch}: reward {res['reward']:.3f}, "
-               f"IoU {res['iou']:.3f}, {len(res['actions'])} actions")
-
     # where the run started from, kept by every session (the held-out split and the
     # "retrained since" check read it)
     if resume_ck is not None:
@@ -417,26 +359,24 @@ def run(args: TrainArgs, *, log_fn=print) -> dict:
     else:
         pretrained_state = {"pretrained": str(start_path or ""),
                             "pretrained_sha256": _file_sha256(start_path) if start_path is not None else ""}
-    stage_config = {**dataclasses.asdict(cfg), "run": args.run, "from_scratch": was_scratch}
-    save = _agent_save_fn(policy, stage_config, observation_layout(), style)
+    save = SaveTo(save_path, stage_config={**dataclasses.asdict(cfg), "run": args.run, "from_scratch": was_scratch},
+                  layout=observation_layout(), style=style, origin=pretrained_state)
+    # the session's last epoch: a greedy edit of the held-out song there and every eval_every
+    first = int(resume_ck["extra"]["ppo"]["epoch"]) if resume_ck is not None else 0
+    last = min(cfg.epochs, first + args.stop_after) if args.stop_after > 0 else cfg.epochs
+    history = []
     try:
-        history = train(
-            cfg,
-            policy=policy,
-            env_fns=[make_env] * cfg.n_envs,
-            reference=reference,
-            demos=demos,
-            writer=writer,
-            device=device,
-            save_path=save_path,
-            save_fn=save,
-            resume=_resume_state(resume_ck) if resume_ck is not None else None,
-            subprocess=args.subprocess,
-            stop_after=args.stop_after,
-            greedy_eval=evaluate,
-            extra_state=pretrained_state,
-            log=log_fn,
-        )
+        with contextlib.closing(train(cfg, policy=policy, env_fns=[make_env] * cfg.n_envs, reference=reference,
+                                      demos=demos, writer=writer, device=device, save=save, resume=resume_ck,
+                                      subprocess=args.subprocess, stop_after=args.stop_after)) as epochs:
+            for row in epochs:
+                history.append(row)
+                done = int(row["epoch"]) + 1
+                if cfg.eval_every and (done % cfg.eval_every == 0 or done == last):
+                    res = greedy_edit(policy, eval_env)
+                    log_greedy(writer, eval_song, res, int(row["global_step"]), seconds=args.eval_seconds)
+                    log_fn(f"finetune: greedy edit of {eval_song.name} at epoch {done}: reward {res['reward']:.3f}, "
+                           f"IoU {res['iou']:.3f}, {len(res['actions'])} actions")
     finally:
         writer.close()
     final = greedy_edit(policy, eval_env)
@@ -445,7 +385,8 @@ def run(args: TrainArgs, *, log_fn=print) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # rl.ppo's epoch lines on stdout beside this module's own
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     args = tyro.cli(TrainArgs, args=argv, use_underscores=True, description=__doc__)
     try:
         summary = run(args)

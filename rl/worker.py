@@ -20,15 +20,20 @@ the checkpoint's behaviour weights (rl/ppo.py stores them).
 
 CPU only: forking a process that holds a CUDA context is undefined, and on a GPU the
 update is not the bottleneck (``rl/ppo.py`` turns overlap off there and says so).
+
+The learner sees neither mode: ``RolloutSource.next_rollout()`` returns each epoch's
+rollout, from the envs in the learner's own process or from the worker.
 """
 
 from __future__ import annotations
 
+import copy
 import multiprocessing as mp
 import os
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import gymnasium as gym
@@ -39,7 +44,7 @@ from torch import nn
 from datasets.procs import die_with_parent
 from rl.rollout import Rollout, collect_rollout, rollout_logp
 
-__all__ = ["RolloutWorker", "RolloutResult"]
+__all__ = ["EpochSeeds", "RolloutBatch", "RolloutResult", "RolloutSource", "RolloutWorker"]
 
 
 class RolloutResult:
@@ -187,3 +192,121 @@ class RolloutWorker:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+# ---------------------------------------------------------------------------- one call per epoch
+
+
+@dataclass(frozen=True)
+class EpochSeeds:
+    """The seeds of one epoch's rollout: one env reset seed each, and the seed of the
+    overlapped worker's action sampling (the learner's own envs sample from its generator)."""
+
+    envs: Sequence[int]
+    sample: int
+
+
+@dataclass(frozen=True)
+class RolloutBatch:
+    """One epoch's rollout as the learner gets it from ``RolloutSource.next_rollout``."""
+
+    rollout: Rollout
+    ref_logp: torch.Tensor | None
+    """the frozen reference's log-probs of the rollout's actions [M] (None without one)"""
+    lagged: bool
+    """collected by the overlapped worker with the weights from before the last update:
+    the update is then decoupled PPO (ratio and clip against the proximal policy)"""
+    times: dict[str, float]
+    """seconds: time_data (env resets), time_rollout (with overlap: the wait for the
+    worker), and the worker's own time_worker_reset, time_worker_rollout, cpu_time_worker"""
+
+
+class RolloutSource:
+    """Each epoch's rollout, one ``next_rollout()`` call whether it is collected here or
+    by a forked ``RolloutWorker`` (``overlap``).
+
+    make_envs : builds the vector env (in this process, or in the worker)
+    policy : the learner's policy (the worker gets a CPU copy of its architecture)
+    reference : frozen policy whose log-probs of the sampled actions come with each
+        rollout (the KL anchor), or None
+    steps : transitions recorded per env and epoch (``collect_rollout``)
+    overlap : collect in a forked worker while the learner updates (CPU only)
+    device : the learner's device (rollouts here act on it)
+    sample_gen : the learner's action-sampling generator (rollouts here; part of its RNG
+        state, so a resumed run continues identically)
+    behaviour : overlap: the weights the first rollout is collected with (a resumed
+        run's checkpoint stores them; otherwise the policy's)
+    first : seeds of the first epoch's rollout
+    daemon : False when the envs start processes of their own (see ``RolloutWorker``)
+    ref_batch : batch of the reference's no-grad forward passes here
+    """
+
+    def __init__(
+        self,
+        make_envs: Callable[[], gym.vector.VectorEnv],
+        policy: nn.Module,
+        *,
+        reference: nn.Module | None,
+        steps: int,
+        overlap: bool,
+        device: torch.device,
+        sample_gen: torch.Generator,
+        behaviour: Mapping[str, torch.Tensor] | None,
+        first: EpochSeeds,
+        daemon: bool = True,
+        ref_batch: int = 256,
+    ) -> None:
+        self.steps, self.device, self.sample_gen, self.ref_batch = steps, device, sample_gen, ref_batch
+        self.reference = reference
+        self._envs: gym.vector.VectorEnv | None = None
+        self._worker: RolloutWorker | None = None
+        self._behaviour: dict[str, torch.Tensor] = {}
+        if overlap:
+            # the weights the in-flight rollout is collected with (a checkpoint stores them)
+            self._behaviour = {k: v.detach().clone() for k, v in (behaviour or policy.state_dict()).items()}
+            self._worker = RolloutWorker(
+                make_envs, copy.deepcopy(policy).cpu(), steps=steps, daemon=daemon,
+                reference=copy.deepcopy(reference).cpu() if reference is not None else None,
+            )
+            self._worker.request(self._behaviour, first.envs, first.sample)
+        else:
+            self._envs = make_envs()
+
+    @property
+    def behaviour(self) -> dict[str, torch.Tensor]:
+        """overlap: the weights of the rollout in flight (a checkpoint stores them); {} without."""
+        return self._behaviour
+
+    def next_rollout(self, policy: nn.Module, *, seeds: EpochSeeds, next_seeds: EpochSeeds | None) -> RolloutBatch:
+        """This epoch's rollout (``seeds``); with overlap, the worker starts the next one
+        (``next_seeds``, None after the session's last epoch) with ``policy``'s weights now.
+        """
+        t0 = time.perf_counter()
+        if self._worker is not None:
+            # -- rollout e (collected with the weights before update e - 1) ...
+            res = self._worker.result()
+            times = {"time_data": 0.0, "time_rollout": time.perf_counter() - t0,  # time waited for the worker
+                     "time_worker_reset": res.t_reset, "time_worker_rollout": res.t_rollout,
+                     "cpu_time_worker": res.cpu}
+            # ... and rollout e + 1 starts now, with these weights, while the learner updates
+            self._behaviour = {k: v.detach().clone() for k, v in policy.state_dict().items()}
+            if next_seeds is not None:
+                self._worker.request(self._behaviour, next_seeds.envs, next_seeds.sample)
+            return RolloutBatch(res.rollout, res.ref_logp, lagged=True, times=times)
+        # -- data sample: the envs draw their songs on reset, seeded by (seed, epoch)
+        obs, _ = self._envs.reset(seed=list(seeds.envs))
+        t1 = time.perf_counter()
+        ro = collect_rollout(self._envs, policy, obs=obs, steps=self.steps, generator=self.sample_gen, device=self.device)
+        times = {"time_data": t1 - t0, "time_rollout": time.perf_counter() - t1}
+        ref_logp = None
+        if self.reference is not None:
+            ref_logp = rollout_logp(self.reference, {k: v.to(self.device) for k, v in ro.obs.items()},
+                                    ro.actions.to(self.device), batch=self.ref_batch)
+        return RolloutBatch(ro, ref_logp, lagged=False, times=times)
+
+    def close(self) -> None:
+        """Close the envs or stop the worker."""
+        if self._envs is not None:
+            self._envs.close()
+        if self._worker is not None:
+            self._worker.close()

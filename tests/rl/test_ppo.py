@@ -8,24 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from rl.returns import monte_carlo_returns
-from rl.ppo import (
-    PPOConfig,
-    RunningMeanStd,
-    compute_advantages,
-    entropy_coef_at,
-    load_checkpoint,
-    train,
-)
+from agent.checkpoint import load_checkpoint
+from datasets.errors import ParameterError
+from rl.ppo import PPOConfig, SaveTo, entropy_coef_at, train
+from rl.returns import RunningMeanStd, compute_advantages, monte_carlo_returns
 from rl.rollout import collect_rollout, make_vector_env, obs_to_torch
-from tests.rl.tiny import BANNED_SIZE, TinyMaskedEnv, TinyPolicy
+from tests.rl.tiny import BANNED_SIZE, TinyMaskedEnv, TinyPolicy, tiny_agent_policy
 
 FAST = dict(lr=1e-2, update_epochs=4, minibatch_size=64, grad_accum=2, ent_coef=0.05, ent_coef_final=0.0,
             target_kl=None, anchor="none")
-
-
-def _quiet(_msg: str) -> None:
-    pass
 
 
 @torch.no_grad()
@@ -52,7 +43,7 @@ def test_ppo_improves_return_towards_known_optimum(baseline, overlap):
     policy = TinyPolicy()
     before = _greedy_reward(policy)
     cfg = PPOConfig(seed=1, epochs=60, steps=32, n_envs=4, baseline=baseline, overlap=overlap, **FAST)
-    hist = train(cfg, policy=policy, env_fns=[TinyMaskedEnv] * 4, log=_quiet)
+    hist = list(train(cfg, policy=policy, env_fns=[TinyMaskedEnv] * 4))
     first = np.mean([h["episode_reward"] for h in hist[:5]])
     last = np.mean([h["episode_reward"] for h in hist[-5:]])
     after = _greedy_reward(policy)
@@ -99,23 +90,25 @@ def test_returns_honour_episode_ends():
 
 @pytest.mark.parametrize("overlap", [True, False])
 def test_checkpoint_resume_continues_identically(tmp_path, overlap):
-    # with overlap the checkpoint also carries the weights the in-flight rollout uses
-    cfg = PPOConfig(seed=3, epochs=4, steps=16, n_envs=2, save_every=2, eval_every=2, overlap=overlap, **FAST)
+    # with overlap the checkpoint also carries the weights the in-flight rollout uses;
+    # checkpoints are agent/checkpoint.py's (the one format), so the policy is an agent Policy
+    cfg = PPOConfig(seed=3, epochs=4, steps=16, n_envs=2, save_every=2, overlap=overlap, **FAST)
     ckpt, mid = tmp_path / "ppo.pt", tmp_path / "mid.pt"
 
-    def keep_mid(_policy, epoch, _step):
-        if epoch == 2:
-            shutil.copy(ckpt, mid)
-
     torch.manual_seed(0)
-    full = TinyPolicy()
-    hist_full = train(cfg, policy=full, env_fns=[TinyMaskedEnv] * 2, save_path=ckpt, greedy_eval=keep_mid, log=_quiet)
-    state = load_checkpoint(mid)
-    assert state["epoch"] == 2 and state["global_step"] == hist_full[1]["global_step"]
+    full = tiny_agent_policy()
+    hist_full = []
+    for row in train(cfg, policy=full, env_fns=[TinyMaskedEnv] * 2, save=SaveTo(ckpt)):
+        hist_full.append(row)
+        if row["epoch"] == 1:  # the loop is the caller's: keep epoch 2's checkpoint
+            shutil.copy(ckpt, mid)
+    state = load_checkpoint(mid, expect_layout=None)
+    assert state["stage"] == "finetune" and state["step"] == hist_full[1]["global_step"]
+    assert state["extra"]["ppo"]["epoch"] == 2 and state["extra"]["ppo"]["global_step"] == hist_full[1]["global_step"]
 
     torch.manual_seed(99)  # a different init: everything must come from the checkpoint
-    resumed = TinyPolicy()
-    hist_res = train(cfg, policy=resumed, env_fns=[TinyMaskedEnv] * 2, resume=mid, log=_quiet)
+    resumed = tiny_agent_policy()
+    hist_res = list(train(cfg, policy=resumed, env_fns=[TinyMaskedEnv] * 2, resume=state))
     assert [h["epoch"] for h in hist_res] == [2, 3]
     for a, b in zip(hist_full[2:], hist_res):
         assert a["episode_reward"] == b["episode_reward"] and a["policy_loss"] == b["policy_loss"]
@@ -123,12 +116,23 @@ def test_checkpoint_resume_continues_identically(tmp_path, overlap):
         assert torch.equal(p, q), name
 
 
+def test_checkpoints_need_the_agent_format(tmp_path):
+    # one checkpoint format: saving a policy agent/checkpoint.py cannot rebuild is refused
+    # up front, and a dict that is not a fine-tuning checkpoint is not resumed
+    cfg = PPOConfig(seed=3, epochs=1, steps=8, n_envs=2, overlap=False, **FAST)
+    with pytest.raises(ParameterError, match="agent.model.Policy"):
+        next(train(cfg, policy=TinyPolicy(), env_fns=[TinyMaskedEnv] * 2, save=SaveTo(tmp_path / "x.pt")))
+    with pytest.raises(ParameterError, match="not a fine-tuning checkpoint"):
+        next(train(cfg, policy=TinyPolicy(), env_fns=[TinyMaskedEnv] * 2, resume={"format": "rl-ppo-1", "epoch": 2}))
+    assert not list(tmp_path.iterdir())
+
+
 def test_kl_anchor_keeps_policy_near_reference():
     def run(coef):
         torch.manual_seed(0)
         policy = TinyPolicy()
         cfg = PPOConfig(seed=2, epochs=15, steps=32, n_envs=4, **{**FAST, "anchor": "kl", "anchor_coef": coef})
-        hist = train(cfg, policy=policy, env_fns=[TinyMaskedEnv] * 4, log=_quiet)
+        hist = list(train(cfg, policy=policy, env_fns=[TinyMaskedEnv] * 4))
         return hist[-1]["anchor_loss"], _greedy_reward(policy)
 
     kl_free, _ = run(0.0)
@@ -138,7 +142,7 @@ def test_kl_anchor_keeps_policy_near_reference():
 
 def test_subprocess_vector_env_runs():
     cfg = PPOConfig(seed=4, epochs=1, steps=8, n_envs=2, **FAST)
-    hist = train(cfg, policy=TinyPolicy(), env_fns=[TinyMaskedEnv] * 2, subprocess=True, log=_quiet)
+    hist = list(train(cfg, policy=TinyPolicy(), env_fns=[TinyMaskedEnv] * 2, subprocess=True))
     assert hist[0]["episodes"] >= 4 and np.isfinite(hist[0]["policy_loss"])
 
 
@@ -152,7 +156,7 @@ def test_overlap_worker_errors_reach_the_learner():
     # and the worker process is gone afterwards (no orphan)
     cfg = PPOConfig(seed=4, epochs=2, steps=8, n_envs=2, overlap=True, **FAST)
     with pytest.raises(RuntimeError, match="env exploded on purpose"):
-        train(cfg, policy=TinyPolicy(), env_fns=[_FailingEnv] * 2, log=_quiet)
+        list(train(cfg, policy=TinyPolicy(), env_fns=[_FailingEnv] * 2))
     import multiprocessing
 
     assert not [p for p in multiprocessing.active_children() if p.is_alive()]
@@ -163,7 +167,7 @@ def test_overlap_rollouts_lag_one_update_and_are_reweighted():
     # one update behind, so pi_prox / pi_behaviour differs from 1 for some samples
     cfg = PPOConfig(seed=5, epochs=4, steps=16, n_envs=2, overlap=True, **FAST)
     torch.manual_seed(0)
-    hist = train(cfg, policy=TinyPolicy(), env_fns=[TinyMaskedEnv] * 2, log=_quiet)
+    hist = list(train(cfg, policy=TinyPolicy(), env_fns=[TinyMaskedEnv] * 2))
     assert hist[0]["lag_weight"] == pytest.approx(1.0, abs=1e-5)
     assert any(abs(h["lag_weight"] - 1.0) > 1e-3 or h["lag_weight_clipped"] > 0 for h in hist[1:])
     assert all("time_worker_rollout" in h for h in hist)
@@ -196,7 +200,7 @@ def test_entropy_schedule_and_advantages():
 
 
 def test_song_baseline_is_the_leave_one_out_mean_of_the_same_song():
-    from rl.ppo import song_baseline
+    from rl.returns import song_baseline
 
     # episodes 0, 1, 2 of song "a" (returns 1, 2, 6), episode 3 of "b" alone (return 10)
     ids = torch.tensor([0, 0, 1, 1, 1, 2, 3, 3])
@@ -220,7 +224,7 @@ def test_song_groups_edit_the_same_songs():
             seen.append((seed, self._target))
             return obs, info
 
-    train(cfg, policy=TinyPolicy(), env_fns=[Recording] * 4, log=_quiet)
+    list(train(cfg, policy=TinyPolicy(), env_fns=[Recording] * 4))
     seeds = [s for s, _ in seen if s is not None]
     assert len(seeds) == 4 and seeds[0] == seeds[1] != seeds[2] == seeds[3]
 
@@ -232,7 +236,7 @@ def test_type_collapse_warns():
         policy.type_head.bias[5] = 20.0  # type 5 whenever it is allowed (always, below)
     cfg = PPOConfig(seed=6, epochs=1, steps=8, n_envs=2, **{**FAST, "lr": 1e-6})
     with pytest.warns(RuntimeWarning, match="type collapse: type 5"):
-        hist = train(cfg, policy=policy, env_fns=[lambda: TinyMaskedEnv(n_allowed=(18, 18))] * 2, log=_quiet)
+        hist = list(train(cfg, policy=policy, env_fns=[lambda: TinyMaskedEnv(n_allowed=(18, 18))] * 2))
     assert hist[0]["top_type"] == 5 and hist[0]["top_type_frac"] > 0.9
 
 

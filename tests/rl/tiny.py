@@ -14,6 +14,8 @@ import torch
 from gymnasium import spaces
 from torch import nn
 
+from agent.model import Policy, PolicyConfig
+
 N_TYPES, N_SIZES, N_AMOUNTS = 18, 5, 5
 W, F = 4, 3
 SIZE_TARGET = 1
@@ -155,3 +157,11 @@ class TinyPolicy(nn.Module):
         actions = actions.long()
         logp, ent = self._score(tl, sl, al, actions[:, 0], actions[:, 1], actions[:, 2])
         return logp, ent, v
+
+
+def tiny_agent_policy():
+    """agent/model.py's Policy sized for TinyMaskedEnv's observation (what checkpoints
+    hold: agent/checkpoint.py rebuilds only this class)."""
+    cfg = PolicyConfig(n_features=F, n_channels=F, n_globals=N_TYPES + 1, window=W, head_index=1, read_behind=-1,
+                       read_ahead=-1, hidden=16, n_layers=1, n_heads=2, kernel_size=3, n_energy=2)
+    return Policy(cfg)
