@@ -46,9 +46,6 @@ LAYERS = ("datasets", "contract", "alignment", "envs", "demo", "agent", "pretrai
 
 #: (importer, imported) pairs that go against LAYERS today, with the reason and the fix.
 UPWARD_ALLOWED = {
-    # make setup's numba warm-up compiles every JIT kernel of the project, the aligner's
-    # DP among them. Fix: a warm-up outside datasets/ (or one per layer).
-    ("datasets.warmup", "alignment.dp"),
     # fine-tuning's greedy evaluation edits a song with inference's edit_song. Fix:
     # edit_song in a module below agent.infer (agent/), that both import.
     ("rl.train", "agent.infer"),
