@@ -688,7 +688,8 @@ def editor_grid_features(audio, feats: BeatFeatures, model: dict | GridModel | N
     tempo = (1.0, 0.0)
     if m.tempo.weights is not None:
         cfg = FeatureConfig()
-        tempo = m.tempo.predict(onset_envelope_of(audio, cfg), feats.grid, sr_hop=cfg.sr / cfg.hop_length)
+        env = onset_envelope_of(audio, cfg, use_cache=extract_kw.get("use_cache", True))  # the features' own
+        tempo = m.tempo.predict(env, feats.grid, sr_hop=cfg.sr / cfg.hop_length)
     pulse = GridPhase(beat_ratio=tempo[0], beat_offset=tempo[1])
     base_feats = feats if pulse == GridPhase() else extract_features(audio, grid=pulse.base(feats.grid), **extract_kw)
     phase = replace(m.predict(base_feats), beat_ratio=tempo[0], beat_offset=tempo[1])

@@ -336,3 +336,28 @@ def test_cli_folder_in_parallel(tmp_path, capsys):
     (src / "broken.wav").write_bytes(b"RIFF0000WAVE")
     assert F.main([str(src), "--stems", "dsp", "--no-cache"]) == 2
     assert "error: " in capsys.readouterr().err
+
+
+def test_onset_envelope_of_reuses_the_features_envelope(monkeypatch, tmp_path):
+    """The pulse ranker's envelope is the one the features computed (no second STFT,
+    issue 17), in this process and from the cache in the next; same values as fresh."""
+    monkeypatch.setenv("EDITOR_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(F, "_ONSET_ENVS", {})
+    a = _audio(_song(sr=ANALYSIS_SR))
+    fresh = F.onset_envelope_of(a, use_cache=False)
+    F._ONSET_ENVS.clear()
+    extract_features(a, stems="dsp")
+    assert len(list(tmp_path.glob("onsetenv-*.npz"))) == 1
+
+    def boom(*args, **kw):
+        raise AssertionError("a second STFT")
+
+    monkeypatch.setattr(F._dsp, "stft", boom)
+    np.testing.assert_array_equal(F.onset_envelope_of(a), fresh)  # this process
+    F._ONSET_ENVS.clear()
+    env = F.onset_envelope_of(a)  # a new process: from the cache
+    np.testing.assert_array_equal(env, fresh)
+    assert not env.flags.writeable
+    F._ONSET_ENVS.clear()
+    with pytest.raises(AssertionError, match="second STFT"):
+        F.onset_envelope_of(a, use_cache=False)
