@@ -56,9 +56,12 @@ finetune: setup
 	$(PY) -m rl.train --run $(RUN) $(ARGS)
 
 # make infer INPUT=song.wav [CHECKPOINT=path] [OUT=dir] [ARGS="--target-duration 180"]
+# INPUT=folder/ edits every song in it (agent/batch.py: JOBS at once, Ray tasks when RAY_ADDRESS is set)
+INFER_ARGS = $(if $(CHECKPOINT),--checkpoint "$(CHECKPOINT)",--newest-in runs) $(if $(OUT),--out "$(OUT)") $(ARGS)
 infer: setup
 	@if [ -z "$(INPUT)" ]; then echo "error: give the song to edit: make infer INPUT=song.wav" >&2; exit 2; fi
-	$(PY) -m agent.infer "$(INPUT)" $(if $(CHECKPOINT),--checkpoint "$(CHECKPOINT)",--newest-in runs) $(if $(OUT),--out "$(OUT)") $(ARGS)
+	@if [ -d "$(INPUT)" ]; then set -x; $(PY) -m agent.batch "$(INPUT)" --jobs $(JOBS) $(INFER_ARGS); \
+	else set -x; $(PY) -m agent.infer "$(INPUT)" $(INFER_ARGS); fi
 
 # make review OUT=runs/infer/song [DATA=training_data] [ARGS="--port 8765 --no-browser"]
 review: setup
