@@ -188,8 +188,19 @@ class ReviewSession:
         self._peaks = {"min": np.round(lo, 4).tolist(), "max": np.round(hi, 4).tolist()}
         if found.edit_audio is not None:
             self._previews[0] = found.edit_audio
+            # the first render in a process costs ~0.6 s more (imports, first use of the
+            # effects); pay it now, off the request path, so the first click answers fast
+            threading.Thread(target=self._warm_up, daemon=True).start()
         else:
             self._render()
+
+    def _warm_up(self) -> None:
+        from envs.render import render
+
+        try:
+            render(y=self.audio.y, sr=self.audio.sr, plan=self.original, crossfade_ms=self.crossfade_ms)
+        except EditorError:  # the first change will say it, on the page
+            pass
 
     def close(self) -> None:
         self._tmp.cleanup()

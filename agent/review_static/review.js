@@ -4,7 +4,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const COLOUR = { kept: "#4caf50", repeated: "#ff9800", partial: "#a5d6a7", cut: "#d0d0d0" };
+const COLOUR = { kept: "#4caf50", repeated: "#ff9800", partial: "#cddc39", cut: "#d0d0d0" };
 const STRIP = 24;   // phrase strip at the top of the waveform (CSS px)
 const HANDLES = 16; // cut-edge handles at the bottom
 const GRAB = 7;     // how near (px) a press must be to a cut edge to drag it
