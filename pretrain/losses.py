@@ -19,7 +19,7 @@ from torch.nn import functional as F
 
 from agent.model import N_TYPES, Policy
 
-__all__ = ["LossWeights", "type_class_weights", "bc_losses", "predict", "classification_metrics"]
+__all__ = ["LossWeights", "type_class_weights", "bc_losses", "loss_denominators", "predict", "classification_metrics"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,38 @@ def type_class_weights(types: np.ndarray, *, power: float = 0.5) -> Tensor:
     return torch.as_tensor(w, dtype=torch.float32)
 
 
+def _sample_weights(cfg, obs: dict[str, Tensor], actions: Tensor, *, weight: Tensor | None, type_weights: Tensor | None,
+                    energy_col: int | None, boundary: Tensor | None, lw: LossWeights) -> dict[str, Tensor]:
+    """What each loss term weighs its per-sample (or per-beat) losses by; the term is the
+    weighted sum over this divided by the weights' sum. Only the data decides them."""
+    B = actions.shape[0]
+    b = torch.arange(B, device=actions.device)
+    t = actions[:, 0]
+    w = torch.ones(B, device=actions.device) if weight is None else weight
+    out = {
+        "type": w * (type_weights.to(w.device)[t] if type_weights is not None else 1.0),
+        "size": (obs["size_mask"][b, t].sum(-1) > 1).float() * w,  # only where the type leaves a choice
+        "amount": (obs["amount_mask"][b, t].sum(-1) > 1).float() * w,
+    }
+    mask = obs["beat_mask"]
+    if energy_col is not None and lw.energy > 0:
+        h = cfg.head_index
+        out["energy"] = mask[:, h + 1 : h + 1 + cfg.n_energy].float()  # (B, <=n_energy) real beats after the head
+    if boundary is not None and lw.boundary > 0:
+        out["boundary"] = mask[:, cfg.rows].float()  # the window rows the encoder reads
+    return out
+
+
+def loss_denominators(cfg, obs: dict[str, Tensor], actions: Tensor, *, boundary: Tensor | None = None, weight: Tensor | None = None,
+                      type_weights: Tensor | None = None, energy_col: int | None = None, lw: LossWeights = LossWeights()) -> dict[str, Tensor]:
+    """{term: sum of its weights} of one minibatch (``bc_losses``' arguments, ``cfg`` the
+    policy's PolicyConfig). Data-parallel training sums these over the ranks' shards and
+    passes the totals to ``bc_losses(denominators=)``, so each shard's loss is its part of
+    the whole batch's loss and the ranks' gradients add up to the single process's."""
+    sw = _sample_weights(cfg, obs, actions, weight=weight, type_weights=type_weights, energy_col=energy_col, boundary=boundary, lw=lw)
+    return {k: v.sum() for k, v in sw.items()}
+
+
 def bc_losses(
     model: Policy,
     obs: dict[str, Tensor],
@@ -49,40 +81,42 @@ def bc_losses(
     type_weights: Tensor | None = None,
     energy_col: int | None = None,
     lw: LossWeights = LossWeights(),
+    denominators: dict[str, Tensor] | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """(total loss, {name: scalar}) for one minibatch. actions [B, 3] long."""
+    """(total loss, {name: scalar}) for one minibatch. actions [B, 3] long.
+    denominators : each term's weight sum over a larger batch this one is a shard of
+        (``loss_denominators`` summed over the shards); None: this batch's own."""
     out = model(obs)
     lt, ls, la = model.log_probs(out, obs)
+    cfg = model.cfg
+    sw = _sample_weights(cfg, obs, actions, weight=weight, type_weights=type_weights, energy_col=energy_col, boundary=boundary, lw=lw)
+    den = denominators if denominators is not None else {k: v.sum() for k, v in sw.items()}
     B = actions.shape[0]
     b = torch.arange(B, device=actions.device)
     t, s, a = actions[:, 0], actions[:, 1], actions[:, 2]
-    w = torch.ones(B, device=actions.device) if weight is None else weight
-    tw = w * (type_weights.to(w.device)[t] if type_weights is not None else 1.0)
+    tw = sw["type"]
     nll_t = -lt[b, t]
-    loss_t = (tw * nll_t).sum() / tw.sum().clamp_min(1e-8)
+    loss_t = (tw * nll_t).sum() / den["type"].clamp_min(1e-8)
     ls_t, la_t = ls[b, t], la[b, t]  # (B, 5) conditionals of the label type
-    s_choice = (obs["size_mask"][b, t].sum(-1) > 1).float() * w
-    a_choice = (obs["amount_mask"][b, t].sum(-1) > 1).float() * w
-    loss_s = -(s_choice * ls_t[b, s]).sum() / s_choice.sum().clamp_min(1.0)
-    loss_a = -(a_choice * la_t[b, a]).sum() / a_choice.sum().clamp_min(1.0)
+    loss_s = -(sw["size"] * ls_t[b, s]).sum() / den["size"].clamp_min(1.0)
+    loss_a = -(sw["amount"] * la_t[b, a]).sum() / den["amount"].clamp_min(1.0)
     total = loss_t + lw.size * loss_s + lw.amount * loss_a
     parts = {"type": loss_t.detach(), "size": loss_s.detach(), "amount": loss_a.detach()}
-    mask = obs["beat_mask"]
-    if energy_col is not None and lw.energy > 0:
-        h = model.cfg.head_index
-        n = model.cfg.n_energy
+    if "energy" in sw:
+        h = cfg.head_index
+        n = cfg.n_energy
         rows = obs["beats"][:, h + 1 : h + 1 + n, energy_col]  # (B, <=n) raw rms_db
-        m = mask[:, h + 1 : h + 1 + n].float()
+        m = sw["energy"]
         target = (rows - model.normalizer.mean[energy_col]) / model.normalizer.std[energy_col]
         pred = out.energy[:, : rows.shape[1]]
-        loss_e = ((pred - target) ** 2 * m).sum() / m.sum().clamp_min(1.0)
+        loss_e = ((pred - target) ** 2 * m).sum() / den["energy"].clamp_min(1.0)
         total = total + lw.energy * loss_e
         parts["energy"] = loss_e.detach()
-    if boundary is not None and lw.boundary > 0:
-        rows = model.cfg.rows  # the encoder reads these window rows
-        m = mask[:, rows].float()
+    if "boundary" in sw:
+        rows = cfg.rows  # the encoder reads these window rows
+        m = sw["boundary"]
         bce = F.binary_cross_entropy_with_logits(out.boundary_logits, boundary[:, rows].float(), reduction="none")
-        loss_b = (bce * m).sum() / m.sum().clamp_min(1.0)
+        loss_b = (bce * m).sum() / den["boundary"].clamp_min(1.0)
         total = total + lw.boundary * loss_b
         parts["boundary"] = loss_b.detach()
     parts["total"] = total.detach()

@@ -4,6 +4,13 @@
     python -m pretrain.train --run demo --augment 2      # + 2 augmented copies per pair
     python -m pretrain.train --run demo --restart        # start over (the log says so)
     python -m pretrain.train --run demo --dagger-rounds 0  # behaviour cloning only, no DAgger
+    torchrun --nproc_per_node 2 -m pretrain.train -- --run demo  # data-parallel, 2 processes
+
+Under torchrun (the ``--`` keeps torchrun's parser from reading ``--run`` as its own
+``--run-path``) each process trains on its shard of every global batch with
+DistributedDataParallel, gloo on the CPU and NCCL on CUDA, and rank 0 alone logs, writes
+TensorBoard and checkpoints and collects the DAgger rounds (pretrain/distributed.py).
+Without torchrun's variables nothing of this runs: a plain run is what it was, bit for bit.
 
 Reads runs/RUN/labels (``make align``), replays every pair's oracle actions in the
 environment (pretrain/dataset.py), splits BY SONG into train/validation, and trains
@@ -24,6 +31,13 @@ or other labels is never continued: the run stops with an error naming ``--resta
 Not exact: on CUDA, kernels without a deterministic backward (natten's, scatter-adds)
 make even two uninterrupted runs differ in the last bits (the resume log says so).
 TensorBoard hides what the killed session logged after its last checkpoint.
+Under torchrun the checkpoint holds nothing of the world size (rank 0's weights,
+optimizer and RNG states, which every rank shares but the RNG), so a run of any world
+size, one process included, continues it. Exact: a DDP run continued with the same world
+size on the CPU (each rank reseeds torch at every epoch from (seed, epoch, rank), the
+batch order depends on (seed, epoch) alone); and a single process continuing a DDP
+checkpoint continues from its stored RNG state deterministically. Within noise: another
+world size (other dropout masks; the same gradient summed in another order).
 
 Then ``dagger_rounds`` DAgger rounds (``train_dagger``, below; the expert is
 pretrain/dagger.py): the policy is rolled out on the labelled songs (with random
@@ -37,6 +51,7 @@ import functools
 import hashlib
 import logging
 import random
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -57,8 +72,10 @@ from envs.observation import HEAD_INDEX, HISTORY_CHANNELS, WINDOW, channel_index
 from envs.reward import target_keep_from
 from pretrain.dagger import collect_dagger
 from pretrain.dataset import BCData, build_bc_data, load_labels, split_by_song
+from pretrain.distributed import (DDP, Dist, check_same, current, epoch_seed, fingerprint, init_from_env, shard, share, shutdown,
+                                  sum_across, total_across)
 from pretrain.evaluate import policy_fn
-from pretrain.losses import LossWeights, bc_losses, classification_metrics, predict, type_class_weights
+from pretrain.losses import LossWeights, bc_losses, classification_metrics, loss_denominators, predict, type_class_weights
 
 __all__ = ["PretrainConfig", "build_run_data", "evaluate", "main", "run", "train"]
 
@@ -403,6 +420,35 @@ def build_run_data(cfg: PretrainConfig) -> tuple[BCData, list, float]:
     return data, pairs, target_keep
 
 
+def _from_main(d: Dist, fn: Callable[[], object]):
+    """fn() run by rank 0 alone, its result on every rank (a user error of rank 0's is
+    raised on every rank); a single process just runs fn."""
+    if not d.active:
+        return fn()
+    out = None
+    if d.main:
+        try:
+            out = fn()
+        except EditorError as exc:
+            out = exc
+    return share(out, d)
+
+
+def _build_run_data_ranked(cfg: PretrainConfig, d: Dist) -> tuple[BCData, list, float]:
+    """``build_run_data`` on every rank, rank 0 first: the others then read the
+    features it computed from the shared cache instead of computing them at once."""
+    if not d.active:
+        return build_run_data(cfg)
+    out, err = None, None
+    if d.main:
+        try:
+            out = build_run_data(cfg)
+        except EditorError as exc:
+            err = exc
+    share(err, d)  # the others wait for rank 0 here; its error ends every rank
+    return out if d.main else build_run_data(cfg)
+
+
 def train(cfg: PretrainConfig, data: BCData | None = None, *, target_keep: float | None = None,
           labels_key: str | None = None, extra_state: dict | None = None) -> dict:
     """Run (or resume) behaviour cloning; returns a summary dict.
@@ -414,25 +460,36 @@ def train(cfg: PretrainConfig, data: BCData | None = None, *, target_keep: float
         of ``data``; DAgger passes its base data's, as its rounds add samples)
     extra_state : stored in every checkpoint's ``extra`` (DAgger's rounds)
     ``cfg.dagger_rounds`` is not run here: see ``train_dagger``.
+
+    Under torchrun (pretrain/distributed.py) every rank runs this with the same data, on
+    its own shard of each global batch; rank 0 alone evaluates and writes.
     """
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     _seed_everything(cfg.seed)
     device = pick_device(cfg.device)
+    d = current()
+    if d.active:
+        if device.type == "cuda":
+            device = torch.device("cuda", d.local_rank)  # one GPU per rank
+        _log_ranks(d, device)
     run_dir = Path(cfg.runs_dir) / cfg.run
     ckpt_dir = run_dir / "checkpoints"
     # where this editor hears bars and phrases (make align fitted it); inference uses it
     editor_grid = load_grid_model(labels_dir(run_dir)).to_dict()
     # the whole-song planner inference will use: fitted on every labelled song (the
     # training data carries out-of-fold plans, build_run_data)
-    planner_state = _run_planner_state(cfg, run_dir)
+    planner_state = _run_planner_state(cfg, run_dir) if d.main else None  # only rank 0 saves it
     last_path, best_path = ckpt_dir / "bc_last.pt", ckpt_dir / "bc_best.pt"
     t_start = time.perf_counter()
 
     # 1. data: replay the labels in the env, split by song
     if data is None:
-        data, _, target_keep = build_run_data(cfg)
+        data, _, target_keep = _build_run_data_ranked(cfg, d)
     labels_key = labels_key or data_key(data)
+    # the shards are disjoint only if every rank holds the same samples in the same order
+    if d.active:
+        check_same("the training data", labels_key + fingerprint(data.beats, data.globals), d)
     # inference must compute stems the way training did (DESIGN.md: stems were zeros in
     # training but real at inference in the predecessor); record the method that ran
     from datasets.stems import resolve_method
@@ -476,17 +533,12 @@ def train(cfg: PretrainConfig, data: BCData | None = None, *, target_keep: float
 
     start_epoch, global_step, best, bad_epochs = 0, 0, float("inf"), 0
     best_nll = float("inf")
-    if cfg.restart and last_path.is_file():
+    if cfg.restart and last_path.is_file() and d.main:
         log.info("--restart: starting over; %s (%s) is replaced at the end of the first epoch", last_path, _describe(last_path))
-    if not cfg.restart and last_path.is_file():
-        ck = load_checkpoint(last_path, expect_layout=layout)
-        saved = ck["stage_config"]
-        now = to_plain(cfg)  # as stored (tuples become lists)
-        diff = {k for k, v in now.items() if saved.get(k, _ADDED_FIELDS.get(k)) != v and k not in _RESUMABLE_CHANGES}
-        if diff:
-            raise ParameterError(f"{last_path}: was trained with other settings ({', '.join(sorted(diff))}); --restart starts over")
-        if ck["extra"].get("labels_key", labels_key) != labels_key:
-            raise ParameterError(f"{last_path}: was trained on other labels (pairs or alignments changed since); --restart starts over")
+    # under torchrun rank 0 reads the checkpoint and the others receive it (a second box
+    # need not see rank 0's disk)
+    ck = _from_main(d, lambda: _resumable(cfg, last_path, layout, labels_key))
+    if ck is not None:
         model = policy_from_checkpoint(ck, device=device)
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         opt.load_state_dict(ck["optimizer"])
@@ -498,12 +550,12 @@ def train(cfg: PretrainConfig, data: BCData | None = None, *, target_keep: float
         log.info("resumed from %s at epoch %d (step %d)%s", last_path, start_epoch, global_step,
                  "; on CUDA it matches an uninterrupted run only up to nondeterministic kernels" if device.type == "cuda" else "")
 
-    # 3. logging
+    # 3. logging (rank 0 alone under torchrun)
     from torch.utils.tensorboard import SummaryWriter
 
     # a resumed run hides what a killed session logged after its last checkpoint
-    writer = SummaryWriter(str(run_dir / "tb" / f"pretrain_seed{cfg.seed}"), purge_step=global_step + 1 if start_epoch else None)
-    if start_epoch == 0:
+    writer = SummaryWriter(str(run_dir / "tb" / f"pretrain_seed{cfg.seed}"), purge_step=global_step + 1 if start_epoch else None) if d.main else None
+    if start_epoch == 0 and writer is not None:
         writer.add_text(
             "hyperparameters",
             "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in {**asdict(cfg), **pcfg.to_dict()}.items()),
@@ -512,6 +564,15 @@ def train(cfg: PretrainConfig, data: BCData | None = None, *, target_keep: float
             "model %d parameters; %d train / %d val samples (%d songs); device %s",
             model.n_parameters(), len(train_idx), len(val_idx), len(data.song_keys), device,
         )
+    # under torchrun: the policy as DistributedDataParallel sees it (its construction
+    # copies rank 0's weights and buffers to every rank). The value head is in the output
+    # but gets no gradient in BC: without find_unused_parameters DDP waits for it and
+    # fails (torch then warns, wrongly, that no parameter was unused). The normalisers
+    # are fitted before this and never trained: no buffer sync per forward.
+    net = model
+    if d.active:
+        net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None,
+                  find_unused_parameters=True, forward_sync_buffers=False)
 
     # 4. epochs
     stopped = "epochs"
@@ -521,20 +582,32 @@ def train(cfg: PretrainConfig, data: BCData | None = None, *, target_keep: float
         log.info("%s already stopped early at epoch %d", last_path, start_epoch - 1)
         stopped = "early stopping"
     for epoch in range(start_epoch, cfg.epochs if stopped == "epochs" else start_epoch):
-        model.train()
+        net.train()
+        if d.active:  # each rank its own dropout masks, a function of (seed, epoch, rank) only
+            torch.manual_seed(epoch_seed(cfg.seed, epoch, d.rank))
         order = train_idx[np.random.default_rng([cfg.seed, epoch]).permutation(len(train_idx))]
         sums: dict[str, float] = {}
         n_batches = 0
         opt.zero_grad(set_to_none=True)
         for bi, i in enumerate(range(0, len(order), cfg.batch_size)):
-            j = order[i : i + cfg.batch_size]
-            obs, actions, boundary, weight = _batch(data, j, device)
+            j = order[i : i + cfg.batch_size]  # the global batch
+            rows, real = shard(j, d)  # this rank's part of it (all of it in one process)
+            obs, actions, boundary, weight = _batch(data, rows, device)
             if cfg.feature_dropout > 0:
                 obs["beats"] = _drop_features(obs["beats"], model.normalizer.mean, cfg.feature_dropout)
             if cfg.history_dropout > 0:  # after feature dropout: runs without it keep their RNG stream
                 head_row = HEAD_INDEX if obs["beats"].shape[1] == WINDOW else pcfg.head_row
                 obs["beats"] = _drop_history(obs["beats"], cfg.history_dropout, head_row=head_row)
-            loss, parts = bc_losses(model, obs, actions, boundary=boundary, weight=weight, type_weights=type_weights, energy_col=energy_col, lw=lw)
+            den = None
+            if d.active:  # each term over the global batch's weight sum: the shards' losses add up
+                den = loss_denominators(model.cfg, obs, actions, boundary=boundary, weight=weight, type_weights=type_weights,
+                                        energy_col=energy_col, lw=lw)
+                den = sum_across({k: v if real else v * 0 for k, v in den.items()}, d)
+            loss, parts = bc_losses(net, obs, actions, boundary=boundary, weight=weight, type_weights=type_weights, energy_col=energy_col, lw=lw,
+                                    denominators=den)
+            if d.active:  # DDP averages the ranks' gradients; a stand-in row counts for nothing
+                loss = loss * (d.world if real else 0.0)
+                parts = parts if real else {k: v * 0 for k, v in parts.items()}
             (loss / cfg.accum_steps).backward()
             last_in_epoch = i + cfg.batch_size >= len(order)
             if (bi + 1) % cfg.accum_steps == 0 or last_in_epoch:
@@ -545,62 +618,70 @@ def train(cfg: PretrainConfig, data: BCData | None = None, *, target_keep: float
             n_batches += 1
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
-        for k, v in sums.items():
-            writer.add_scalar(f"losses/{k}", v / max(n_batches, 1), global_step)
+        # under DDP each rank's parts are its shard's share of the batch loss: added up
+        train_losses = total_across({k: v / max(n_batches, 1) for k, v in sums.items()}, d)
 
-        m = evaluate(model, data, eval_idx, type_weights=type_weights, lw=lw)
-        last_metrics = m
-        for k in ("nll", "loss_type", "loss_size", "loss_amount", "loss_energy", "loss_boundary"):
-            if k in m:
-                writer.add_scalar(f"losses/val_{k.removeprefix('loss_')}", m[k], global_step)
-        for k in ("type_acc", "size_acc", "amount_acc", "action_acc", "macro_f1"):
-            writer.add_scalar(f"charts/val_{k}", m[k], global_step)
-        from envs.actions import ActionType
+        stop = None
+        if d.main:
+            for k, v in train_losses.items():
+                writer.add_scalar(f"losses/{k}", v, global_step)
+            m = evaluate(model, data, eval_idx, type_weights=type_weights, lw=lw)
+            last_metrics = m
+            for k in ("nll", "loss_type", "loss_size", "loss_amount", "loss_energy", "loss_boundary"):
+                if k in m:
+                    writer.add_scalar(f"losses/val_{k.removeprefix('loss_')}", m[k], global_step)
+            for k in ("type_acc", "size_acc", "amount_acc", "action_acc", "macro_f1"):
+                writer.add_scalar(f"charts/val_{k}", m[k], global_step)
+            from envs.actions import ActionType
 
-        for t in ActionType:
-            r = m["per_type_recall"][int(t)]
-            if np.isfinite(r):
-                writer.add_scalar(f"charts/val_type_acc/{t.name}", r, global_step)
-        writer.add_scalar("charts/epoch", epoch, global_step)
-        writer.add_scalar("charts/minutes", (time.perf_counter() - t_start) / 60, global_step)
+            for t in ActionType:
+                r = m["per_type_recall"][int(t)]
+                if np.isfinite(r):
+                    writer.add_scalar(f"charts/val_type_acc/{t.name}", r, global_step)
+            writer.add_scalar("charts/epoch", epoch, global_step)
+            writer.add_scalar("charts/minutes", (time.perf_counter() - t_start) / 60, global_step)
 
-        if cfg.select == "last":
-            score = -float(epoch)
-        elif cfg.select == "nll":
-            score = m["nll"]
-        else:
-            score = -m["action_acc"] + 1e-4 * min(m["nll"], 100.0)
-        improved = score < best - 1e-6
-        if improved:
-            best, best_nll, bad_epochs = score, m["nll"], 0
-        else:
-            bad_epochs += 1
-        rng = _rng_state()
-        extra = {**(extra_state or {}), "epoch": epoch, "best": best, "best_nll": best_nll, "bad_epochs": bad_epochs,
-                 "torch_rng": rng.pop("torch"), "rng": rng, "labels_key": labels_key,
-                 "val_songs": [data.song_keys[s] for s in np.unique(data.song[val_idx])], "metrics": _plain_metrics(m),
-                 "target_keep": target_keep, "stem_method": stem_method, "editor_grid": editor_grid,
-                 "planner": planner_state}
-        common = dict(model=model, optimizer=opt, step=global_step, stage="pretrain", stage_config=cfg, layout=layout, extra=extra)
-        if improved:
-            save_checkpoint(best_path, **common)
-        save_checkpoint(last_path, **common)
-        if epoch % cfg.figure_every == 0 or epoch == cfg.epochs - 1:
-            writer.add_figure("charts/confusion", _confusion_figure(m["confusion"]), global_step)
-            writer.add_histogram("charts/pred_types", m["pred_types"], global_step, bins=np.arange(N_TYPES + 1) - 0.5)
-            writer.add_histogram("charts/label_types", data.actions[eval_idx, 0], global_step, bins=np.arange(N_TYPES + 1) - 0.5)
-        log.info(
-            "epoch %3d  loss %.3f  val nll %.3f  type %.3f size %.3f amount %.3f action %.3f F1 %.3f%s",
-            epoch, sums.get("total", 0) / max(n_batches, 1), m["nll"], m["type_acc"], m["size_acc"],
-            m["amount_acc"], m["action_acc"], m["macro_f1"], "  *" if improved else "",
-        )
-        if bad_epochs >= cfg.patience:
-            stopped = "early stopping"
+            if cfg.select == "last":
+                score = -float(epoch)
+            elif cfg.select == "nll":
+                score = m["nll"]
+            else:
+                score = -m["action_acc"] + 1e-4 * min(m["nll"], 100.0)
+            improved = score < best - 1e-6
+            if improved:
+                best, best_nll, bad_epochs = score, m["nll"], 0
+            else:
+                bad_epochs += 1
+            rng = _rng_state()
+            extra = {**(extra_state or {}), "epoch": epoch, "best": best, "best_nll": best_nll, "bad_epochs": bad_epochs,
+                     "torch_rng": rng.pop("torch"), "rng": rng, "labels_key": labels_key,
+                     "val_songs": [data.song_keys[s] for s in np.unique(data.song[val_idx])], "metrics": _plain_metrics(m),
+                     "target_keep": target_keep, "stem_method": stem_method, "editor_grid": editor_grid,
+                     "planner": planner_state}
+            common = dict(model=model, optimizer=opt, step=global_step, stage="pretrain", stage_config=cfg, layout=layout, extra=extra)
+            if improved:
+                save_checkpoint(best_path, **common)
+            save_checkpoint(last_path, **common)
+            if epoch % cfg.figure_every == 0 or epoch == cfg.epochs - 1:
+                writer.add_figure("charts/confusion", _confusion_figure(m["confusion"]), global_step)
+                writer.add_histogram("charts/pred_types", m["pred_types"], global_step, bins=np.arange(N_TYPES + 1) - 0.5)
+                writer.add_histogram("charts/label_types", data.actions[eval_idx, 0], global_step, bins=np.arange(N_TYPES + 1) - 0.5)
+            log.info(
+                "epoch %3d  loss %.3f  val nll %.3f  type %.3f size %.3f amount %.3f action %.3f F1 %.3f%s",
+                epoch, train_losses.get("total", 0), m["nll"], m["type_acc"], m["size_acc"],
+                m["amount_acc"], m["action_acc"], m["macro_f1"], "  *" if improved else "",
+            )
+            if bad_epochs >= cfg.patience:
+                stop = "early stopping"
+            elif cfg.max_minutes > 0 and (time.perf_counter() - t_start) / 60 >= cfg.max_minutes:
+                stop = "time limit"
+        if d.active:  # rank 0's decision (its clock, its evaluation), after its checkpoint is written
+            stop, best, best_nll, bad_epochs, last_metrics = share((stop, best, best_nll, bad_epochs, _plain_metrics(last_metrics)), d)
+        if stop is not None:
+            stopped = stop
             break
-        if cfg.max_minutes > 0 and (time.perf_counter() - t_start) / 60 >= cfg.max_minutes:
-            stopped = "time limit"
-            break
-    writer.close()
+    if writer is not None:
+        writer.close()
     return {
         "stopped": stopped,
         "epoch": epoch,
@@ -645,24 +726,38 @@ def train_dagger(cfg: PretrainConfig, data: BCData, pairs, *, songs: dict | None
         on_round(0, summary)
     added: list[int] = []
     rounds: list[dict] = []  # per round: the weights it collected with, and its sample count
-    ck = load_checkpoint(summary["last_path"])
-    stored = ck["extra"].get("dagger") or []
-    if len(stored) == cfg.dagger_rounds and int(ck["extra"]["epoch"]) >= cfg.epochs + cfg.dagger_rounds * cfg.dagger_epochs - 1:
-        log.info("DAgger: all %d rounds of %s are done; nothing to do", cfg.dagger_rounds, summary["last_path"])
-        return {**summary, "dagger_samples": [int(d["samples"]) for d in stored], "seconds": time.perf_counter() - t0}
-    for r in range(1, cfg.dagger_rounds + 1):
+    d = current()  # under torchrun rank 0 reads the checkpoints and collects; the others receive
+
+    def finished() -> list[int] | None:
         ck = load_checkpoint(summary["last_path"])
         stored = ck["extra"].get("dagger") or []
-        resumed = len(stored) >= r  # this round was started by an earlier, killed session
-        weights = stored[r - 1]["weights"] if resumed else ck["model"]
-        model = policy_from_checkpoint({**ck, "model": weights}).eval()
-        extra = collect_dagger(policy_fn(model), pairs, songs or {}, target_keep=target_keep, refine_max_size=refine,
-                               flip_prob=cfg.dagger_flip, n_rollouts=cfg.dagger_rollouts, seed=cfg.seed * 1000 + r,
-                               stems=cfg.stems)
+        if len(stored) == cfg.dagger_rounds and int(ck["extra"]["epoch"]) >= cfg.epochs + cfg.dagger_rounds * cfg.dagger_epochs - 1:
+            return [int(s["samples"]) for s in stored]
+        return None
+
+    done = _from_main(d, finished)
+    if done is not None:
+        log.info("DAgger: all %d rounds of %s are done; nothing to do", cfg.dagger_rounds, summary["last_path"])
+        return {**summary, "dagger_samples": done, "seconds": time.perf_counter() - t0}
+    for r in range(1, cfg.dagger_rounds + 1):
+
+        def collect(r: int = r) -> tuple:
+            ck = load_checkpoint(summary["last_path"])
+            stored = ck["extra"].get("dagger") or []
+            resumed = len(stored) >= r  # this round was started by an earlier, killed session
+            weights = stored[r - 1]["weights"] if resumed else ck["model"]
+            model = policy_from_checkpoint({**ck, "model": weights}).eval()
+            extra = collect_dagger(policy_fn(model), pairs, songs or {}, target_keep=target_keep, refine_max_size=refine,
+                                   flip_prob=cfg.dagger_flip, n_rollouts=cfg.dagger_rollouts, seed=cfg.seed * 1000 + r,
+                                   stems=cfg.stems)
+            n = 0 if extra is None else len(extra)
+            if resumed and int(stored[r - 1]["samples"]) != n:
+                log.warning("DAgger round %d: rebuilt %d samples where the interrupted session had %d "
+                            "(DAgger settings changed); the round continues on the new data", r, n, stored[r - 1]["samples"])
+            return extra, weights, resumed
+
+        extra, weights, resumed = _from_main(d, collect)  # the round's samples on every rank
         added.append(0 if extra is None else len(extra))
-        if resumed and int(stored[r - 1]["samples"]) != added[-1]:
-            log.warning("DAgger round %d: rebuilt %d samples where the interrupted session had %d "
-                        "(DAgger settings changed); the round continues on the new data", r, added[-1], stored[r - 1]["samples"])
         rounds.append({"weights": weights, "samples": added[-1]})
         if extra is not None:
             data = BCData.concat([data, extra])
@@ -675,6 +770,32 @@ def train_dagger(cfg: PretrainConfig, data: BCData, pairs, *, songs: dict | None
     summary["dagger_samples"] = added
     summary["seconds"] = time.perf_counter() - t0  # BC + every round, rollouts included
     return summary
+
+
+def _resumable(cfg: PretrainConfig, last_path: Path, layout: dict | None, labels_key: str) -> dict | None:
+    """The run's own last checkpoint to continue (None: none, or --restart); raises
+    ParameterError for one trained with other settings or labels."""
+    if cfg.restart or not last_path.is_file():
+        return None
+    ck = load_checkpoint(last_path, expect_layout=layout)
+    saved = ck["stage_config"]
+    now = to_plain(cfg)  # as stored (tuples become lists)
+    diff = {k for k, v in now.items() if saved.get(k, _ADDED_FIELDS.get(k)) != v and k not in _RESUMABLE_CHANGES}
+    if diff:
+        raise ParameterError(f"{last_path}: was trained with other settings ({', '.join(sorted(diff))}); --restart starts over")
+    if ck["extra"].get("labels_key", labels_key) != labels_key:
+        raise ParameterError(f"{last_path}: was trained on other labels (pairs or alignments changed since); --restart starts over")
+    return ck
+
+
+def _log_ranks(d: Dist, device: torch.device) -> None:
+    """One line on rank 0 naming every rank's device (each stage says where it runs)."""
+    devices = [None] * d.world
+    import torch.distributed as tdist
+
+    tdist.all_gather_object(devices, f"{socket.gethostname()}:{device}")
+    log.info("distributed: %d ranks (%s), global batch split across them; rank: device = %s",
+             d.world, d.backend, ", ".join(f"{r}: {v}" for r, v in enumerate(devices)))
 
 
 def _describe(path: Path) -> str:
@@ -693,11 +814,12 @@ def run(cfg: PretrainConfig) -> dict:
     """``make pretrain``: behaviour cloning on the run's labels, then ``cfg.dagger_rounds``
     DAgger rounds (``train_dagger``); returns the summary."""
     last = Path(cfg.runs_dir) / cfg.run / "checkpoints" / "bc_last.pt"
-    if last.is_file() and not cfg.restart:
+    d = current()
+    if d.main and last.is_file() and not cfg.restart:
         log.info("continuing %s (%s); --restart starts over", last, _describe(last))
     if cfg.dagger_rounds <= 0:
         return train(cfg)
-    data, pairs, target_keep = build_run_data(cfg)
+    data, pairs, target_keep = _build_run_data_ranked(cfg, d)
     return train_dagger(cfg, data, pairs, target_keep=target_keep)
 
 
@@ -705,12 +827,25 @@ def main(argv: list[str] | None = None) -> int:
     import tyro
 
     cfg = tyro.cli(PretrainConfig, args=argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        summary = run(cfg)
+        d = init_from_env(cfg.device)  # torchrun's process group; nothing in a plain run
     except EditorError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if not d.active:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    else:  # rank 0 logs; the others say only what goes wrong, and which rank they are
+        logging.basicConfig(level=logging.INFO if d.main else logging.WARNING,
+                            format=f"%(asctime)s %(levelname)s rank {d.rank}/{d.world} %(name)s: %(message)s")
+    try:
+        summary = run(cfg)
+    except EditorError as exc:
+        print(f"error{f' (rank {d.rank})' if d.active else ''}: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        shutdown()
+    if not d.main:
+        return 0
     print(
         f"pretrain: {summary['stopped']} after epoch {summary['epoch']} ({summary['seconds']:.0f} s); "
         f"val NLL at bc_best.pt {summary['best_val_nll']:.3f} (select={cfg.select}); checkpoints {summary['best_path']}, {summary['last_path']}"
