@@ -10,7 +10,7 @@ RUN ?= default
 JOBS ?= 2
 INPUT ?=
 
-.PHONY: setup test demo demo-data align pretrain finetune infer review bench
+.PHONY: setup test demo demo-data align pretrain finetune adapt infer review bench
 
 setup: $(STAMP)
 
@@ -54,6 +54,11 @@ pretrain: setup
 
 finetune: setup
 	$(PY) -m rl.train --run $(RUN) $(ARGS)
+
+# After make align has labelled corrected pairs (e.g. edited/NAME.plan.json): the run's newest
+# checkpoint learns them (upweighted) beside the old pairs -> runs/RUN/checkpoints/adapt_last.pt.
+adapt: setup
+	$(PY) -m pretrain.adapt --run $(RUN) $(ARGS)
 
 # make infer INPUT=song.wav [CHECKPOINT=path] [OUT=dir] [ARGS="--target-duration 180"]
 # INPUT=folder/ edits every song in it (agent/batch.py: JOBS at once, Ray tasks when RAY_ADDRESS is set)
