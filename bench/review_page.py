@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 MUSIC = ROOT.parent / "shared" / "data" / "music"
 
-__all__ = ["find_browser", "make_review_folder", "start_review", "open_browser", "wait_for", "main"]
+__all__ = ["find_browser", "make_review_folder", "start_review", "open_browser", "wait_for", "click_phrase", "drag_edge", "main"]
 
 
 def find_browser() -> tuple[str, str] | None:
@@ -133,6 +133,20 @@ def click_phrase(browser, index: int) -> None:
     ActionChains(browser).move_to_element_with_offset(canvas, int(x), 0).click().perform()
 
 
+def drag_edge(browser, edge: int, to: int) -> None:
+    """Drag the cut edge at raw beat ``edge`` to beat ``to`` on the waveform canvas."""
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    canvas = browser.find_element("id", "wave")
+    st = browser.execute_script("return window.review.state();")
+    w, h = canvas.size["width"], canvas.size["height"]
+    x0 = st["beats"][edge] / st["duration"] * w - w / 2
+    x1 = st["beats"][to] / st["duration"] * w - w / 2
+    step = (x1 - x0) / 2
+    (ActionChains(browser).move_to_element_with_offset(canvas, int(round(x0)), h // 4).click_and_hold()
+     .move_by_offset(int(step), 0).move_by_offset(int(round(x1 - x0)) - int(step), 0).release().perform())
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--song", type=Path, default=MUSIC / "race1-jt.ogg")
@@ -183,6 +197,10 @@ def main(argv: list[str] | None = None) -> int:
         png = args.png or args.out / "review.png"
         png.parent.mkdir(parents=True, exist_ok=True)
         browser.execute_script("window.scrollTo(0, 0);")
+        # the whole page and no more: the window grows (or shrinks) by what the viewport lacks
+        extra = browser.execute_script("return Math.ceil(document.body.getBoundingClientRect().bottom) + 16 - window.innerHeight;")
+        size = browser.get_window_size()
+        browser.set_window_size(size["width"], size["height"] + extra)
         browser.save_screenshot(str(png))
     finally:
         if browser is not None:

@@ -20,7 +20,7 @@ from agent.model import Policy, PolicyConfig
 from alignment.label_index import label_file, read_index
 from alignment.run import main as align
 from bench.report_page import screenshot_stats
-from bench.review_page import click_phrase, find_browser, open_browser, start_review, wait_for
+from bench.review_page import click_phrase, drag_edge, find_browser, open_browser, start_review, wait_for
 from datasets.audio import load_audio, write_audio
 from envs.plan import EditPlan
 from tests.conftest import music_file
@@ -108,6 +108,15 @@ def test_play_toggle_preview_save_align(page, tmp_path):
     browser.find_element("id", "confirm-yes").click()
     wait_for(browser, "document.getElementById('status').className === 'status ok'", what="the overwrite")
     assert saved.read_bytes() != before
+
+    # drag a cut edge two bar lines on: the beats it passes change sides
+    s2 = _state(browser)
+    edge = s2["edges"][0]
+    to = [b for b in s2["bars"] if b > edge][1]
+    drag_edge(browser, edge, to)
+    wait_for(browser, "window.review.state().version === 3", what="the edge's move")
+    s3 = _state(browser)
+    assert edge not in s3["edges"] and to in s3["edges"], (edge, to, s2["edges"], s3["edges"])
 
     shot = tmp_path / "review.png"
     browser.execute_script("window.scrollTo(0, 0);")
