@@ -160,8 +160,14 @@ def main(argv: list[str] | None = None) -> int:
     if not args.song.is_file():
         print(f"error: {args.song}: song not found (real music lives in ../shared/data/music)", file=sys.stderr)
         return 2
+    marker = args.out / ".review-page-bench"  # only a folder this script made is emptied
+    if args.out.exists() and any(args.out.iterdir()) and not marker.exists():
+        print(f"error: {args.out}: not empty and not made by this script; give a new --out", file=sys.stderr)
+        return 2
     if args.out.exists():
         shutil.rmtree(args.out)
+    args.out.mkdir(parents=True)
+    marker.touch()
     t = time.perf_counter()
     folder = make_review_folder(args.song, args.out / "edit", seconds=args.seconds)
     rows = [("scripted edit + exports", time.perf_counter() - t)]
