@@ -258,6 +258,8 @@ def epoch_seeds(cfg: PPOConfig, epoch: int) -> EpochSeeds:
 
 
 def _rng_state(generator: torch.Generator, sample_gen: torch.Generator) -> dict[str, Any]:
+    """Every random stream of the run, as plain tensors and lists (``weights_only`` loads it):
+    a resumed run draws what the uninterrupted one would have."""
     np_state = np.random.get_state()
     return {
         "python": random.getstate(),
@@ -270,6 +272,7 @@ def _rng_state(generator: torch.Generator, sample_gen: torch.Generator) -> dict[
 
 
 def _set_rng_state(state: Mapping[str, Any], generator: torch.Generator, sample_gen: torch.Generator) -> None:
+    """Restore ``_rng_state``'s streams."""
     py = state["python"]
     random.setstate((py[0], tuple(py[1]), py[2]))
     name, keys, *rest = state["numpy"]
