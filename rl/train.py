@@ -51,11 +51,12 @@ from agent.infer import edit_song
 from agent.layout import observation_layout
 from agent.model import Policy, PolicyConfig
 from agent.planner import PlannerConfig, attach_priors
+from alignment.label_index import keep_ratios
 from datasets.audio import load_audio
 from datasets.errors import EditorError, ParameterError
 from datasets.features import extract_features
 from envs.env import AudioEditEnv, Song
-from envs.reward import plan_usage_iou
+from envs.reward import plan_usage_iou, target_keep_from
 from pretrain.augment import IDENTITY
 from pretrain.dataset import build_bc_data, load_labels
 from rl.log import log_greedy
@@ -338,7 +339,8 @@ def run(args: TrainArgs, *, log_fn=print) -> dict:
     style = {k: v for k, v in src.get("extra", {}).items() if k in ("target_keep", "stem_method", "editor_grid", "planner")}
 
     songs = [s for _, s in train_ps]
-    env_kw = dict(run_dir=run_dir, reward_audio=args.reward_audio)
+    # the episode's target keep ratio: the median of the run's labelled pairs (the env gets the number)
+    env_kw = dict(target_keep=target_keep_from(keep_ratios(run_dir)), reward_audio=args.reward_audio)
 
     def make_env():
         return AudioEditEnv(songs, **env_kw)
