@@ -17,7 +17,6 @@ stays O(block * n_raw). Back pointers are one bit per (i, j).
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
 __all__ = ["viterbi_path", "UNMATCHED"]
 
@@ -25,19 +24,25 @@ UNMATCHED = -1
 _BLOCK = 256
 
 
-@njit(cache=True, nogil=True)
-def _step_block(S, V, Vu, back, back_u, src, best, row0, switch_pen, enter_pen, leave_pen):  # pragma: no cover - jitted
-    n_rows, n_r = S.shape
+def _step_block(S, V, Vu, back, back_u, src, best, row0, switch_pen, enter_pen, leave_pen):
+    """Advance the Viterbi over the rows of ``S`` [shape=(block, n_r), float64]: ``V``
+    [shape=(n_r,)] (matched states) is updated in place, the unmatched score returned.
+
+    One row is a handful of vector operations over the raw frames. It was a numba
+    kernel; numpy does a 3-minute pair's rows as fast (0.18 s CPU either way), and a
+    fresh process no longer imports numba and loads its cache (~0.9 s CPU, issue 17).
+    Same arithmetic and ties as the kernel (float64; a stay wins a tie with a switch,
+    the first best state wins), so the same paths.
+    """
+    n_r = S.shape[1]
     newV = np.empty_like(V)
-    for ii in range(n_rows):
+    switched = np.empty(n_r, dtype=bool)
+    switched[0] = True  # state 0 has no diagonal predecessor: it is always entered by a switch
+    for ii in range(S.shape[0]):
         i = row0 + ii
-        # best matched state of the previous frame
-        jm = 0
-        m = V[0]
-        for j in range(1, n_r):
-            if V[j] > m:
-                m = V[j]
-                jm = j
+        # best matched state of the previous frame (the first of equals)
+        jm = int(V.argmax())
+        m = float(V[jm])
         best[i] = jm
         # a switch comes from the best matched state or from "unmatched"
         from_m = m - switch_pen
@@ -48,23 +53,19 @@ def _step_block(S, V, Vu, back, back_u, src, best, row0, switch_pen, enter_pen, 
         else:
             sw = from_u
             src[i] = -1
-        newV[0] = sw + S[ii, 0]
-        back[i, 0] |= np.uint8(1)
-        for j in range(1, n_r):
-            stay = V[j - 1]
-            if stay >= sw:
-                newV[j] = stay + S[ii, j]
-            else:
-                newV[j] = sw + S[ii, j]
-                back[i, j >> 3] |= np.uint8(1 << (j & 7))
+        # stay on the diagonal (j-1 -> j) unless a switch scores more
+        np.less(V[:-1], sw, out=switched[1:])
+        np.maximum(V[:-1], sw, out=newV[1:])
+        newV[0] = sw
+        newV += S[ii]
+        back[i] = np.packbits(switched, bitorder="little")  # bit j of byte j >> 3
         # unmatched: stay unmatched, or leave the best matched state
         if Vu >= m - leave_pen:
             back_u[i] = 0
         else:
             Vu = m - leave_pen
             back_u[i] = 1
-        for j in range(n_r):
-            V[j] = newV[j]
+        V[:] = newV
     return Vu
 
 

@@ -4,14 +4,14 @@ Why: numba compiles a ``cache=True`` kernel on first use and writes it to disk. 
 two processes compile one at the same time (the aligner's worker pool, the demo
 builder's), the cache files can end up from different processes, and every later call
 segfaults (numba issue #10128). ``make setup`` runs this once, so pools only ever load
-a complete cache. It lives in alignment/ because it compiles the aligner's kernel as well as
+a complete cache. It lives in alignment/ because it once compiled the aligner's kernel as well as
 the datasets layer's (a module in datasets/ may not import alignment).
 
 What is compiled (issue 17 moved the feature pipeline off librosa, see datasets/dsp.py,
 so a fresh process no longer loads librosa's gufuncs at all):
 
-- ``alignment.dp``'s Viterbi step, with the argument types the aligner passes (a
-  kernel loaded from the cache costs ~0.3 s in a fresh process; compiled, ~1 s);
+- (``alignment.dp``'s Viterbi step was a numba kernel until issue 17 made it numpy:
+  as fast, and a fresh process no longer imports numba to load it);
 - librosa's kernels for what still calls librosa (``datasets.stems.separate``'s
   inverse STFT, the y-only fallbacks of ``datasets.beats``, benchmarks and tests);
 - and the feature pipeline runs once on a generated signal, as a check.
@@ -43,18 +43,12 @@ def _signal(sr: int = 22050, seconds: float = 12.0) -> np.ndarray:
 
 def warm_up() -> float:
     """Compile the kernels above; returns seconds."""
-    from alignment.dp import viterbi_path
     from datasets.audio import load_audio, write_audio
     from datasets.features import extract_features
 
     t0 = time.perf_counter()
     sr = 22050
     y = _signal(sr)
-    # the aligner's call: float32 unit rows, float penalties (the cache key is the types)
-    rng = np.random.default_rng(0)
-    E = rng.standard_normal((40, 48)).astype(np.float32)
-    E /= np.linalg.norm(E, axis=1, keepdims=True)
-    viterbi_path(E, E[::-1].copy(), tau=0.7, switch_pen=4.0, enter_pen=2.0, leave_pen=2.0, e_silent=np.zeros(40, bool))
     import librosa
 
     D = librosa.stft(y, n_fft=2048, hop_length=512)
@@ -69,7 +63,7 @@ def warm_up() -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    print(f"warmup: numba caches (alignment Viterbi, librosa) compiled in {warm_up():.1f} s")
+    print(f"warmup: numba caches (librosa) compiled in {warm_up():.1f} s")
     return 0
 
 
