@@ -1,9 +1,9 @@
 """PPO fine-tuning benchmark: BC vs BC + PPO vs PPO alone, and throughput.
 
     python bench/finetune.py                                  # runs/demo (make demo)
-    python bench/finetune.py --run demo --runs_dir runs --epochs 60
-    python bench/finetune.py --pretrain_seed 2 --seed 2        # another split: BC retrained first
-    python bench/finetune.py --skip_scratch --compare "old default=--update_epochs 4 --lr 3e-4"
+    python bench/finetune.py --run demo --runs-dir runs --epochs 60
+    python bench/finetune.py --pretrain-seed 2 --seed 2        # another split: BC retrained first
+    python bench/finetune.py --skip-scratch --compare "old default=--update-epochs 4 --lr 3e-4"
 
 Needs a run with labels and a pretrained policy (``make demo``, or ``make align`` +
 ``make pretrain``). The songs are split by song exactly as rl/train.py splits them
@@ -140,20 +140,20 @@ def _breakdown(songs, policy, *, n_envs: int, steps: int, target_keep: float) ->
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run", default="demo")
-    p.add_argument("--runs_dir", default="runs")
+    p.add_argument("--runs-dir", default="runs")
     p.add_argument("--epochs", type=int, default=None, help="default: PPOConfig's")
     p.add_argument("--steps", type=int, default=None, help="default: PPOConfig's")
-    p.add_argument("--n_envs", type=int, default=None, help="default: PPOConfig's")
+    p.add_argument("--n-envs", type=int, default=None, help="default: PPOConfig's")
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--heldout_fraction", type=float, default=0.2)
+    p.add_argument("--heldout-fraction", type=float, default=0.2)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--episodes", type=int, default=8, help="sampled edits per held-out song")
-    p.add_argument("--skip_scratch", action="store_true", help="leave out (b), PPO from scratch")
-    p.add_argument("--pretrain_seed", type=int, default=None,
+    p.add_argument("--skip-scratch", action="store_true", help="leave out (b), PPO from scratch")
+    p.add_argument("--pretrain-seed", type=int, default=None,
                    help="first behaviour-clone a policy with this seed (pretrain.train, in a temporary run that "
                         "shares the labels) and start from it: its validation songs are the held-out songs, so "
                         "each seed measures another split; default: runs/RUN/checkpoints/bc_best.pt")
-    p.add_argument("--extra", default="", help="more rl.train flags for both PPO runs, e.g. '--ent_coef 0.1'")
+    p.add_argument("--extra", default="", help="more rl.train flags for both PPO runs, e.g. '--ent-coef 0.1'")
     p.add_argument("--compare", action="append", default=[], metavar="LABEL=FLAGS",
                    help="an extra BC + PPO row with these rl.train flags, measured in the same run (repeatable), "
                         "e.g. --compare 'old default=--update_epochs 4 --lr 3e-4'; the speed column is relative "
@@ -218,17 +218,16 @@ def main(argv: list[str] | None = None) -> int:
     rows["BC (pretrained)"] = {**_evaluate(bc, eval_envs, episodes=args.episodes), "params": bc.n_parameters(), "train_s": 0.0, "sps": float("nan"),
                                  "sps_cpu": float("nan")}
 
-    common = ["--run", args.run, "--runs_dir", args.runs_dir, "--epochs", str(args.epochs), "--steps", str(args.steps),
-              "--n_envs", str(args.n_envs), "--seed", str(args.seed), "--heldout_fraction", str(args.heldout_fraction),
-              "--threads", str(args.threads), "--eval_every", "0", *args.extra.split()]
+    common = ["--run", args.run, "--runs-dir", args.runs_dir, "--epochs", str(args.epochs), "--steps", str(args.steps),
+              "--n-envs", str(args.n_envs), "--seed", str(args.seed), "--heldout-fraction", str(args.heldout_fraction),
+              "--threads", str(args.threads), "--eval-every", "0", *args.extra.split()]
     with tempfile.TemporaryDirectory() as tmp:
         methods = [("BC + PPO", []), *compare]
         if not args.skip_scratch:
-            methods.append(("PPO from scratch", ["--from_scratch"]))
+            methods.append(("PPO from scratch", ["--from-scratch"]))
         for name, extra in methods:
             save_dir = os.path.join(tmp, "".join(c if c.isalnum() else "_" for c in name))
-            targs = tyro.cli(TrainArgs, args=[*common, "--save_dir", save_dir, *extra],
-                             use_underscores=True)
+            targs = tyro.cli(TrainArgs, args=[*common, "--save-dir", save_dir, *extra])
             t0 = time.perf_counter()
             out = run(targs, log_fn=lambda s: None)
             train_s = time.perf_counter() - t0

@@ -279,11 +279,11 @@ def train_fold(runs: Path, run: str, budget: Budget, *, threads: int, seed: int,
     t0 = time.perf_counter()
     _quiet(pretrain_run, cfg, logfile=runs / run / "pretrain.log")
     t1 = time.perf_counter()
-    argv = ["--run", run, "--runs_dir", str(runs), "--threads", str(threads)]
-    for flag, v in (("--epochs", budget.ppo_epochs), ("--steps", budget.ppo_steps), ("--n_envs", budget.ppo_envs)):
+    argv = ["--run", run, "--runs-dir", str(runs), "--threads", str(threads)]
+    for flag, v in (("--epochs", budget.ppo_epochs), ("--steps", budget.ppo_steps), ("--n-envs", budget.ppo_envs)):
         if v is not None:
             argv += [flag, str(v)]
-    targs = tyro.cli(TrainArgs, args=argv, use_underscores=True)
+    targs = tyro.cli(TrainArgs, args=argv)
     _quiet(finetune_run, targs, log_fn=print, logfile=runs / run / "finetune.log")  # print: into the log
     t2 = time.perf_counter()
     ck = runs / run / "checkpoints"

@@ -17,11 +17,11 @@ current weights (the normaliser kept, so old songs' observations mean what they 
 2. the run's labels (``runs/RUN/labels``) and which pairs are new or changed: ``--pairs``,
    else those whose label (actions + plan) differs from the digests an adapt checkpoint
    stores, else (a checkpoint from make pretrain / finetune) the labels written after it;
-3. the whole-song planner refitted on every pair, each new pair counted ``new_weight``
-   times (copies of the song: the planner's losses weigh songs by their bars), and the
+3. the whole-song planner refitted on every pair, each new pair counted ``new_share``'s
+   weight times (copies of the song: the planner's losses weigh songs by their bars), and the
    style's keep ratio the median over the pairs counted the same way; the training
    data's out-of-fold priors as pretraining computes them;
-4. every pair replayed (pretrain/dataset.py); a new pair's samples weigh ``new_weight``
+4. every pair replayed (pretrain/dataset.py); a new pair's samples weigh that many
    times their label confidence;
 5. ``epochs`` epochs of the behaviour-cloning loss (pretrain/losses.py) over all samples
    from the current weights, AdamW at ``lr`` (a quarter of pretraining's);
@@ -50,6 +50,7 @@ import torch
 from agent.checkpoint import load_checkpoint, policy_from_checkpoint, save_checkpoint
 from agent.device import pick_device
 from agent.planner import PlannerConfig, attach_priors
+from agent.run_config import RunConfig
 from alignment.grid import load_grid_model
 from alignment.label_index import label_file, labels_dir, read_index
 from datasets.errors import EditorError, ParameterError
@@ -68,20 +69,22 @@ ADAPT_FILE = "adapt_last.pt"
 
 
 @dataclass(frozen=True)
-class AdaptConfig:
-    run: str = "default"
-    """run name: labels from runs/RUN/labels, checkpoints in runs/RUN/checkpoints"""
-    runs_dir: str = "runs"
-    """where runs live"""
+class AdaptConfig(RunConfig):
+    """``python -m pretrain.adapt`` (make adapt); the shared fields (run, runs_dir, seed,
+    device, threads) are ``RunConfig``'s."""
+
     checkpoint: str = ""
     """checkpoint to start from (default: the run's newest of adapt_last.pt, ppo_last.pt, bc_best.pt)"""
     pairs: tuple[str, ...] = ()
     """names of the new or corrected pairs (default: found from the labels, module docstring step 2)"""
-    new_weight: float = 5.0
-    """how much more a new pair's decisions count than an old pair's (samples, planner, keep
-    ratio). 5: three corrected songs among ~15 then weigh about as much as the rest together,
-    enough to change the decisions they contradict (bench/adapt.py), while the old pairs still
-    anchor everything the corrections do not touch"""
+    new_share: float = 0.75
+    """the share of all the pairs' weight the new pairs carry together (samples, planner, keep
+    ratio): a new pair counts ``new_share / (1 - new_share) x old pairs / new pairs`` times an
+    old one (3 corrections among 14 old pairs: 14 times), so corrections outweigh the old
+    pairs they contradict however many old pairs there are, while the old pairs still anchor
+    what the corrections do not touch (bench/adapt.py measures shares)"""
+    new_weight: float = 0.0
+    """a new pair's weight instead (1 = no upweighting); 0 = from ``new_share``"""
     epochs: int = 20
     """passes over all samples (old and new): ~1 s each for 20 songs on one core"""
     lr: float = 5e-4
@@ -89,16 +92,12 @@ class AdaptConfig:
     batch_size: int = 64
     weight_decay: float = 1e-4
     grad_clip: float = 1.0
-    seed: int = 1
-    """seeds python, numpy and torch (the shuffling of every epoch)"""
-    device: str = "auto"
-    """auto (CUDA when available), cpu or cuda[:N]"""
-    threads: int = 1
-    """torch CPU threads (pretrain.train.PretrainConfig.threads: small batches spin-wait on more)"""
 
     def __post_init__(self) -> None:
-        if not self.new_weight >= 1.0:  # also refuses nan
-            raise ParameterError(f"new_weight={self.new_weight} must be >= 1 (1 = no upweighting)")
+        if not (self.new_weight >= 1.0 or self.new_weight == 0.0):  # also refuses nan
+            raise ParameterError(f"new_weight={self.new_weight} must be >= 1 (1 = no upweighting), or 0 (from new_share)")
+        if not 0.0 < self.new_share < 1.0:
+            raise ParameterError(f"new_share={self.new_share} must be in (0, 1)")
         if self.epochs < 1 or self.batch_size < 1:
             raise ParameterError(f"epochs={self.epochs} and batch_size={self.batch_size} must be >= 1")
         if not self.lr > 0:
@@ -195,9 +194,13 @@ def adapt(cfg: AdaptConfig) -> dict:
                              "add corrections and run make align, or name pairs with --pairs")
     pairs = load_labels(run_dir)
     new_set = set(new) & {p.name for p in pairs}
-    copies = max(1, int(round(cfg.new_weight)))
-    log.info("adapting %s on %d pair(s) (%s: %s) among %d, weight %g", ckpt_path, len(new_set), how,
-             ", ".join(sorted(new_set)), len(pairs), cfg.new_weight)
+    if not new_set:
+        raise ParameterError(f"{run_dir / 'labels'}: the new pairs {', '.join(new)} have no usable labels")
+    n_old = len(pairs) - len(new_set)
+    weight = cfg.new_weight or max(1.0, cfg.new_share / (1.0 - cfg.new_share) * n_old / len(new_set))
+    copies = max(1, int(round(weight)))
+    log.info("adapting %s on %d pair(s) (%s: %s) among %d, weight %.1f", ckpt_path, len(new_set), how,
+             ", ".join(sorted(new_set)), len(pairs), weight)
 
     # 3. the planner (copies of the new songs) and the style's keep ratio, weighted alike
     weighted: list[LabeledPair] = list(pairs) + [p for p in pairs if p.name in new_set for _ in range(copies - 1)]
@@ -213,7 +216,7 @@ def adapt(cfg: AdaptConfig) -> dict:
                          refine_max_size=None if pcfg.refine_max_size < 0 else pcfg.refine_max_size)
     new_keys = {p.raw_sha256 or p.name for p in pairs if p.name in new_set}
     is_new = np.isin(np.asarray(data.song_keys, dtype=object)[data.song], list(new_keys))
-    data = replace(data, weight=np.where(is_new, data.weight * cfg.new_weight, data.weight).astype(np.float32))
+    data = replace(data, weight=np.where(is_new, data.weight * weight, data.weight).astype(np.float32))
     rows_new, rows_old = np.flatnonzero(is_new), np.flatnonzero(~is_new)
 
     # 5. behaviour cloning from the current weights
@@ -263,7 +266,8 @@ def adapt(cfg: AdaptConfig) -> dict:
                           stage_config=cfg, layout=layout, extra=extra)
     return {"checkpoint": str(out), "from": str(ckpt_path), "new_pairs": sorted(new_set), "found": how,
             "n_pairs": len(pairs), "samples_new": int(len(rows_new)), "samples_old": int(len(rows_old)),
-            "target_keep": target_keep, "before": before, "after": after, "seconds": time.perf_counter() - t0}
+            "target_keep": target_keep, "weight": weight, "before": before, "after": after,
+            "seconds": time.perf_counter() - t0}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -276,8 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     except EditorError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"adapt: {len(s['new_pairs'])} new or changed pair(s) ({s['found']}): {', '.join(s['new_pairs'])}; "
-          f"{s['n_pairs']} pairs in all, from {s['from']}")
+    print(f"adapt: {len(s['new_pairs'])} new or changed pair(s) ({s['found']}): {', '.join(s['new_pairs'])}, "
+          f"each weighing {s['weight']:.1f} old ones; {s['n_pairs']} pairs in all, from {s['from']}")
     print(f"action accuracy on the new pairs {s['before']['new']:.3f} -> {s['after']['new']:.3f}, "
           f"on the old {s['before']['old']:.3f} -> {s['after']['old']:.3f}; {s['seconds']:.0f} s; wrote {s['checkpoint']}")
     return 0

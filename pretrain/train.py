@@ -67,6 +67,7 @@ from agent.checkpoint import load_checkpoint, policy_from_checkpoint, save_check
 from agent.device import pick_device
 from agent.model import N_TYPES, Policy, PolicyConfig
 from agent.planner import PlannerConfig, attach_priors, fit_planner
+from agent.run_config import RunConfig
 from datasets.errors import EditorError, ParameterError
 from envs.observation import HEAD_INDEX, HISTORY_CHANNELS, WINDOW, channel_index
 from envs.reward import target_keep_from
@@ -83,15 +84,10 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class PretrainConfig:
-    run: str = "default"
-    """run name: labels from runs/RUN/labels, outputs to runs/RUN/"""
-    runs_dir: str = "runs"
-    """where runs live"""
-    seed: int = 1
-    """seeds python, numpy, torch and the split; part of the TensorBoard run name"""
-    device: str = "auto"
-    """auto (CUDA when available), cpu or cuda[:N]"""
+class PretrainConfig(RunConfig):
+    """``python -m pretrain.train`` (make pretrain): behaviour cloning + DAgger on a run's labels;
+    the shared fields (run, runs_dir, seed, device, threads) are ``RunConfig``'s."""
+
     hidden: int = 32
     """policy width (PolicyConfig.hidden); divisible by n_heads"""
     n_layers: int = 2
@@ -192,10 +188,6 @@ class PretrainConfig:
     """start over even when runs/RUN/checkpoints/bc_last.pt exists (it is replaced at the
     first epoch's end; the log says so). Without it a run continues its own last
     checkpoint, and refuses one trained with other settings or labels"""
-    threads: int = 1
-    """torch CPU threads (0 = torch's default). 1: the batches are small, and with 2
-    threads on a 2-core machine that is busy with anything else each small matmul
-    spin-waits (make demo's BC took 5 min 47 s instead of ~36 s with one thread)"""
     figure_every: int = 10
     """epochs between confusion-matrix images and action histograms in TensorBoard"""
 

@@ -81,11 +81,12 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import gymnasium as gym
 import numpy as np
 import torch
+import tyro
 from torch import nn
 
 from agent.checkpoint import save_checkpoint
@@ -118,8 +119,9 @@ log = logging.getLogger(__name__)
 class PPOConfig:
     """Hyperparameters of Monte Carlo PPO (saved in every checkpoint)."""
 
-    seed: int = 1
-    """seed of random, numpy, torch, env resets and action spaces"""
+    seed: Annotated[int, tyro.conf.Suppress] = 1
+    """seed of random, numpy, torch, env resets and action spaces (on the command line: the
+    run's ``--seed``, agent.run_config.RunConfig)"""
     epochs: int = 60
     """number of rollout + update iterations. Measured from a DAgger-trained BC policy on
     the demo corpus (bench/finetune.py --pretrain_seed S, three splits, anchor 2): greedy

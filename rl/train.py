@@ -51,6 +51,7 @@ from agent.infer import edit_song
 from agent.layout import observation_layout
 from agent.model import Policy, PolicyConfig
 from agent.planner import PlannerConfig, attach_priors
+from agent.run_config import RunConfig
 from alignment.label_index import keep_ratios
 from datasets.audio import load_audio
 from datasets.errors import EditorError, ParameterError
@@ -68,14 +69,12 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class TrainArgs:
-    """``python -m rl.train``: PPO fine-tuning of a run's pretrained policy."""
+class TrainArgs(RunConfig):
+    """``python -m rl.train``: PPO fine-tuning of a run's pretrained policy; the shared fields
+    (run, runs_dir, seed, device, threads) are ``RunConfig``'s (``--seed`` sets
+    ``PPOConfig.seed``)."""
 
     ppo: Annotated[PPOConfig, tyro.conf.OmitArgPrefixes] = field(default_factory=PPOConfig)
-    run: str = "default"
-    """run name: labels from runs/RUN/labels, pretrained policy runs/RUN/checkpoints/bc_best.pt"""
-    runs_dir: str = "runs"
-    """where runs live"""
     save_dir: str | None = None
     """checkpoint folder (default runs/RUN/checkpoints)"""
     checkpoint: str | None = None
@@ -92,8 +91,6 @@ class TrainArgs:
     """width of a fresh policy (--from_scratch), as pretrain's default"""
     subprocess: bool = False
     """one process per env (gymnasium AsyncVectorEnv) instead of one process for all"""
-    device: str = "auto"
-    """auto (CUDA when available), cpu or cuda[:N]"""
     heldout_fraction: float = 0.2
     """fraction of songs never trained on (greedy evaluation); 0 = evaluate on a train song.
     Used only when the pretrained checkpoint does not name its validation songs (those are
@@ -102,9 +99,6 @@ class TrainArgs:
     """the reward listens for clicks at the joins (local renders; slower)"""
     stems: str = "auto"
     """stem features: auto / demucs / dsp (datasets.features)"""
-    threads: int = 1
-    """torch CPU threads (0 = torch's default). 1 because PPO's batches are small: on a
-    busy 2-core machine two threads made each small matmul 100x slower (spin-waiting)"""
     stop_after: int = 0
     """end this session after so many epochs, with a checkpoint (0 = run all --epochs)"""
     eval_seconds: float = 30.0
@@ -216,7 +210,7 @@ def run(args: TrainArgs, *, log_fn=print) -> dict:
     # or the tests that call this module's helpers
     from torch.utils.tensorboard import SummaryWriter
 
-    cfg = args.ppo
+    cfg = dataclasses.replace(args.ppo, seed=args.seed)  # one --seed: RunConfig's
     if args.threads:
         torch.set_num_threads(args.threads)
     run_dir = Path(args.runs_dir) / args.run
@@ -389,7 +383,7 @@ def run(args: TrainArgs, *, log_fn=print) -> dict:
 def main(argv: list[str] | None = None) -> int:
     # rl.ppo's epoch lines on stdout beside this module's own
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
-    args = tyro.cli(TrainArgs, args=argv, use_underscores=True, description=__doc__)
+    args = tyro.cli(TrainArgs, args=argv, description=__doc__)  # --runs-dir style, as every CLI (--runs_dir also parses)
     try:
         summary = run(args)
     except EditorError as exc:
