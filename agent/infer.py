@@ -34,47 +34,14 @@ from pathlib import Path
 
 import numpy as np
 
+from agent.edit import EditResult, edit_song  # noqa: F401 (EditResult: tests build results); no torch import
 from datasets.atomic import locked_folder
 from datasets.errors import EditorError, ParameterError
 from datasets.safety import refuse_overwrite
 
-__all__ = ["EditResult", "edit_song", "newest_checkpoint", "output_paths", "main"]
+__all__ = ["newest_checkpoint", "output_paths", "main"]
 
 log = logging.getLogger("agent.infer")
-
-
-@dataclass(frozen=True)
-class EditResult:
-    """The policy's edit of one song: plan, actions and the environment's verdict."""
-
-    plan: object  # envs.plan.EditPlan
-    actions: list[tuple[int, int, int]]
-    reward: float
-    reward_components: dict
-
-
-def edit_song(policy, env, *, song: int = 0, deterministic: bool = True, seed: int = 0) -> EditResult:
-    """Run ``policy`` over song ``song`` of ``env`` (an AudioEditEnv) to the end of the
-    episode. The one policy rollout of the project: inference, PPO's greedy evaluation
-    and the benchmarks all edit through it. Leaves the policy's train/eval mode alone."""
-    import torch
-
-    from agent.model import obs_to_tensors
-
-    device = next(policy.parameters()).device
-    gen = torch.Generator(device=device).manual_seed(seed)
-    obs, _ = env.reset(seed=seed, options={"song": song})
-    actions: list[tuple[int, int, int]] = []
-    reward, info, done = 0.0, {}, False
-    with torch.no_grad():
-        while not done:
-            a, *_ = policy.act(obs_to_tensors(obs, device), deterministic=deterministic, generator=gen)
-            act = tuple(int(v) for v in a[0].tolist())
-            actions.append(act)
-            obs, r, terminated, truncated, info = env.step(np.asarray(act))
-            reward += r
-            done = terminated or truncated
-    return EditResult(plan=env.last_plan, actions=actions, reward=reward, reward_components=info.get("reward_components", {}))
 
 
 def newest_checkpoint(root: str | os.PathLike = "runs") -> Path:

@@ -327,7 +327,7 @@ class Inferrer:
 
     def plan(self, raw_path: Path):
         from agent.ending import soften_ending
-        from agent.infer import edit_song
+        from agent.edit import edit_song
         from datasets.audio import load_audio
         from datasets.features import feature_index
         from envs.env import AudioEditEnv, Song

@@ -47,7 +47,7 @@ import tyro
 
 from agent.checkpoint import load_checkpoint, policy_from_checkpoint
 from agent.device import pick_device
-from agent.infer import edit_song
+from agent.edit import edit_song
 from agent.layout import observation_layout
 from agent.model import Policy, PolicyConfig
 from agent.planner import PlannerConfig, attach_priors
