@@ -108,9 +108,14 @@ def main(argv: list[str] | None = None) -> int:
 
             labels = label_project(args.raw, args.edited, with_actions=not args.no_actions)
         else:
+            from datasets.audio import load_audio
+            from datasets.features import beat_grid_of
+
+            # The raw's beats alone: label_pair's default computes (and caches) all its
+            # features for training, ~0.9 s CPU this one pair does not need (issue 17).
             labels = label_pair(
-                args.raw, args.edited, with_actions=not args.no_actions, with_fidelity=not args.no_fidelity,
-                min_confidence=min_conf,
+                args.raw, args.edited, grid=beat_grid_of(load_audio(args.raw)), with_actions=not args.no_actions,
+                with_fidelity=not args.no_fidelity, min_confidence=min_conf,
             )
     except EditorError as exc:
         print(f"error: {exc}", file=sys.stderr)

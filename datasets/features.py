@@ -134,6 +134,7 @@ __all__ = [
     "BeatFeatures",
     "FeatureConfig",
     "onset_envelope_of",
+    "beat_grid_of",
     "extract_features",
     "main",
 ]
@@ -727,6 +728,31 @@ def onset_envelope_of(audio: Audio, cfg: FeatureConfig = FeatureConfig(), *, use
     return _keep_onset_env(key, env, save=use_cache)
 
 
+def _grid_key(audio: Audio, cfg: FeatureConfig) -> str:
+    return _cache.make_key("beatgrid", audio_sha256=audio.sha256, config=asdict(cfg))
+
+
+def beat_grid_of(audio: Audio, *, use_cache: bool = True, config: FeatureConfig | None = None) -> BeatGrid:
+    """The beat grid ``extract_features(audio)`` tracks, without its 121 features and
+    stems: the one STFT's analysis and the beat tracker (~0.9 s CPU less for a 3-minute
+    song). What an aligner of one pair needs (``python -m alignment``); the grid is
+    cached beside the features (``extract_features`` writes it too).
+    """
+    cfg = config or FeatureConfig()
+    key = _grid_key(audio, cfg)
+    if use_cache:
+        hit = _cache.load_arrays(key, required=("grid_json",))
+        if hit is not None:
+            return BeatGrid.from_dict(json.loads(str(hit["grid_json"])))
+    y = audio.y_mono
+    a = _analyse(y, cfg)
+    grid = track_beats(y=y, sr=cfg.sr, onset_env=a.onset_env, chroma=a.chroma, power=a.power, name=audio.path)
+    _keep_onset_env(_onset_key(audio, cfg), a.onset_env, save=use_cache)
+    if use_cache:
+        _cache.save_arrays(key, {"grid_json": np.asarray(json.dumps(grid.to_dict()))})
+    return grid
+
+
 # =========================================================================== api
 def _grid_hash(grid: BeatGrid | None) -> str | None:
     return None if grid is None else _cache.config_hash(grid.to_dict())
@@ -790,8 +816,11 @@ def extract_features(
         )
         if hit is not None:
             return BeatFeatures.from_arrays(hit)
+    grid_given = grid
     a, grid, bf, f = _core(audio, grid, cfg)
     _keep_onset_env(_onset_key(audio, cfg), a.onset_env, save=use_cache)  # for the pulse ranker
+    if use_cache and grid_given is None:  # the tracked grid, for beat_grid_of
+        _cache.save_arrays(_grid_key(audio, cfg), {"grid_json": np.asarray(json.dumps(grid.to_dict()))})
     f.update(_stem_beats(_stem_frame_features(a, audio, label, net, cfg, use_cache), bf))
     feats = BeatFeatures(
         values=_assemble(f, grid, audio.path), names=FEATURE_NAMES, grid=grid, stem_method=label, sha256=audio.sha256

@@ -361,3 +361,22 @@ def test_onset_envelope_of_reuses_the_features_envelope(monkeypatch, tmp_path):
     F._ONSET_ENVS.clear()
     with pytest.raises(AssertionError, match="second STFT"):
         F.onset_envelope_of(a, use_cache=False)
+
+
+def test_beat_grid_of_is_the_features_grid(monkeypatch, tmp_path):
+    """The grid alone (python -m alignment, issue 17) is the grid the features track,
+    computed without them, and read back from the cache in a later process."""
+    monkeypatch.setenv("EDITOR_CACHE_DIR", str(tmp_path))
+    a = _audio(_song(sr=ANALYSIS_SR, seconds=12.0))
+    spectral = F._spectral
+
+    def no_features(*args, **kw):
+        raise AssertionError("features computed for a grid")
+
+    monkeypatch.setattr(F, "_spectral", no_features)
+    alone = F.beat_grid_of(a)
+    monkeypatch.setattr(F, "_spectral", spectral)
+    full = extract_features(a, stems="dsp", use_cache=False).grid
+    assert alone.to_dict() == full.to_dict()
+    monkeypatch.setattr(F, "_analyse", no_features)
+    assert F.beat_grid_of(a).to_dict() == full.to_dict()  # from the cache
