@@ -35,8 +35,9 @@ from pathlib import Path
 
 import numpy as np
 
-from alignment.align import AlignConfig, Alignment, align
+from alignment.align import AlignConfig, align
 from alignment.grid import GridPhase, PhaseFit, cut_times, fit_tempo
+from alignment.result import Alignment
 from datasets.audio import ANALYSIS_SR, Audio, load_audio, resample, to_mono
 from datasets.beats import BeatGrid
 from datasets.errors import AudioError, EditorError

@@ -41,7 +41,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import numpy as np
 
-from alignment.align import AlignedSegment, Alignment, SegmentEffects, _master_gain, _unmatched
+from alignment.result import AlignedSegment, Alignment, SegmentEffects, master_gain, unmatched_spans
 from alignment.labels import EditedProject, PairLabels, labels_from_alignment, raw_grid
 from datasets.audio import Audio, load_audio
 from datasets.beats import BeatGrid
@@ -613,8 +613,8 @@ def project_alignment(project: Project, *, raw_duration: float) -> tuple[Alignme
                          "reverse and speed, as for audio pairs)")
     dur = segs[-1].edit_end
     al = Alignment(
-        segments=tuple(segs), effects=tuple(effects), confidence=1.0, fidelity=0.0, unmatched=tuple(_unmatched(segs, dur)),
-        master_gain_db=_master_gain(segs), edit_duration=dur, raw_duration=raw_duration,
+        segments=tuple(segs), effects=tuple(effects), confidence=1.0, fidelity=0.0, unmatched=tuple(unmatched_spans(segs, dur)),
+        master_gain_db=master_gain(segs), edit_duration=dur, raw_duration=raw_duration,
     )
     return al, notes
 

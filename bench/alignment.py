@@ -57,7 +57,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from alignment import levels  # noqa: E402
-from alignment.align import AlignedSegment, Alignment, SegmentEffects, align_signals, _master_gain  # noqa: E402
+from alignment.align import align_signals  # noqa: E402
+from alignment.result import AlignedSegment, Alignment, SegmentEffects, master_gain  # noqa: E402
 from alignment.features import HOP, SR, frame_features  # noqa: E402
 from alignment.labels import plan_actions, snap_plan  # noqa: E402
 from datasets.audio import load_audio, resample, to_mono  # noqa: E402
@@ -209,7 +210,7 @@ def baseline_align(*, y_raw: np.ndarray, y_edit: np.ndarray) -> Alignment:
         lv = levels.measure(y_edit=y_edit, y_raw=y_raw, edit_span=(a, b), raw_span=(r0, r1))
         out.append(AlignedSegment(a, b, r0, r1, lv.gain_db, lv.fade_in_s, lv.fade_out_s, float(np.mean(crs))))
         fx.append(SegmentEffects())
-    return Alignment(tuple(out), tuple(fx), 1.0, 0.0, (), _master_gain(out), len(y_edit) / SR, raw_dur, time.perf_counter() - t0)
+    return Alignment(tuple(out), tuple(fx), 1.0, 0.0, (), master_gain(out), len(y_edit) / SR, raw_dur, time.perf_counter() - t0)
 
 
 # ------------------------------------------------------------------ corpora

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from alignment.align import Alignment, align_signals
+from alignment.align import align_signals
+from alignment.result import Alignment
 from alignment.simulate import Span, assemble, codec_delay, deliver, mp3_roundtrip
 from datasets.audio import load_audio, resample
 from datasets.errors import AudioError

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from alignment.align import SEGMENT_KEYS
+from alignment.result import SEGMENT_KEYS
 from alignment.labels import label_pair, raw_grid
 from alignment.simulate import Span, assemble
 from datasets.audio import load_audio, write_audio
