@@ -173,7 +173,7 @@ def run(args: argparse.Namespace) -> dict:
     from agent.report import output_timeline, plot_edit, write_report_html
     from datasets.audio import load_audio, write_audio
     from agent.planner import Planner
-    from alignment.grid import editor_grid_features
+    from alignment.grid_model import editor_grid_features
     from datasets.features import extract_features, feature_index
     from envs.actions import Amount, ActionType, Size
     from envs.env import AudioEditEnv, Song

@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 
 from alignment.__main__ import write_json
-from alignment.grid import GRID_MODEL_FILE, fit_grid_model
+from alignment.grid_model import GRID_MODEL_FILE, fit_grid_model
 from alignment.labels import LABEL_FORMAT_VERSION, MIN_CONFIDENCE, MIN_REPRODUCED, RefusedPair
 from datasets.errors import EditorError, ParameterError
 from datasets.parallel import add_backend_args, run_items

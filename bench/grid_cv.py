@@ -36,7 +36,7 @@ import numpy as np  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from alignment.grid import TempoModel, editor_grid_features, fit_grid_model  # noqa: E402
+from alignment.grid_model import TempoModel, editor_grid_features, fit_grid_model  # noqa: E402
 from bench.style import folds_of  # noqa: E402
 from bench.style_editors import TRUTH_SUFFIX  # noqa: E402
 from bench.style_metrics import downbeat_agreement  # noqa: E402

@@ -319,7 +319,7 @@ class Inferrer:
         stems, _, stem_model = (self.extra.get("stem_method") or "auto").partition(":")
         feats = extract_features(audio, stems=stems, stem_model=stem_model or None)
         try:
-            from alignment.grid import editor_grid_features
+            from alignment.grid_model import editor_grid_features
         except ImportError:  # before the editor's grid: the product's own
             return feats
         return editor_grid_features(audio, feats, self.extra.get("editor_grid"), stems=stems,

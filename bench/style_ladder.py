@@ -61,7 +61,7 @@ def _budget_spans(prior: np.ndarray, grid, keep: float) -> list[tuple[float, flo
 def song_row(policy, planner, ckpt_extra: dict, rec: dict, *, stems: str) -> tuple[float, ...]:
     """The ladder's columns for one held-out song (``rec``: its label JSON)."""
     from agent.edit import edit_song
-    from alignment.grid import editor_grid_features
+    from alignment.grid_model import editor_grid_features
     from datasets.audio import load_audio
     from datasets.features import extract_features
     from envs.env import AudioEditEnv, Song

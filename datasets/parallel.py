@@ -36,7 +36,7 @@ from typing import Any
 
 from datasets.errors import EditorError, ParameterError
 
-__all__ = ["BACKENDS", "Outcome", "resolve_backend", "add_backend_args", "run_items"]
+__all__ = ["BACKENDS", "Outcome", "resolve_backend", "add_backend_args", "run_items", "start_ray"]
 
 BACKENDS = ("auto", "pool", "ray")
 
@@ -199,6 +199,14 @@ def _ray_init(jobs: int):
         except Exception as exc:  # ConnectionError, ValueError: the address names no cluster
             raise EditorError(f"RAY_ADDRESS={address}: cannot start or join Ray ({_one_line(exc)})") from None
     return ray, started
+
+
+def start_ray(jobs: int):
+    """Start or join Ray by ``run_items``'s rule (``RAY_ADDRESS``; unset or ``local``: a
+    local instance of ``jobs`` CPUs), for callers that run Ray actors of their own (PPO's
+    rollout workers, rl/worker.py). Returns (the ray module, whether this call started or
+    joined it: the caller then ends it with ``ray.shutdown()``)."""
+    return _ray_init(jobs)
 
 
 def _run_ray(ray, started: bool, fn, items, names, initializer, initargs) -> Iterator[Outcome]:

@@ -51,7 +51,7 @@ from agent.checkpoint import load_checkpoint, policy_from_checkpoint, save_check
 from agent.device import pick_device
 from agent.planner import PlannerConfig, attach_priors
 from agent.run_config import RunConfig
-from alignment.grid import load_grid_model
+from alignment.grid_model import load_grid_model
 from alignment.label_index import label_file, labels_dir, read_index
 from datasets.errors import EditorError, ParameterError
 from envs.reward import target_keep_from

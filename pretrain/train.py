@@ -61,7 +61,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from alignment.grid import load_grid_model
+from alignment.grid_model import load_grid_model
 from alignment.label_index import index_path, keep_ratios, labels_dir
 from agent.checkpoint import load_checkpoint, policy_from_checkpoint, save_checkpoint, to_plain
 from agent.device import pick_device

@@ -20,7 +20,9 @@ The steps (the spec's "Training Approach"):
    The envs step until each has recorded at least ``steps`` transitions *and* finished the
    episode it is in: the reward is paid at the episode end only (Monte Carlo), and a
    half-finished episode would have no return at all. With ``overlap`` (CPU) the rollout
-   comes from a forked worker that collected it while the learner updated (below).
+   comes from a forked worker that collected it while the learner updated (below); with
+   ``rollout_workers`` N >= 2 from N CPU workers (forked, or Ray actors), each with its
+   own block of the envs and its own seeds, concatenated in worker order.
 3. **Returns.** ``rl.returns.monte_carlo_returns`` per episode, honouring ends (the
    buffer is env-major, so each env's episodes are contiguous and end with ``done``).
    Returns are clipped to ``+-return_clip`` (spec "Known Issues") and, with
@@ -92,6 +94,7 @@ from torch import nn
 from agent.checkpoint import save_checkpoint
 from agent.model import Policy
 from datasets.errors import ParameterError
+from datasets.parallel import resolve_backend
 from rl.log import log_epoch
 from rl.returns import RunningMeanStd, compute_advantages, explained_variance, monte_carlo_returns
 from rl.rollout import HEADS, index_obs, make_vector_env, rollout_logp
@@ -196,9 +199,22 @@ class PPOConfig:
     overlap: bool = True
     """CPU: a forked worker collects the next epoch's rollout while the learner updates
     (rl/worker.py), so the envs and the update each keep a core busy; rollouts are then
-    one update behind and the loss is decoupled PPO (``lag_weight_clip``). Off on CUDA"""
+    one update behind and the loss is decoupled PPO (``lag_weight_clip``). Off on CUDA
+    unless rollout_workers >= 2 (the workers run on the CPU, the learner on the GPU)"""
     lag_weight_clip: float = 2.0
     """overlap: each sample's weight pi_prox / pi_behaviour is truncated at this (V-trace's rho-bar)"""
+    rollout_workers: int = 0
+    """>= 2: the rollouts come from so many CPU workers (rl/worker.py's RolloutPool), each
+    owning a contiguous block of the n_envs envs, their reset seeds and its own sampling
+    seed (from seed, epoch, worker), all feeding this one learner (on CUDA when present),
+    concatenated in worker order: deterministic for a given number of workers and seed.
+    With ``overlap`` they collect one update ahead (decoupled PPO, on any learner
+    device), without it with the current weights. 0 or 1: the single overlapped worker or
+    the envs in this process, as before"""
+    rollout_backend: Literal["auto", "pool", "ray"] = "auto"
+    """rollout_workers >= 2: ``pool`` forked local processes (die with the learner), ``ray``
+    Ray actors (RAY_ADDRESS names the cluster; unset or ``local`` starts a local instance),
+    ``auto`` ray exactly when RAY_ADDRESS is set (datasets/parallel.py's rule)"""
 
 
 @dataclass(frozen=True)
@@ -366,6 +382,9 @@ def train(
     if save is not None and not isinstance(policy, Policy):
         raise ParameterError(f"checkpoints are agent/checkpoint.py's format, which needs an agent.model.Policy, "
                              f"not a {type(policy).__name__}: train without save")
+    if not 0 <= cfg.rollout_workers <= cfg.n_envs:
+        raise ParameterError(f"rollout_workers={cfg.rollout_workers} must be in [0, n_envs={cfg.n_envs}]: "
+                             "each worker owns at least one env")
     if resume is not None and "ppo" not in (resume.get("extra") or {}):
         raise ParameterError("resume: not a fine-tuning checkpoint of agent/checkpoint.py's format (no extra['ppo'])")
 
@@ -402,13 +421,16 @@ def train(
         behaviour = st.get("behaviour") or None
         log.info(f"ppo: resumed at epoch {start_epoch}, global step {global_step}")
 
-    # -- the rollouts: the envs here, or (overlap, CPU) a forked worker one update ahead
-    use_overlap = cfg.overlap and device.type == "cpu"
+    # -- the rollouts: the envs here, (overlap, CPU) a forked worker one update ahead, or
+    # (rollout_workers >= 2) N CPU workers, each with its block of the envs
+    n_workers = cfg.rollout_workers if cfg.rollout_workers >= 2 else 1
+    use_overlap = cfg.overlap and (device.type == "cpu" or n_workers > 1)
     if cfg.overlap and not use_overlap:
         log.info(f"ppo: overlap off on {device} (the worker would fork a CUDA context); rollouts run in this process")
+    backend = resolve_backend(cfg.rollout_backend) if n_workers > 1 else "pool"  # Ray only when asked for
 
-    def make_envs() -> gym.vector.VectorEnv:
-        v = make_vector_env(env_fns, subprocess=subprocess)
+    def make_envs(indices: Sequence[int] | None = None) -> gym.vector.VectorEnv:
+        v = make_vector_env(env_fns if indices is None else [env_fns[i] for i in indices], subprocess=subprocess)
         v.action_space.seed(cfg.seed)
         v.observation_space.seed(cfg.seed)
         return v
@@ -417,10 +439,14 @@ def train(
     rollouts = RolloutSource(
         make_envs, policy, reference=reference if cfg.anchor == "kl" else None, steps=cfg.steps, overlap=use_overlap,
         device=device, sample_gen=sample_gen, behaviour=behaviour, first=epoch_seeds(cfg, start_epoch),
-        daemon=not subprocess, ref_batch=max(micro, 256),
+        daemon=not subprocess, ref_batch=max(micro, 256), workers=n_workers, n_envs=cfg.n_envs, backend=backend,
     )
-    log.info(f"ppo: device {device}, {cfg.n_envs} envs ({'subprocess' if subprocess else 'sync'}"
-             f"{', in an overlapped worker' if use_overlap else ''}), "
+    if n_workers > 1:
+        where = (f"{n_workers} rollout workers on CPU ({'Ray actors' if backend == 'ray' else 'local processes'}"
+                 f"{', one update ahead' if use_overlap else ''})")
+    else:
+        where = "an overlapped worker" if use_overlap else "this process"
+    log.info(f"ppo: learner on {device}, {cfg.n_envs} envs ({'subprocess' if subprocess else 'sync'}, in {where}), "
              f"{sum(p.numel() for p in policy.parameters()):,} parameters, anchor={cfg.anchor}, baseline={cfg.baseline}")
     try:
         for epoch in range(start_epoch, cfg.epochs):

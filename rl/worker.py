@@ -21,13 +21,23 @@ the checkpoint's behaviour weights (rl/ppo.py stores them).
 CPU only: forking a process that holds a CUDA context is undefined, and on a GPU the
 update is not the bottleneck (``rl/ppo.py`` turns overlap off there and says so).
 
-The learner sees neither mode: ``RolloutSource.next_rollout()`` returns each epoch's
-rollout, from the envs in the learner's own process or from the worker.
+N workers (``PPOConfig.rollout_workers`` >= 2, issue 18): a ``RolloutPool`` of forked
+processes (as above) or of Ray actors (``RAY_ADDRESS`` set, or ``rollout_backend=ray``;
+datasets/parallel.py's rule), each owning a contiguous block of the envs, their reset
+seeds and its own sampling seed (``worker_sample_seed``); every request carries the
+learner's weights, and the rollouts come back concatenated in worker order, so a run is
+deterministic for a given N and seed. The workers run on the CPU whatever the learner's
+device: with a CUDA learner they are forked after CUDA started, which is safe as long as
+they never touch CUDA (their policies are CPU copies, as for torch's DataLoader workers).
+
+The learner sees none of these modes: ``RolloutSource.next_rollout()`` returns each
+epoch's rollout, from the envs in the learner's own process or from the worker(s).
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import multiprocessing as mp
 import os
 import time
@@ -44,7 +54,8 @@ from torch import nn
 from datasets.procs import die_with_parent
 from rl.rollout import Rollout, collect_rollout, rollout_logp
 
-__all__ = ["EpochSeeds", "RolloutBatch", "RolloutResult", "RolloutSource", "RolloutWorker"]
+__all__ = ["EpochSeeds", "RolloutBatch", "RolloutPool", "RolloutResult", "RolloutSource", "RolloutWorker", "merge_results",
+           "split_envs", "worker_sample_seed"]
 
 
 class RolloutResult:
@@ -64,12 +75,39 @@ def _to_numpy(tree: Any) -> Any:
     return tree
 
 
-def _to_torch(tree: Any) -> Any:
+def _to_torch(tree: Any, *, copy: bool = False) -> Any:
     if isinstance(tree, np.ndarray):
-        return torch.from_numpy(tree)
+        return torch.from_numpy(np.array(tree) if copy else tree)
     if isinstance(tree, Mapping):
-        return {k: _to_torch(v) for k, v in tree.items()}
+        return {k: _to_torch(v, copy=copy) for k, v in tree.items()}
     return tree
+
+
+def _collect(
+    envs: gym.vector.VectorEnv,
+    policy: nn.Module,
+    reference: nn.Module | None,
+    steps: int,
+    weights: Mapping[str, np.ndarray],
+    seeds: Sequence[int],
+    sample_seed: int,
+) -> tuple:
+    """One rollout in a worker (forked process or Ray actor) with these weights and seeds:
+    ``("ok", (Rollout's fields as numpy, reference log-probs or None), t_reset, t_rollout, cpu)``."""
+    c0 = time.process_time()
+    policy.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in weights.items()})
+    policy.eval()
+    t0 = time.perf_counter()
+    obs, _ = envs.reset(seed=list(seeds))
+    t1 = time.perf_counter()
+    gen = torch.Generator().manual_seed(int(sample_seed))
+    ro = collect_rollout(envs, policy, obs=obs, steps=steps, generator=gen, device="cpu")
+    t2 = time.perf_counter()
+    # the frozen reference's log-probs (the KL anchor) cost a forward pass: done
+    # here, the learner's core is the busier one
+    ref = None if reference is None else _to_numpy(rollout_logp(reference, ro.obs, ro.actions))
+    payload = (_to_numpy(vars(ro)), ref)  # Rollout's fields, tensors as numpy
+    return ("ok", payload, t1 - t0, t2 - t1, time.process_time() - c0)
 
 
 def _worker_main(
@@ -94,20 +132,7 @@ def _worker_main(
             if msg is None:
                 break
             weights, seeds, sample_seed = msg
-            c0 = time.process_time()
-            policy.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})
-            policy.eval()
-            t0 = time.perf_counter()
-            obs, _ = envs.reset(seed=list(seeds))
-            t1 = time.perf_counter()
-            gen = torch.Generator().manual_seed(int(sample_seed))
-            ro = collect_rollout(envs, policy, obs=obs, steps=steps, generator=gen, device="cpu")
-            t2 = time.perf_counter()
-            # the frozen reference's log-probs (the KL anchor) cost a forward pass: done
-            # here, the learner's core is the busier one
-            ref = None if reference is None else _to_numpy(rollout_logp(reference, ro.obs, ro.actions))
-            payload = (_to_numpy(vars(ro)), ref)  # Rollout's fields, tensors as numpy
-            conn.send(("ok", payload, t1 - t0, t2 - t1, time.process_time() - c0))
+            conn.send(_collect(envs, policy, reference, steps, weights, seeds, sample_seed))
     except (KeyboardInterrupt, EOFError):
         pass
     except BaseException:  # the learner re-raises it with the worker's traceback
@@ -194,6 +219,189 @@ class RolloutWorker:
         self.close()
 
 
+# ---------------------------------------------------------------------------- N workers
+
+
+def split_envs(n_envs: int, workers: int) -> list[range]:
+    """Worker k's envs: contiguous blocks of the env indices, sizes as equal as possible
+    (the first ``n_envs % workers`` one larger). Contiguous, so a ``song_group`` of envs
+    that share a reset seed stays in one worker when the block size is a multiple of it."""
+    base, extra = divmod(n_envs, workers)
+    blocks, start = [], 0
+    for k in range(workers):
+        size = base + (k < extra)
+        blocks.append(range(start, start + size))
+        start += size
+    return blocks
+
+
+def worker_sample_seed(sample_seed: int, k: int) -> int:
+    """Worker k's action-sampling seed for an epoch whose seed is ``sample_seed``: a
+    function of (seed, epoch, worker) only, so a run is deterministic for a given number
+    of workers. Worker 0 keeps the epoch's seed; the others step by 2**64 / golden ratio
+    (odd, so distinct k never meet modulo 2**62)."""
+    return (int(sample_seed) + k * 0x9E3779B97F4A7C15) % 2**62
+
+
+def merge_results(results: Sequence[RolloutResult]) -> RolloutResult:
+    """The workers' rollouts as one env-major rollout, in worker order (the learner's
+    batch depends only on what each worker collected, never on which finished first).
+    Episode ids are offset per worker so they stay unique (the song baseline groups by
+    them); timings: the slowest worker's reset and rollout (they run side by side), the
+    CPU seconds of all."""
+    ros = [r.rollout for r in results]
+    fields: dict[str, Any] = {"obs": {k: torch.cat([ro.obs[k] for ro in ros]) for k in ros[0].obs}}
+    for name in ("actions", "logp", "values", "rewards", "dones"):
+        fields[name] = torch.cat([getattr(ro, name) for ro in ros])
+    ids, episodes, offset = [], [], 0
+    for ro in ros:
+        ep_ids = ro.episode_ids if ro.episode_ids is not None else torch.zeros(len(ro), dtype=torch.int64)
+        ids.append(ep_ids + offset)
+        episodes += [{**e, "id": e["id"] + offset} for e in ro.episodes]
+        offset += 1 + max([int(ep_ids.max()) if len(ro) else -1] + [e["id"] for e in ro.episodes])
+    merged = Rollout(**fields, episode_ids=torch.cat(ids), episodes=episodes, env_steps=sum(ro.env_steps for ro in ros))
+    refs = [r.ref_logp for r in results]
+    ref = None if any(x is None for x in refs) else torch.cat(refs)
+    return RolloutResult(merged, ref, max(r.t_reset for r in results), max(r.t_rollout for r in results),
+                         sum(r.cpu for r in results))
+
+
+class _RayWorker:
+    """A Ray actor's body: one block of envs, a CPU policy and the reference, one rollout
+    per ``rollout`` call (``_collect``, the forked worker's own code)."""
+
+    def __init__(self, cwd: str, make_envs: Callable[[], gym.vector.VectorEnv], policy: nn.Module,
+                 reference: nn.Module | None, steps: int) -> None:
+        if os.path.isdir(cwd):  # relative paths mean what they mean to the learner (datasets.parallel)
+            os.chdir(cwd)
+        torch.set_num_threads(1)  # one CPU per actor (num_cpus=1)
+        self.envs = make_envs()
+        self.policy, self.reference, self.steps = policy, reference, steps
+
+    def rollout(self, weights: Mapping[str, np.ndarray], seeds: Sequence[int], sample_seed: int) -> tuple:
+        # arrays from Ray's object store are read-only views: copy before torch takes them
+        w = {k: np.array(v) for k, v in weights.items()}
+        return _collect(self.envs, self.policy, self.reference, self.steps, w, seeds, sample_seed)
+
+
+class RolloutPool:
+    """N rollout workers feeding one learner: ``request(...)`` then ``result()``, as
+    ``RolloutWorker`` (``PPOConfig.rollout_workers``).
+
+    Each worker owns a contiguous block of the envs (``split_envs``): it builds them
+    itself, resets them with their seeds and samples actions with its own seed
+    (``worker_sample_seed``), with the weights sent with every request; ``result()``
+    concatenates the rollouts in worker order (``merge_results``), so a run is
+    deterministic for a given number of workers and seed.
+
+    make_envs : ``make_envs(indices)`` builds the vector env of those env indices
+        (called inside the worker: a forked closure, or cloudpickled to a Ray actor)
+    n_envs : all envs of the learner
+    workers : int >= 2
+    backend : ``pool`` (forked processes that die with the learner, as ``RolloutWorker``)
+        or ``ray`` (one actor of 1 CPU each; ``RAY_ADDRESS`` names the cluster, unset or
+        ``local`` starts a local instance of ``workers`` CPUs: datasets.parallel's rule,
+        and every node must see the checkout and the venv at the same paths). Ray actors
+        end with the learner: ``close()`` kills them, and a killed driver's actors are
+        ended by Ray (they are owned by the driver).
+    policy, reference : CPU copies (the learner may be on CUDA; workers never touch it)
+    """
+
+    def __init__(
+        self,
+        make_envs: Callable[[Sequence[int]], gym.vector.VectorEnv],
+        policy: nn.Module,
+        *,
+        n_envs: int,
+        workers: int,
+        steps: int,
+        reference: nn.Module | None = None,
+        backend: str = "pool",
+        daemon: bool = True,
+    ) -> None:
+        assert workers >= 2 and n_envs >= workers, f"RolloutPool: {workers} workers for {n_envs} envs"
+        self.blocks = split_envs(n_envs, workers)
+        self.backend = backend
+        self._local: list[RolloutWorker] = []
+        self._actors: list[Any] = []
+        self._refs: list[Any] = []
+        self._ray, self._started = None, False
+        self._pending = False
+        try:
+            if backend == "ray":
+                from datasets.parallel import start_ray
+
+                self._ray, self._started = start_ray(workers)
+                actor = self._ray.remote(num_cpus=1)(_RayWorker)
+                cwd = os.getcwd()
+                self._actors = [actor.remote(cwd, functools.partial(make_envs, list(b)), policy, reference, steps)
+                                for b in self.blocks]
+            else:
+                self._local = [RolloutWorker(functools.partial(make_envs, list(b)), policy, steps=steps,
+                                             reference=reference, daemon=daemon) for b in self.blocks]
+        except BaseException:
+            self.close()
+            raise
+
+    def request(self, weights: Mapping[str, torch.Tensor], seeds: Sequence[int], sample_seed: int) -> None:
+        """Every worker starts a rollout with these weights (copied now), its block of the
+        env reset ``seeds`` and its own sampling seed."""
+        assert not self._pending, "RolloutPool: result() of the previous request was not taken"
+        seeds = [int(s) for s in seeds]
+        if self._ray is not None:
+            wref = self._ray.put({k: v.detach().cpu().numpy() for k, v in weights.items()})
+            self._refs = [a.rollout.remote(wref, [seeds[i] for i in b], worker_sample_seed(sample_seed, k))
+                          for k, (a, b) in enumerate(zip(self._actors, self.blocks))]
+        else:
+            for k, (w, b) in enumerate(zip(self._local, self.blocks)):
+                w.request(weights, [seeds[i] for i in b], worker_sample_seed(sample_seed, k))
+        self._pending = True
+
+    def result(self) -> RolloutResult:
+        """Wait for every worker's rollout; one rollout, in worker order."""
+        assert self._pending, "RolloutPool: no rollout was requested"
+        self._pending = False
+        n = len(self.blocks)
+        if self._ray is None:
+            results = []
+            for k, w in enumerate(self._local):
+                try:
+                    results.append(w.result())
+                except RuntimeError as exc:
+                    raise RuntimeError(f"rollout worker {k} of {n}: {exc}") from None
+            return merge_results(results)
+        results = []
+        for k, ref in enumerate(self._refs):
+            try:
+                msg = self._ray.get(ref)
+            except Exception as exc:  # RayTaskError (with the actor's traceback) or RayActorError (it died)
+                raise RuntimeError(f"rollout worker {k} of {n} (Ray actor) failed:\n{exc}") from None
+            _, (fields, ref_lp), t_reset, t_rollout, cpu = msg
+            # the object store's arrays are read-only: the learner gets its own copies
+            ro = Rollout(**_to_torch(fields, copy=True))
+            results.append(RolloutResult(ro, None if ref_lp is None else torch.from_numpy(np.array(ref_lp)),
+                                         t_reset, t_rollout, cpu))
+        self._refs = []
+        return merge_results(results)
+
+    def close(self) -> None:
+        """Stop every worker (unfinished requests are abandoned); a Ray instance this pool
+        started is shut down."""
+        for w in self._local:
+            w.close()
+        self._local = []
+        if self._ray is not None:
+            for a in self._actors:
+                try:
+                    self._ray.kill(a)
+                except Exception:  # already gone
+                    pass
+            self._actors, self._refs = [], []
+            if self._started:
+                self._ray.shutdown()
+            self._ray = None
+
+
 # ---------------------------------------------------------------------------- one call per epoch
 
 
@@ -222,10 +430,12 @@ class RolloutBatch:
 
 
 class RolloutSource:
-    """Each epoch's rollout, one ``next_rollout()`` call whether it is collected here or
-    by a forked ``RolloutWorker`` (``overlap``).
+    """Each epoch's rollout, one ``next_rollout()`` call whether it is collected here, by
+    a forked ``RolloutWorker`` (``overlap``) or by a ``RolloutPool`` of N workers
+    (``workers >= 2``).
 
-    make_envs : builds the vector env (in this process, or in the worker)
+    make_envs : ``make_envs()`` builds the vector env of all envs (in this process, or in
+        the worker); ``make_envs(indices)`` those envs only (a pool worker's block)
     policy : the learner's policy (the worker gets a CPU copy of its architecture)
     reference : frozen policy whose log-probs of the sampled actions come with each
         rollout (the KL anchor), or None
@@ -239,6 +449,11 @@ class RolloutSource:
     first : seeds of the first epoch's rollout
     daemon : False when the envs start processes of their own (see ``RolloutWorker``)
     ref_batch : batch of the reference's no-grad forward passes here
+    workers : >= 2: a ``RolloutPool`` of so many workers on the CPU (any learner device),
+        each with its block of the ``n_envs`` envs; with ``overlap`` they collect one
+        update ahead (lagged, as the single worker), without it each epoch's rollout is
+        collected with the current weights while the learner waits (plain PPO)
+    backend : the pool's ``pool`` (forked processes) or ``ray`` (actors)
     """
 
     def __init__(
@@ -255,13 +470,25 @@ class RolloutSource:
         first: EpochSeeds,
         daemon: bool = True,
         ref_batch: int = 256,
+        workers: int = 1,
+        n_envs: int = 0,
+        backend: str = "pool",
     ) -> None:
         self.steps, self.device, self.sample_gen, self.ref_batch = steps, device, sample_gen, ref_batch
         self.reference = reference
         self._envs: gym.vector.VectorEnv | None = None
-        self._worker: RolloutWorker | None = None
+        self._worker: RolloutWorker | RolloutPool | None = None
         self._behaviour: dict[str, torch.Tensor] = {}
-        if overlap:
+        self._ahead = overlap  # the worker(s) collect the next epoch while the learner updates
+        if workers >= 2:
+            self._worker = RolloutPool(
+                make_envs, copy.deepcopy(policy).cpu(), n_envs=n_envs, workers=workers, steps=steps, backend=backend,
+                reference=copy.deepcopy(reference).cpu() if reference is not None else None, daemon=daemon,
+            )
+            if overlap:
+                self._behaviour = {k: v.detach().clone() for k, v in (behaviour or policy.state_dict()).items()}
+                self._worker.request(self._behaviour, first.envs, first.sample)
+        elif overlap:
             # the weights the in-flight rollout is collected with (a checkpoint stores them)
             self._behaviour = {k: v.detach().clone() for k, v in (behaviour or policy.state_dict()).items()}
             self._worker = RolloutWorker(
@@ -282,6 +509,13 @@ class RolloutSource:
         (``next_seeds``, None after the session's last epoch) with ``policy``'s weights now.
         """
         t0 = time.perf_counter()
+        if self._worker is not None and not self._ahead:
+            # -- a pool without overlap: this epoch's rollout, with the weights as they are now
+            self._worker.request(policy.state_dict(), seeds.envs, seeds.sample)
+            res = self._worker.result()
+            times = {"time_data": 0.0, "time_rollout": time.perf_counter() - t0,
+                     "time_worker_reset": res.t_reset, "time_worker_rollout": res.t_rollout, "cpu_time_worker": res.cpu}
+            return RolloutBatch(res.rollout, res.ref_logp, lagged=False, times=times)
         if self._worker is not None:
             # -- rollout e (collected with the weights before update e - 1) ...
             res = self._worker.result()

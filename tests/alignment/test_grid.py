@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from alignment.grid import GridModel, GridPhase, candidate_features, cut_points, fit_phase
+from alignment.grid import GridPhase, cut_points, fit_phase
+from alignment.grid_model import GridModel, candidate_features
 from alignment.labels import plan_actions
 from datasets.beats import BeatGrid
 from datasets.features import FEATURE_NAMES, N_FEATURES, BeatFeatures, feature_index
@@ -157,7 +158,7 @@ def test_fit_tempo_recovers_an_editor_who_taps_another_pulse(ratio, offset, shif
 def test_tempo_ranker_learns_the_pulse_with_onsets():
     # songs whose onsets fall on a 2/3 lattice of the tracker's beats: the ranker trained
     # on their tempo evidence picks that lattice on a new song, from the audio alone
-    from alignment.grid import TempoModel, tempo_features
+    from alignment.grid_model import TempoModel, tempo_features
 
     sr_hop = 22050 / 512
     rng = np.random.default_rng(0)
@@ -182,7 +183,7 @@ def test_tempo_ranker_learns_the_pulse_with_onsets():
 def test_inference_puts_the_song_on_the_predicted_pulse(tmp_path):
     # a checkpoint whose pulse ranker prefers "two beats in three of the tracker's": the
     # new song's features come back on that pulse's beats, bar and phrase columns included
-    from alignment.grid import TEMPO_FEATURE_NAMES, TempoModel, editor_grid_features
+    from alignment.grid_model import TEMPO_FEATURE_NAMES, TempoModel, editor_grid_features
     from datasets.audio import ANALYSIS_SR, load_audio, write_audio
     from datasets.features import extract_features
     from tests.conftest import click_track
