@@ -1,7 +1,8 @@
 """Kills (issue 13, rows 4, 5, 11): SIGKILL a stage, as the OOM killer or a closed laptop
 would, then run it again.
 
-- no worker outlives its killed parent: PPO's forked rollout worker, ``alignment.run
+- no worker outlives its killed parent: PPO's forked rollout worker (and its N rollout
+  workers, ``--rollout_workers 2``), ``alignment.run
   --jobs 2``'s pool, a spawn pool (``datasets.demo.build``'s kind) and the watchdog used
   where prctl is missing (datasets/procs.py);
 - pretraining (behaviour cloning + DAgger rounds) and fine-tuning started again continue
@@ -292,6 +293,36 @@ def test_finetune_killed_leaves_no_worker_and_resumes_exactly(tiny, capsys):
     assert main([*args, "--restart", "--epochs", "1"]) == 0
     assert "--restart: starting over" in capsys.readouterr().out
     assert load_checkpoint(save / "ppo_last.pt")["extra"]["ppo"]["epoch"] == 1
+
+
+@needs_music
+def test_finetune_with_two_rollout_workers_killed_leaves_none_and_resumes_exactly(tiny, capsys):
+    # issue 18: N forked rollout workers die with their killed learner as the single one
+    # does, and a run of N workers resumes bit for bit (the in-flight weights and each
+    # worker's seeds come from the checkpoint and (seed, epoch, worker))
+    from agent.checkpoint import load_checkpoint
+    from rl.train import main
+
+    root = tiny
+    save = root / "ft2"
+    flags = [*FINETUNE, "--rollout_workers", "2", "--rollout_backend", "pool"]
+    args = ["--run", "tiny", "--runs_dir", str(root), "--save_dir", str(save), *flags]
+    killer = _KillAt(_start(["-m", "rl.train", *args]), "ppo: epoch 1 ")
+    assert main(["--run", "tiny", "--runs_dir", str(root), "--save_dir", str(root / "ref2"), *flags]) == 0
+    killer.result()
+    assert len(killer.workers) >= 2, f"fewer than 2 rollout workers were forked: {killer.workers}"
+    assert not killer.survivors, "a rollout worker outlived the killed learner"
+    killed_at = int(load_checkpoint(save / "ppo_last.pt")["extra"]["ppo"]["epoch"])
+    assert 1 <= killed_at < 4
+
+    capsys.readouterr()
+    assert main(args) == 0
+    assert f"resuming {save / 'ppo_last.pt'} at epoch {killed_at}" in capsys.readouterr().out
+    assert not [p for p in multiprocessing.active_children() if p.is_alive()]
+    resumed, full = load_checkpoint(save / "ppo_last.pt"), load_checkpoint(root / "ref2" / "ppo_last.pt")
+    assert resumed["extra"]["ppo"]["epoch"] == full["extra"]["ppo"]["epoch"] == 4 and resumed["step"] == full["step"]
+    for k, v in full["model"].items():
+        assert torch.equal(v, resumed["model"][k]), k
 
 
 @needs_music
