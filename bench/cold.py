@@ -235,6 +235,21 @@ def make_checkpoint(work: Path, song: Path) -> Path:
                        actions=tuple(oracle_actions(plan, strict=False)), plan=plan, confidence=None)
     data = build_bc_data([pair], songs={("song", IDENTITY.key()): Song.from_features(feats, name="song", human_plan=plan)},
                          stems="dsp")
+    # The editor's grid as make align fits it (RUN/labels/editor_grid.json, saved in the
+    # checkpoint): a pulse ranker and a phase ranker, so inference pays for their
+    # features (the onset envelope, each candidate's salience and accents) as a trained
+    # checkpoint's does. Zero weights rank every candidate equal, so the product's own
+    # pulse and phase (the first) win: the features are not recomputed on another grid,
+    # and the timing does not hinge on which phase a ranker would pick for this song.
+    from alignment.grid_model import FEATURE_NAMES as PHASE_NAMES, GRID_MODEL_FILE, TEMPO_FEATURE_NAMES, GridModel, TempoModel
+    from alignment.label_index import labels_dir
+    from datasets.atomic import atomic_write_json
+
+    def zero(names):
+        return dict(weights=(0.0,) * len(names), mean=(0.0,) * len(names), std=(1.0,) * len(names), n_songs=1, agreement=1.0)
+
+    grid_model = GridModel(**zero(PHASE_NAMES), tempo=TempoModel(**zero(TEMPO_FEATURE_NAMES)))
+    atomic_write_json(labels_dir(work / "bc-runs" / "bc") / GRID_MODEL_FILE, grid_model.to_dict())
     cfg = PretrainConfig(run="bc", runs_dir=str(work / "bc-runs"), epochs=30, lr=1e-2, val_fraction=0.0, patience=1000,
                          figure_every=1000, feature_dropout=0.0, hidden=16, n_layers=1, n_heads=2, kernel_size=3,
                          batch_size=32, threads=1, planner=False, stems="dsp")
