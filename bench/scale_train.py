@@ -1,6 +1,6 @@
 """Benchmark: a behaviour-cloning epoch with 1 and with 2 gloo processes (torchrun), one run.
 
-    .venv/bin/python bench/scale_train.py [--samples 4096] [--procs 1 2] [--batch-size 64]
+    .venv/bin/python bench/scale_train.py [--samples 4096] [--procs 1 2] [--batch-size 64] [--repeat 3]
 
 Issue 18's "BC epoch time 1 vs 2 gloo processes" row. bench/scale.py (the alignment
 table) was not committed when this was written, so the row lives here, with that table's
@@ -106,16 +106,19 @@ def _run(procs: int, out: Path, args: argparse.Namespace, work: Path) -> tuple[d
 
 
 def bench_bc(work: Path, args: argparse.Namespace) -> tuple[list[Row], dict[int, float]]:
-    """(BC epoch rows, epoch seconds per world size): the single process first, then each
-    torchrun world size."""
-    res = []
-    for n in sorted(set(args.procs)):
-        r, wall = _run(n, work / f"out{n}.json", args, work / f"runs{n}")
-        res.append((n, r, wall))
-    rate = {n: r["n_train"] / r["epoch_s"] for n, r, _ in res}
-    single = rate[min(rate)]
-    return [Row("BC epoch", "single process" if n == 1 else "torchrun gloo", n, rate[n], "samples/s", wall, single)
-            for n, _, wall in res], {n: r["epoch_s"] for n, r, _ in res}
+    """(BC epoch rows, epoch seconds per world size): each world size ``--repeat`` times,
+    the sizes interleaved (1, 2, 1, 2, ...) so they share the machine's load alike; the
+    median run of each."""
+    runs: dict[int, list[tuple[float, float, int]]] = {}
+    for k in range(args.repeat):
+        for n in sorted(set(args.procs)):
+            r, wall = _run(n, work / f"out{n}-{k}.json", args, work / f"runs{n}-{k}")
+            runs.setdefault(n, []).append((r["epoch_s"], wall, r["n_train"]))
+    med = {n: sorted(v)[len(v) // 2] for n, v in runs.items()}  # (epoch s, wall, n_train) of the median epoch
+    rate = {n: m[2] / m[0] for n, m in med.items()}
+    single = rate[1]
+    return [Row("BC epoch", "single process" if n == 1 else "torchrun gloo", n, rate[n], "samples/s", med[n][1], single)
+            for n in sorted(rate)], {n: m[0] for n, m in med.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,14 +126,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--samples", type=int, default=4096, help="random BC samples (80 %% of the songs train)")
     p.add_argument("--batch-size", type=int, default=64, help="the global batch (PretrainConfig's default: 64)")
     p.add_argument("--procs", type=int, nargs="+", default=[1, 2], help="world sizes; 1 = the plain process")
+    p.add_argument("--repeat", type=int, default=1, help="runs per world size, interleaved; the median is shown")
     p.add_argument("--worker-out", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker_out is not None:
         worker(args.worker_out, samples=args.samples, batch_size=args.batch_size, work=args.work)
         return 0
-    if args.samples < 64 or min(args.procs) < 1 or 1 not in args.procs:
-        print("error: --samples >= 64, --procs >= 1 and including 1 (the single-process figure)", file=sys.stderr)
+    if args.samples < 64 or min(args.procs) < 1 or 1 not in args.procs or args.repeat < 1:
+        print("error: --samples >= 64, --repeat >= 1, --procs >= 1 and including 1 (the single-process figure)", file=sys.stderr)
         return 2
     load0 = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench-scale-train-") as tmp:
@@ -139,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         print(f"{r.stage:<10} {r.config:<15} {r.workers:>7} {r.value:>9.1f} {r.unit:<10} {epoch_s[r.workers]:>8.2f} "
               f"{r.seconds:>7.1f} {r.value / r.single:>8.2f}")
-    print(f"{args.samples} random samples, global batch {args.batch_size}, 1 torch thread per process; {os.cpu_count()} CPUs; "
+    print(f"{args.samples} random samples, global batch {args.batch_size}, 1 torch thread per process, median of {args.repeat} "
+          f"run(s); {os.cpu_count()} CPUs; "
           f"load average {load0:.1f} before, {os.getloadavg()[0]:.1f} after")
     return 0
 

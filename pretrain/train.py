@@ -74,7 +74,7 @@ from envs.reward import target_keep_from
 from pretrain.dagger import collect_dagger
 from pretrain.dataset import BCData, build_bc_data, load_labels, split_by_song
 from pretrain.distributed import (DDP, Dist, check_same, current, epoch_seed, fingerprint, init_from_env, shard, share, shutdown,
-                                  sum_across, total_across)
+                                  total_across)
 from pretrain.evaluate import policy_fn
 from pretrain.losses import LossWeights, bc_losses, classification_metrics, loss_denominators, predict, type_class_weights
 
@@ -283,6 +283,19 @@ def _batch(data: BCData, idx: np.ndarray, device) -> tuple[dict, torch.Tensor, t
     boundary = torch.as_tensor(data.boundary[idx], device=device)
     weight = torch.as_tensor(data.weight[idx], device=device)
     return obs, actions, boundary, weight
+
+
+def _batch_denominators(data: BCData, idx: np.ndarray, device, *, cfg: PolicyConfig, type_weights, energy_col, lw) -> dict:
+    """``loss_denominators`` of the global batch idx under torchrun: every rank holds all
+    the data, so each computes the whole batch's weight sums itself (no all-reduce; the
+    same sums as the single process), from the masks alone (the masks as BCData.obs
+    builds them; no features copied)."""
+    obs = {"beat_mask": torch.as_tensor(data.beat_mask[idx], device=device) > 0.5,
+           "size_mask": torch.as_tensor(data.size_mask[idx], device=device).bool(),
+           "amount_mask": torch.as_tensor(data.amount_mask[idx], device=device).bool()}
+    t = lambda a: torch.as_tensor(a[idx], device=device)  # noqa: E731
+    return loss_denominators(cfg, obs, t(data.actions), boundary=t(data.boundary), weight=t(data.weight),
+                             type_weights=type_weights, energy_col=energy_col, lw=lw)
 
 
 def _drop_features(beats: torch.Tensor, mean: torch.Tensor, p: float) -> torch.Tensor:
@@ -591,10 +604,8 @@ def train(cfg: PretrainConfig, data: BCData | None = None, *, target_keep: float
                 head_row = HEAD_INDEX if obs["beats"].shape[1] == WINDOW else pcfg.head_row
                 obs["beats"] = _drop_history(obs["beats"], cfg.history_dropout, head_row=head_row)
             den = None
-            if d.active:  # each term over the global batch's weight sum: the shards' losses add up
-                den = loss_denominators(model.cfg, obs, actions, boundary=boundary, weight=weight, type_weights=type_weights,
-                                        energy_col=energy_col, lw=lw)
-                den = sum_across({k: v if real else v * 0 for k, v in den.items()}, d)
+            if d.active:  # each term over the global batch's weight sums: the shards' losses add up
+                den = _batch_denominators(data, j, device, cfg=model.cfg, type_weights=type_weights, energy_col=energy_col, lw=lw)
             loss, parts = bc_losses(net, obs, actions, boundary=boundary, weight=weight, type_weights=type_weights, energy_col=energy_col, lw=lw,
                                     denominators=den)
             if d.active:  # DDP averages the ranks' gradients; a stand-in row counts for nothing
