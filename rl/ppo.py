@@ -200,7 +200,8 @@ class PPOConfig:
     """CPU: a forked worker collects the next epoch's rollout while the learner updates
     (rl/worker.py), so the envs and the update each keep a core busy; rollouts are then
     one update behind and the loss is decoupled PPO (``lag_weight_clip``). Off on CUDA
-    unless rollout_workers >= 2 (the workers run on the CPU, the learner on the GPU)"""
+    unless the rollouts come from a RolloutPool (rollout_workers >= 2, or 1 on Ray: the
+    workers run on the CPU, the learner on the GPU)"""
     lag_weight_clip: float = 2.0
     """overlap: each sample's weight pi_prox / pi_behaviour is truncated at this (V-trace's rho-bar)"""
     rollout_workers: int = 0
@@ -210,11 +211,11 @@ class PPOConfig:
     concatenated in worker order: deterministic for a given number of workers and seed.
     With ``overlap`` they collect one update ahead (decoupled PPO, on any learner
     device), without it with the current weights. 0 or 1: the single overlapped worker or
-    the envs in this process, as before"""
+    the envs in this process, as before (1 on the ray backend: one Ray actor)"""
     rollout_backend: Literal["auto", "pool", "ray"] = "auto"
-    """rollout_workers >= 2: ``pool`` forked local processes (die with the learner), ``ray``
-    Ray actors (RAY_ADDRESS names the cluster; unset or ``local`` starts a local instance),
-    ``auto`` ray exactly when RAY_ADDRESS is set (datasets/parallel.py's rule)"""
+    """where rollout_workers >= 1 run: ``pool`` forked local processes (die with the learner),
+    ``ray`` Ray actors (RAY_ADDRESS names the cluster; unset or ``local`` starts a local
+    instance), ``auto`` ray exactly when RAY_ADDRESS is set (datasets/parallel.py's rule)"""
 
 
 @dataclass(frozen=True)
@@ -423,11 +424,13 @@ def train(
 
     # -- the rollouts: the envs here, (overlap, CPU) a forked worker one update ahead, or
     # (rollout_workers >= 2) N CPU workers, each with its block of the envs
-    n_workers = cfg.rollout_workers if cfg.rollout_workers >= 2 else 1
-    use_overlap = cfg.overlap and (device.type == "cpu" or n_workers > 1)
+    # (or one Ray actor: rollout_workers=1 on the ray backend)
+    backend = resolve_backend(cfg.rollout_backend) if cfg.rollout_workers >= 1 else "pool"  # Ray only when asked for
+    use_pool = cfg.rollout_workers >= 2 or (cfg.rollout_workers == 1 and backend == "ray")
+    n_workers = cfg.rollout_workers if use_pool else 1
+    use_overlap = cfg.overlap and (device.type == "cpu" or use_pool)
     if cfg.overlap and not use_overlap:
         log.info(f"ppo: overlap off on {device} (the worker would fork a CUDA context); rollouts run in this process")
-    backend = resolve_backend(cfg.rollout_backend) if n_workers > 1 else "pool"  # Ray only when asked for
 
     def make_envs(indices: Sequence[int] | None = None) -> gym.vector.VectorEnv:
         v = make_vector_env(env_fns if indices is None else [env_fns[i] for i in indices], subprocess=subprocess)
@@ -439,9 +442,10 @@ def train(
     rollouts = RolloutSource(
         make_envs, policy, reference=reference if cfg.anchor == "kl" else None, steps=cfg.steps, overlap=use_overlap,
         device=device, sample_gen=sample_gen, behaviour=behaviour, first=epoch_seeds(cfg, start_epoch),
-        daemon=not subprocess, ref_batch=max(micro, 256), workers=n_workers, n_envs=cfg.n_envs, backend=backend,
+        daemon=not subprocess, ref_batch=max(micro, 256), workers=n_workers if use_pool else 0, n_envs=cfg.n_envs,
+        backend=backend,
     )
-    if n_workers > 1:
+    if use_pool:
         where = (f"{n_workers} rollout workers on CPU ({'Ray actors' if backend == 'ray' else 'local processes'}"
                  f"{', one update ahead' if use_overlap else ''})")
     else:

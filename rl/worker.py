@@ -297,7 +297,7 @@ class RolloutPool:
     make_envs : ``make_envs(indices)`` builds the vector env of those env indices
         (called inside the worker: a forked closure, or cloudpickled to a Ray actor)
     n_envs : all envs of the learner
-    workers : int >= 2
+    workers : int >= 1 (1: one Ray actor; locally ``RolloutWorker`` alone is that)
     backend : ``pool`` (forked processes that die with the learner, as ``RolloutWorker``)
         or ``ray`` (one actor of 1 CPU each; ``RAY_ADDRESS`` names the cluster, unset or
         ``local`` starts a local instance of ``workers`` CPUs: datasets.parallel's rule,
@@ -319,7 +319,7 @@ class RolloutPool:
         backend: str = "pool",
         daemon: bool = True,
     ) -> None:
-        assert workers >= 2 and n_envs >= workers, f"RolloutPool: {workers} workers for {n_envs} envs"
+        assert 1 <= workers <= n_envs, f"RolloutPool: {workers} workers for {n_envs} envs"
         self.blocks = split_envs(n_envs, workers)
         self.backend = backend
         self._local: list[RolloutWorker] = []
@@ -432,7 +432,7 @@ class RolloutBatch:
 class RolloutSource:
     """Each epoch's rollout, one ``next_rollout()`` call whether it is collected here, by
     a forked ``RolloutWorker`` (``overlap``) or by a ``RolloutPool`` of N workers
-    (``workers >= 2``).
+    (``workers >= 1``).
 
     make_envs : ``make_envs()`` builds the vector env of all envs (in this process, or in
         the worker); ``make_envs(indices)`` those envs only (a pool worker's block)
@@ -449,7 +449,7 @@ class RolloutSource:
     first : seeds of the first epoch's rollout
     daemon : False when the envs start processes of their own (see ``RolloutWorker``)
     ref_batch : batch of the reference's no-grad forward passes here
-    workers : >= 2: a ``RolloutPool`` of so many workers on the CPU (any learner device),
+    workers : >= 1: a ``RolloutPool`` of so many workers on the CPU (any learner device),
         each with its block of the ``n_envs`` envs; with ``overlap`` they collect one
         update ahead (lagged, as the single worker), without it each epoch's rollout is
         collected with the current weights while the learner waits (plain PPO)
@@ -470,7 +470,7 @@ class RolloutSource:
         first: EpochSeeds,
         daemon: bool = True,
         ref_batch: int = 256,
-        workers: int = 1,
+        workers: int = 0,
         n_envs: int = 0,
         backend: str = "pool",
     ) -> None:
@@ -480,7 +480,7 @@ class RolloutSource:
         self._worker: RolloutWorker | RolloutPool | None = None
         self._behaviour: dict[str, torch.Tensor] = {}
         self._ahead = overlap  # the worker(s) collect the next epoch while the learner updates
-        if workers >= 2:
+        if workers >= 1:
             self._worker = RolloutPool(
                 make_envs, copy.deepcopy(policy).cpu(), n_envs=n_envs, workers=workers, steps=steps, backend=backend,
                 reference=copy.deepcopy(reference).cpu() if reference is not None else None, daemon=daemon,
