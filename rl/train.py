@@ -4,6 +4,8 @@
     python -m rl.train --run demo --epochs 200 --steps 128 --n_envs 8 --lr 5e-5 --subprocess
     python -m rl.train --run demo --restart                         # start over (the log says so)
     python -m rl.train --run demo --from_scratch                    # PPO without behaviour cloning
+    python -m rl.train --run demo --rollout_workers 4               # 4 CPU rollout workers, one learner (CUDA if any)
+    RAY_ADDRESS=auto python -m rl.train --run demo --rollout_workers 32   # the workers as Ray actors on a cluster
 
 Songs: every labelled pair of runs/RUN/labels/index.json (``make align``): the raw
 recording, its features on the label's beat grid, and the human plan (the reward's
