@@ -11,8 +11,8 @@ variables, or with WORLD_SIZE = 1, nothing is initialised and ``current()`` is t
 process (rank 0 of 1), so the plain run does not touch ``torch.distributed`` at all.
 
 How pretrain/train.py uses it (the contract, tests/pretrain/test_distributed.py):
-- every rank builds the same data (rank 0 first, so the others read its feature cache),
-  checked equal across ranks by a fingerprint (``check_same``);
+- every rank builds the same data (each box's local rank 0 first, so the box's others
+  read its feature cache), checked equal across ranks by a fingerprint (``check_same``);
 - each global batch (``batch_size`` samples, the single process's batch) is split into
   disjoint strided shards, one per rank (``shard``). Each loss term of a shard is divided
   by the term's weight sum over the whole global batch (``pretrain.losses.
@@ -45,8 +45,8 @@ import torch.distributed as dist
 
 from datasets.errors import EditorError, ParameterError
 
-__all__ = ["Dist", "TIMEOUT", "current", "init_from_env", "shutdown", "share", "shard", "total_across", "check_same",
-           "fingerprint", "DDP", "epoch_seed"]
+__all__ = ["Dist", "TIMEOUT", "current", "init_from_env", "shutdown", "share", "raise_any", "shard", "total_across",
+           "check_same", "fingerprint", "DDP", "epoch_seed"]
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +146,21 @@ def share(obj, d: Dist | None = None):
     if isinstance(obj, EditorError):
         raise obj
     return obj
+
+
+def raise_any(err: EditorError | None, d: Dist) -> None:
+    """Every rank raises the first of the ranks' errors (by rank), or none does: a user
+    error found on one box ends the whole job with its message instead of leaving the
+    others waiting in their next collective."""
+    if not d.active:
+        if err is not None:
+            raise err
+        return
+    errs: list = [None] * d.world
+    dist.all_gather_object(errs, err)
+    first = next((e for e in errs if e is not None), None)
+    if first is not None:
+        raise first
 
 
 def shard(batch: np.ndarray, d: Dist) -> tuple[np.ndarray, bool]:

@@ -31,9 +31,9 @@ or other labels is never continued: the run stops with an error naming ``--resta
 Not exact: on CUDA, kernels without a deterministic backward (natten's, scatter-adds)
 make even two uninterrupted runs differ in the last bits (the resume log says so).
 TensorBoard hides what the killed session logged after its last checkpoint.
-Under torchrun the checkpoint holds nothing of the world size (rank 0's weights,
-optimizer and RNG states, which every rank shares but the RNG), so a run of any world
-size, one process included, continues it. Exact: a DDP run continued with the same world
+Under torchrun the checkpoint holds nothing of the world size (the weights and optimizer
+state every rank shares, and rank 0's RNG states), so a run of any world size, one
+process included, continues it. Exact: a DDP run continued with the same world
 size on the CPU (each rank reseeds torch at every epoch from (seed, epoch, rank), the
 batch order depends on (seed, epoch) alone); and a single process continuing a DDP
 checkpoint continues from its stored RNG state deterministically. Within noise: another
@@ -73,8 +73,8 @@ from envs.observation import HEAD_INDEX, HISTORY_CHANNELS, WINDOW, channel_index
 from envs.reward import target_keep_from
 from pretrain.dagger import collect_dagger
 from pretrain.dataset import BCData, build_bc_data, load_labels, split_by_song
-from pretrain.distributed import (DDP, Dist, check_same, current, epoch_seed, fingerprint, init_from_env, shard, share, shutdown,
-                                  total_across)
+from pretrain.distributed import (DDP, Dist, check_same, current, epoch_seed, fingerprint, init_from_env, raise_any, shard, share,
+                                  shutdown, total_across)
 from pretrain.evaluate import policy_fn
 from pretrain.losses import LossWeights, bc_losses, classification_metrics, loss_denominators, predict, type_class_weights
 
@@ -440,18 +440,19 @@ def _from_main(d: Dist, fn: Callable[[], object]):
 
 
 def _build_run_data_ranked(cfg: PretrainConfig, d: Dist) -> tuple[BCData, list, float]:
-    """``build_run_data`` on every rank, rank 0 first: the others then read the
-    features it computed from the shared cache instead of computing them at once."""
+    """``build_run_data`` on every rank, each box's local rank 0 first: the box's other
+    ranks then read the features it computed from its feature cache instead of
+    computing them at once."""
     if not d.active:
         return build_run_data(cfg)
     out, err = None, None
-    if d.main:
+    if d.local_rank == 0:
         try:
             out = build_run_data(cfg)
         except EditorError as exc:
             err = exc
-    share(err, d)  # the others wait for rank 0 here; its error ends every rank
-    return out if d.main else build_run_data(cfg)
+    raise_any(err, d)  # the others wait here; one box's error ends every rank
+    return out if d.local_rank == 0 else build_run_data(cfg)
 
 
 def train(cfg: PretrainConfig, data: BCData | None = None, *, target_keep: float | None = None,
