@@ -270,12 +270,12 @@ class _RayWorker:
     """A Ray actor's body: one block of envs, a CPU policy and the reference, one rollout
     per ``rollout`` call (``_collect``, the forked worker's own code)."""
 
-    def __init__(self, cwd: str, make_envs: Callable[[], gym.vector.VectorEnv], policy: nn.Module,
-                 reference: nn.Module | None, steps: int) -> None:
+    def __init__(self, cwd: str, make_envs: Callable[[Sequence[int]], gym.vector.VectorEnv], indices: Sequence[int],
+                 policy: nn.Module, reference: nn.Module | None, steps: int) -> None:
         if os.path.isdir(cwd):  # relative paths mean what they mean to the learner (datasets.parallel)
             os.chdir(cwd)
         torch.set_num_threads(1)  # one CPU per actor (num_cpus=1)
-        self.envs = make_envs()
+        self.envs = make_envs(indices)
         self.policy, self.reference, self.steps = policy, reference, steps
 
     def rollout(self, weights: Mapping[str, np.ndarray], seeds: Sequence[int], sample_seed: int) -> tuple:
@@ -333,8 +333,9 @@ class RolloutPool:
 
                 self._ray, self._started = start_ray(workers)
                 actor = self._ray.remote(num_cpus=1)(_RayWorker)
-                cwd = os.getcwd()
-                self._actors = [actor.remote(cwd, functools.partial(make_envs, list(b)), policy, reference, steps)
+                # into the object store once (the env factories hold the songs), not once per actor
+                shared = [self._ray.put(x) for x in (make_envs, policy, reference)]
+                self._actors = [actor.remote(os.getcwd(), shared[0], list(b), shared[1], shared[2], steps)
                                 for b in self.blocks]
             else:
                 self._local = [RolloutWorker(functools.partial(make_envs, list(b)), policy, steps=steps,
