@@ -146,7 +146,7 @@ def plot_edit(
     span per run of beats of one kind), a legend and the title; bottom: the output
     timeline (which raw span plays when). Drawn with Pillow, not matplotlib: importing
     matplotlib and drawing the same picture cost ~0.7 s CPU of a ~5 s cold
-    ``agent.infer`` (issue 17); this costs ~0.05 s.
+    ``agent.infer`` (issue 17); this costs ~0.08 s.
     """
     from PIL import Image, ImageDraw
 
@@ -157,7 +157,10 @@ def plot_edit(
     # Raw panel: coloured beat runs, then the waveform's peak per pixel column.
     x0, y0, x1, y1 = _RAW_BOX
     dur = max(plan.grid.duration, 1e-9)
-    px = lambda s: x0 + (x1 - x0) * s / dur  # noqa: E731  seconds -> pixel column
+
+    def px(seconds: float) -> float:
+        return x0 + (x1 - x0) * seconds / dur
+
     b = plan.grid.bounds
     for i0, i1, k in _runs(_region_kind(plan)):
         draw.rectangle([px(b[i0]), y0, px(b[i1]), y1], fill=_hex(_COLOURS[k], 0.35))
@@ -187,7 +190,10 @@ def plot_edit(
     timeline = output_timeline(plan, sr=sr, crossfade_ms=crossfade_ms)
     ox0, oy0, ox1, oy1 = _OUT_BOX
     total = max(timeline[-1].out_end if timeline else 0.0, 1e-3)
-    opx = lambda s: ox0 + (ox1 - ox0) * min(s, total) / total  # noqa: E731
+
+    def opx(seconds: float) -> float:
+        return ox0 + (ox1 - ox0) * min(seconds, total) / total
+
     bar_top, bar_bot = oy0 + (oy1 - oy0) * 0.05, oy1 - (oy1 - oy0) * 0.05
     for s in timeline:
         draw.rectangle([opx(s.out_start), bar_top, opx(s.out_end), bar_bot], fill=_hex(("#5b8fd6", "#a9c6ee")[s.index % 2]),
