@@ -278,16 +278,7 @@ class RankPlanner:
             from datasets.errors import ParameterError
 
             raise ParameterError("RankPlanner.fit: no training songs")
-        tables, kept_s, dur_s = [], [], []
-        for X, Y in songs:
-            F, ph_of, sec = phrase_table(X)
-            bar_s = np.asarray(X, dtype=np.float64)[:, _SECONDS]
-            kept_bar = np.asarray(Y)[:, 0] > 0.5
-            # a phrase is kept when most of its seconds are
-            kept = np.bincount(ph_of, bar_s * kept_bar, minlength=len(sec)) >= 0.5 * sec
-            tables.append((F, ph_of, sec, kept, np.asarray(Y, dtype=np.float64)))
-            kept_s.append(float((bar_s * kept_bar).sum()))
-            dur_s.append(float(bar_s.sum()))
+        tables, kept_s, dur_s = _tables(songs)
         budget = fit_budget(kept_s, dur_s)
         # 1. the ranker: the columns chosen one at a time, each time the one whose fitted
         # ranker orders the training songs' seconds best (``_order_iou``)
@@ -306,19 +297,56 @@ class RankPlanner:
                 best, cols, w = iou, cols + [c], wc
         w = torch.from_numpy(w)
         # 2. calibration: kept ~ sigmoid(a (s - t) + b), t at each song's expected budget
-        d, y = [], []
-        for F, _, sec, kept, _ in tables:
-            s = F @ w.numpy()
-            d.append(s - _threshold(s, sec, budget.keep_ratio(sec.sum()) * sec.sum()))
-            y.append(kept)
-        calib = _logistic(torch.from_numpy(np.concatenate(d))[:, None], torch.from_numpy(np.concatenate(y).astype(np.float64)),
-                          cfg.head_l2, cfg.max_iter)
+        calib = _calibration(w, tables, budget, cfg)
         # 3. per-bar heads on the phrase row and the bar's place in its phrase
         Z = torch.from_numpy(np.concatenate([_bar_rows(X, F, ph_of) for (X, _), (F, ph_of, *_) in zip(songs, tables)]))
         Yb = torch.from_numpy(np.concatenate([t[4] for t in tables]))
         repeat = _logistic(Z, Yb[:, 1], cfg.head_l2, cfg.max_iter)
         fade = _logistic(Z, Yb[:, 2], cfg.head_l2, cfg.max_iter)
         return cls(cfg, w, calib, repeat, fade, budget)
+
+    def corrected(self, old: list[tuple[np.ndarray, np.ndarray]], new: list[tuple[np.ndarray, np.ndarray]]) -> "RankPlanner":
+        """This planner taught by corrected songs (``make adapt``, pretrain/adapt.py).
+
+        The weights become w + d, d a ranker fitted on the ``new`` songs alone over this
+        planner's scores (the pairwise loss of F @ (w + d) plus ``l2`` |d|^2), its columns
+        chosen greedily as ``fit`` chooses them (the new songs' ordering IoU, ties to the
+        lower loss: "first phrase" over "early in the song" when both explain a kept
+        opening). What w already orders right in the corrections gives d no gradient, so d
+        holds what they change and the rest of the style stays. The calibration and the
+        budget are refitted on ``old`` + ``new`` (``fit``'s song lists), the repeat / fade
+        heads kept."""
+        cfg = self.cfg
+        new_t, _, _ = _tables(new)
+        D, pw = _pairs(new_t, cfg.pair_seconds)
+        w0 = self.w.numpy().astype(np.float64)
+        base = D @ torch.from_numpy(w0)
+
+        def fit_d(cols: list[int]) -> tuple[np.ndarray, float]:
+            d = torch.zeros(len(cols), dtype=torch.float64, requires_grad=True)
+            Dc = D[:, cols]
+
+            def loss() -> torch.Tensor:
+                return (pw * nn.functional.softplus(-(base + Dc @ d))).sum() + cfg.l2 * (d**2).sum()
+
+            _lbfgs([d], loss, cfg.max_iter)
+            out = np.zeros(len(w0))
+            out[cols] = d.detach().numpy()
+            return out, float(loss().detach())
+
+        delta, cols = np.zeros(len(w0)), []
+        best = (_order_iou(w0, new_t), -float("inf"))
+        if len(D):
+            while len(cols) < max(cfg.max_features, 1):
+                trials = [(c, *fit_d(cols + [c])) for c in range(len(w0)) if c not in cols]
+                (iou, neg_loss), c, dc = max(((_order_iou(w0 + dc, new_t), -ls), c, dc) for c, dc, ls in trials)
+                if iou < best[0] + cfg.min_gain:
+                    break
+                best, cols, delta = (iou, neg_loss), cols + [c], dc
+        w = torch.from_numpy(w0 + delta)
+        tables, kept_s, dur_s = _tables(list(old) + list(new))
+        budget = fit_budget(kept_s, dur_s)
+        return RankPlanner(cfg, w, _calibration(w, tables, budget, cfg), self.repeat, self.fade, budget)
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """[shape=(n_bars, 3)] probabilities kept / repeated / faded of one song's ``rank_inputs``."""
@@ -352,6 +380,33 @@ class RankPlanner:
             return None  # a planner of another feature set: the policy runs without a prior
         return cls(RankConfig(**state["config"]), state["w"], state["calib"], state["repeat"], state["fade"],
                    Budget(**state["budget"]))
+
+
+def _tables(songs: list[tuple[np.ndarray, np.ndarray]]) -> tuple[list, list[float], list[float]]:
+    """Per song (phrase rows F, phrase of each bar, phrase seconds, phrase kept, bar
+    targets), and each song's kept and total seconds."""
+    tables, kept_s, dur_s = [], [], []
+    for X, Y in songs:
+        F, ph_of, sec = phrase_table(X)
+        bar_s = np.asarray(X, dtype=np.float64)[:, _SECONDS]
+        kept_bar = np.asarray(Y)[:, 0] > 0.5
+        # a phrase is kept when most of its seconds are
+        kept = np.bincount(ph_of, bar_s * kept_bar, minlength=len(sec)) >= 0.5 * sec
+        tables.append((F, ph_of, sec, kept, np.asarray(Y, dtype=np.float64)))
+        kept_s.append(float((bar_s * kept_bar).sum()))
+        dur_s.append(float(bar_s.sum()))
+    return tables, kept_s, dur_s
+
+
+def _calibration(w: torch.Tensor, tables: list, budget: Budget, cfg: RankConfig) -> torch.Tensor:
+    """(a, b) of kept ~ sigmoid(a (s - t) + b), t at each song's expected budget."""
+    d, y = [], []
+    for F, _, sec, kept, _ in tables:
+        s = F @ w.numpy()
+        d.append(s - _threshold(s, sec, budget.keep_ratio(sec.sum()) * sec.sum()))
+        y.append(kept)
+    return _logistic(torch.from_numpy(np.concatenate(d))[:, None], torch.from_numpy(np.concatenate(y).astype(np.float64)),
+                     cfg.head_l2, cfg.max_iter)
 
 
 def _bar_rows(X: np.ndarray, F: np.ndarray, ph_of: np.ndarray) -> np.ndarray:

@@ -103,3 +103,36 @@ def test_budget_unit_is_the_one_the_editor_holds_fixed():
     assert fit_budget(dur * (0.7 + rng.normal(0, 0.02, 17)), dur).unit == "ratio"
     with pytest.raises(ParameterError, match="fit_budget"):
         fit_budget([10.0], [0.0])
+
+
+def _loudest_song(seed: int, n_phrases: int, *, opening: bool) -> tuple[np.ndarray, BeatGrid, EditPlan]:
+    """A song of ``_loud_song``'s kind with its opening phrase the quietest, edited by "the
+    4 loudest phrases" (``opening=False``) or "the opening, then the 3 loudest" (True)."""
+    v, grid, _ = _loud_song(seed, n_phrases)
+    col = feature_index("rms_db")
+    level = v[::PHRASE, col].copy()
+    v[:PHRASE, col] -= level[0] - level.min() + 3.0  # the opening: 3 dB below the quietest
+    v[:, feature_index("rms")] = 10 ** (v[:, col] / 20)
+    level = v[::PHRASE, col]
+    kept = sorted(([0] if opening else []) + list(np.argsort(-level)[: 3 if opening else 4]))
+    return v, grid, EditPlan(segments=tuple(Segment(PHRASE * i, PHRASE * i + PHRASE) for i in kept), grid=grid)
+
+
+def test_corrections_teach_a_rule_and_keep_the_rest():
+    """Fitted on 8 songs edited "the 4 loudest phrases" (the quiet opening always cut),
+    then corrected by 3 songs edited "the opening, then the 3 loudest": held-out songs
+    keep their opening and still rank the rest by loudness."""
+    old = _tables([_loudest_song(s, n, opening=False) for s, n in zip(range(8), (8, 9, 10, 8, 11, 9, 10, 12))])
+    new = _tables([_loudest_song(s, n, opening=True) for s, n in zip(range(20, 23), (9, 10, 8))])
+    planner = Planner.fit(old, PlannerConfig(kind="rank"))
+    fixed = planner.corrected(old, new)
+    for seed, n in ((100, 12), (101, 9), (102, 10)):
+        v, g, plan = _loudest_song(seed, n, opening=True)
+        X, b = song_inputs(v, g, "rank")
+        _, ph_of, _ = phrase_table(X)
+        first = np.r_[0, np.flatnonzero(np.diff(ph_of)) + 1]
+        truth = bar_targets(plan, b)[first, 0] > 0.5
+        before, after = planner.predict(X)[first, 0] > 0.5, fixed.predict(X)[first, 0] > 0.5
+        assert not before[0] and after[0], "the opening: cut before, kept after"
+        assert float(np.mean(after == truth)) >= 0.9, (after, truth)
+    assert torch.equal(fixed.repeat, planner.repeat)  # what the corrections do not say stays
