@@ -2,10 +2,9 @@
 
     .venv/bin/python bench/scale_train.py [--samples 4096] [--procs 1 2] [--batch-size 64] [--repeat 3]
 
-Issue 18's "BC epoch time 1 vs 2 gloo processes" row. bench/scale.py (the alignment
-table) was not committed when this was written, so the row lives here, with that table's
-columns (``Row``); ``bench_bc`` returns the rows, for scale.py's ``main`` to call beside
-``bench_alignment``.
+Issue 18's "BC epoch time 1 vs 2 gloo processes" row: ``bench_bc`` returns it with
+bench/scale.py's columns (``Row``), and scale.py's table shows it beside alignment and
+PPO; this script runs it alone, with more options (``--batch-size``, ``--repeat``).
 
 Each configuration is its own fresh process tree, so each pays the same imports:
 
@@ -109,6 +108,7 @@ def bench_bc(work: Path, args: argparse.Namespace) -> tuple[list[Row], dict[int,
     """(BC epoch rows, epoch seconds per world size): each world size ``--repeat`` times,
     the sizes interleaved (1, 2, 1, 2, ...) so they share the machine's load alike; the
     median run of each."""
+    work.mkdir(parents=True, exist_ok=True)  # the workers write their results here
     runs: dict[int, list[tuple[float, float, int]]] = {}
     for k in range(args.repeat):
         for n in sorted(set(args.procs)):
