@@ -1,8 +1,12 @@
-"""Benchmark: how the per-song stages scale with workers (issue 18), measured in one run.
+"""Benchmark: how the stages scale with workers (issue 18), measured in one run.
 
-    .venv/bin/python bench/scale.py [--pairs 8] [--seconds 30] [--workers 1 2] [--no-ray]
+    .venv/bin/python bench/scale.py [--stages alignment bc ppo] [--workers 1 2] [--no-ray]
+        [--pairs 8] [--seconds 30] [--bc-samples 4096] [--ppo-epochs 3]
 
-Alignment (``make align``'s code path, ``alignment.run.main``) of ``--pairs`` demo pairs
+One table, a row per stage, configuration and worker count, each with the single-process
+figure of the same stage in the same run (``x single``).
+
+``alignment``: ``make align``'s code path (``alignment.run.main``) on ``--pairs`` demo pairs
 (procedural songs of ``--seconds`` s, edited by the 'tight' persona, built once in a temp
 folder), with a fresh feature cache per configuration so every run computes the same work:
 
@@ -18,10 +22,11 @@ load average (printed) says how many cores the run really had, and ``s/item`` (t
 seconds one pair took inside its worker) shows contention: it grows when the workers
 share fewer cores than there are of them.
 
-Issue 18's other rows, BC epoch time with 1 vs 2 gloo processes (torchrun) and PPO env
-steps/s with 1 vs 2 rollout workers, belong in this table too: a function per stage
-that returns its :class:`Row` list, with its own single-process figure, called from
-``main`` beside :func:`bench_alignment`.
+``bc``: a behaviour-cloning epoch, the plain process against ``torchrun`` with N gloo
+processes (``bench/scale_train.py``'s ``bench_bc``: samples/s); ``ppo``: PPO env steps/s
+with N rollout workers, local processes and Ray actors (``bench/scale_ppo.py``'s
+``bench_ppo``, on two real recordings). Those two scripts also run alone, with more
+options.
 """
 
 from __future__ import annotations
@@ -46,6 +51,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+
+STAGES = ("alignment", "bc", "ppo")
 
 
 @dataclass(frozen=True)
@@ -141,41 +149,83 @@ def bench_alignment(data: Path, work: Path, *, workers: list[int], ray: bool) ->
     return [Row("alignment", c, w, rate(s), "pairs/min", s, single, item) for c, w, (s, item) in runs]
 
 
-def print_table(rows: list[Row], notes: list[str]) -> None:
-    print(f"{'stage':<10} {'config':<15} {'workers':>7} {'value':>9} {'unit':<10} {'wall s':>7} {'x single':>8} {'s/item':>7}")
+def bench_bc(work: Path, *, workers: list[int], samples: int) -> tuple[list, list[str]]:
+    """BC epoch rows (bench/scale_train.py: each world size a fresh process tree)."""
+    from bench import scale_train
+
+    ns = argparse.Namespace(samples=samples, batch_size=64, procs=sorted({1, *workers}), repeat=1)
+    rows, epoch_s = scale_train.bench_bc(work, ns)
+    return rows, ["BC epoch seconds: " + ", ".join(f"{n} process(es) {s:.2f}" for n, s in sorted(epoch_s.items()))
+                  + f" ({samples} random samples, global batch 64)"]
+
+
+def bench_ppo(work: Path, *, workers: list[int], epochs: int, ray: bool) -> tuple[list, list[str]]:
+    """PPO env steps/s rows (bench/scale_ppo.py) on its default recordings."""
+    import torch
+
+    from agent.device import pick_device
+    from bench import scale_ppo
+
+    torch.set_num_threads(1)  # as rl/train.py: PPO's batches are small
+    paths = [scale_ppo.MUSIC / n for n in ("race1-jt.ogg", "start1-jt.ogg")]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        return [], [f"ppo: skipped, no such recording: {missing[0]}"]
+    songs = scale_ppo.load_songs(paths, cache=work / "cache")
+    return scale_ppo.bench_ppo(songs, epochs=epochs, workers=workers, ray=ray, device=pick_device("auto"))
+
+
+def print_table(rows: list, notes: list[str]) -> None:
+    """Rows of every stage (their Row types share the first seven fields)."""
+    print(f"{'stage':<10} {'config':<15} {'workers':>7} {'value':>9} {'unit':<12} {'wall s':>7} {'x single':>8} {'s/item':>7}")
     for r in rows:
-        print(f"{r.stage:<10} {r.config:<15} {r.workers:>7} {r.value:>9.1f} {r.unit:<10} {r.seconds:>7.1f} "
-              f"{r.value / r.single:>8.2f} {r.item_s:>7.2f}")
+        item = getattr(r, "item_s", None)
+        print(f"{r.stage:<10} {r.config:<15} {r.workers:>7} {r.value:>9.1f} {r.unit:<12} {r.seconds:>7.1f} "
+              f"{r.value / r.single:>8.2f} {'-' if item is None else f'{item:.2f}':>7}")
     for line in notes:
         print(line)
 
 
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bench/scale.py", description=__doc__.splitlines()[0])
+    p.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES), help="what to measure (default: all)")
     p.add_argument("--pairs", type=int, default=8, help="demo pairs aligned by every configuration")
     p.add_argument("--seconds", type=float, default=30.0, help="length of each demo song (s)")
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts to measure")
     p.add_argument("--no-ray", action="store_true", help="the local pool only")
+    p.add_argument("--bc-samples", type=int, default=4096, help="random BC samples per epoch (bc)")
+    p.add_argument("--ppo-epochs", type=int, default=3, help="PPO epochs per configuration, epoch 0 not timed (ppo)")
     p.add_argument("--keep", help="build the pairs and runs in this folder and keep them (default: a temp folder)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = get_parser().parse_args(argv)
-    if args.pairs < 1 or args.seconds < 10 or min(args.workers) < 1:
-        print("error: --pairs >= 1, --seconds >= 10 and --workers >= 1", file=sys.stderr)
+    if args.pairs < 1 or args.seconds < 10 or min(args.workers) < 1 or args.bc_samples < 64 or args.ppo_epochs < 2:
+        print("error: --pairs >= 1, --seconds >= 10, --workers >= 1, --bc-samples >= 64 and --ppo-epochs >= 2", file=sys.stderr)
         return 2
+    workers = sorted(set(args.workers))
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench-scale-"))
     try:
         load0 = os.getloadavg()[0]
-        data = build_pairs(work / "data", n=args.pairs, seconds=args.seconds)
-        _warm_up(data, work)
-        rows = bench_alignment(data, work, workers=sorted(set(args.workers)), ray=not args.no_ray)
-        notes = [f"{args.pairs} demo pairs of {args.seconds:.0f}-{args.seconds + 4:.0f} s; {os.cpu_count()} CPUs; "
-                 f"load average {load0:.1f} before, {os.getloadavg()[0]:.1f} after"]
-        if not args.no_ray:
-            notes.append(f"ray start-up (local instance, {max(args.workers)} CPUs, one trivial task, stop): "
-                         f"{ray_startup_seconds(max(args.workers)):.1f} s, inside each ray row's wall time")
+        rows: list = []
+        notes: list[str] = []
+        if "alignment" in args.stages:
+            data = build_pairs(work / "data", n=args.pairs, seconds=args.seconds)
+            _warm_up(data, work)
+            rows += bench_alignment(data, work, workers=workers, ray=not args.no_ray)
+            notes.append(f"alignment: {args.pairs} demo pairs of {args.seconds:.0f}-{args.seconds + 4:.0f} s; "
+                         "s/item: seconds per pair inside its worker")
+            if not args.no_ray:
+                notes.append(f"ray start-up (local instance, {max(workers)} CPUs, one trivial task, stop): "
+                             f"{ray_startup_seconds(max(workers)):.1f} s, inside each ray row's wall time")
+        if "bc" in args.stages:
+            r, n = bench_bc(work / "bc", workers=workers, samples=args.bc_samples)
+            rows, notes = rows + r, notes + n
+        if "ppo" in args.stages:
+            r, n = bench_ppo(work / "ppo", workers=workers, epochs=args.ppo_epochs, ray=not args.no_ray)
+            rows, notes = rows + r, notes + n
+        notes.append(f"{os.cpu_count()} CPUs; load average {load0:.1f} before, {os.getloadavg()[0]:.1f} after")
         print_table(rows, notes)
     finally:
         if not args.keep:
