@@ -24,7 +24,7 @@ Rows, each timed on the CPU and, when torch sees a CUDA device, on it, in this p
    off, an untrained policy, DSP stems) after a warm-up, and its policy stage alone.
 
 Torch runs one CPU thread for training and PPO, as pretrain.train and rl/train.py set it
-(small batches); inference sets its own. Ratio = CPU time / CUDA time (for steps/s, CUDA /
+(small batches); inference sets its own; Demucs on the CPU gets torch's default (every core). Ratio = CPU time / CUDA time (for steps/s, CUDA /
 CPU): above 1 the GPU is faster. Budget: under 5 minutes on one GPU box.
 """
 
@@ -210,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    threads0 = torch.get_num_threads()
     torch.set_num_threads(1)
     has_cuda = torch.cuda.is_available()
     devices = ["cpu", "cuda"] if has_cuda else ["cpu"]
@@ -275,7 +276,9 @@ def main(argv: list[str] | None = None) -> int:
             except EditorError as exc:
                 notes.append(f"Demucs: skipped ({exc})")
             else:
+                torch.set_num_threads(threads0)  # separation on the CPU gets every core, as in a plain process
                 cpu = demucs_s(wav, "cpu", seconds=args.demucs_cpu_seconds)
+                torch.set_num_threads(1)
                 gpu = demucs_s(wav, "cuda", seconds=None) if has_cuda else None
                 rows.append((f"Demucs htdemucs, 3-min song (CPU ~ from {args.demucs_cpu_seconds:.0f} s)", "s", cpu, gpu))
 
