@@ -211,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
         songs = load_songs(paths, cache=work / "cache")
         rows, cpu_notes = bench_ppo(songs, epochs=args.epochs, workers=sorted(set(args.workers)), ray=not args.no_ray,
                                     device=device)
-        notes = [*cpu_notes, f"learner on {device}, rollout workers on CPU; {len(songs)} songs ({', '.join(p.name for p in paths)}); "
+        names = ", ".join(p.name for p in paths)
+        notes = [*cpu_notes, f"learner on {device}, rollout workers on CPU; {len(songs)} songs ({names}); "
                  f"16 envs x 64 steps, {args.epochs} epochs each (epoch 0 not timed); {os.cpu_count()} CPUs; "
                  f"load average {load0:.1f} before, {os.getloadavg()[0]:.1f} after"]
         print_table(rows, notes)

@@ -486,8 +486,9 @@ class RolloutSource:
                 make_envs, copy.deepcopy(policy).cpu(), n_envs=n_envs, workers=workers, steps=steps, backend=backend,
                 reference=copy.deepcopy(reference).cpu() if reference is not None else None, daemon=daemon,
             )
-            if overlap:
-                self._behaviour = {k: v.detach().clone() for k, v in (behaviour or policy.state_dict()).items()}
+            if overlap:  # kept on the CPU (a CUDA learner's checkpoint loads anywhere)
+                start = behaviour or policy.state_dict()
+                self._behaviour = {k: v.detach().to("cpu", copy=True) for k, v in start.items()}
                 self._worker.request(self._behaviour, first.envs, first.sample)
         elif overlap:
             # the weights the in-flight rollout is collected with (a checkpoint stores them)
@@ -524,7 +525,7 @@ class RolloutSource:
                      "time_worker_reset": res.t_reset, "time_worker_rollout": res.t_rollout,
                      "cpu_time_worker": res.cpu}
             # ... and rollout e + 1 starts now, with these weights, while the learner updates
-            self._behaviour = {k: v.detach().clone() for k, v in policy.state_dict().items()}
+            self._behaviour = {k: v.detach().to("cpu", copy=True) for k, v in policy.state_dict().items()}
             if next_seeds is not None:
                 self._worker.request(self._behaviour, next_seeds.envs, next_seeds.sample)
             return RolloutBatch(res.rollout, res.ref_logp, lagged=True, times=times)
