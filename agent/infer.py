@@ -29,12 +29,9 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-from agent.edit import EditResult, edit_song  # noqa: F401 (EditResult: tests build results); no torch import
+from agent.edit import edit_song  # no torch import at start-up
 from datasets.atomic import locked_folder
 from datasets.errors import EditorError, ParameterError
 from datasets.safety import refuse_overwrite

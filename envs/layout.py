@@ -47,7 +47,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from datasets.errors import ParameterError
-from envs.plan import EditPlan, Segment, merge_segments
+from envs.plan import EditPlan, Ops, Segment, merge_segments
 
 __all__ = ["DEFAULT_CROSSFADE_MS", "Join", "Piece", "Layout", "layout", "output_duration", "join_positions"]
 

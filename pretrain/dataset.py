@@ -19,7 +19,6 @@ A sample also carries
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path

@@ -101,6 +101,7 @@ def test_a_fragment_edit_is_brought_back_to_the_style(song, checkpoint, tmp_path
     """If the policy cuts below the reward's 20 % floor, inference restores bars up to the
     style's keep ratio instead of writing a fragment."""
     import agent.infer as infer
+    from agent.edit import EditResult
     from envs.plan import Segment
 
     real = infer.edit_song
@@ -108,7 +109,7 @@ def test_a_fragment_edit_is_brought_back_to_the_style(song, checkpoint, tmp_path
     def fragment(policy, env, **kw):
         res = real(policy, env, **kw)
         one_beat = type(res.plan)(segments=(Segment(10, 11),), grid=res.plan.grid, source_sha256=res.plan.source_sha256)
-        return infer.EditResult(plan=one_beat, actions=res.actions, reward=res.reward, reward_components={})
+        return EditResult(plan=one_beat, actions=res.actions, reward=res.reward, reward_components={})
 
     monkeypatch.setattr(infer, "edit_song", fragment)
     out = tmp_path / "out"
