@@ -17,10 +17,13 @@ current weights (the normaliser kept, so old songs' observations mean what they 
 2. the run's labels (``runs/RUN/labels``) and which pairs are new or changed: ``--pairs``,
    else those whose label (actions + plan) differs from the digests an adapt checkpoint
    stores, else (a checkpoint from make pretrain / finetune) the labels written after it;
-3. the whole-song planner refitted on every pair, each new pair counted ``new_share``'s
-   weight times (copies of the song: the planner's losses weigh songs by their bars), and the
-   style's keep ratio the median over the pairs counted the same way; the training
-   data's out-of-fold priors as pretraining computes them;
+3. the whole-song planner taught by the corrections: the rank planner (the default) keeps
+   its weights and adds a residual ranker fitted on the new songs alone over its scores
+   (``RankPlanner.corrected``: what it already orders right gives no gradient, so only
+   what the corrections change moves); other kinds are refitted with copies of the new
+   songs. The style's keep ratio: the median over the pairs, each new one counted as
+   many times as its weight (below); the training data's out-of-fold priors as
+   pretraining computes them;
 4. every pair replayed (pretrain/dataset.py); a new pair's samples weigh that many
    times their label confidence;
 5. ``epochs`` epochs of the behaviour-cloning loss (pretrain/losses.py) over all samples
@@ -49,7 +52,8 @@ import torch
 
 from agent.checkpoint import load_checkpoint, policy_from_checkpoint, save_checkpoint
 from agent.device import pick_device
-from agent.planner import PlannerConfig, attach_priors
+from agent.planner import Planner, PlannerConfig, attach_priors, bar_targets, fit_planner
+from agent.planner_rank import RankPlanner
 from agent.run_config import RunConfig
 from alignment.grid_model import load_grid_model
 from alignment.label_index import label_file, labels_dir, read_index
@@ -161,6 +165,17 @@ def _pretrain_config(run_dir: Path, ckpt: dict) -> PretrainConfig:
     return PretrainConfig(**kw)
 
 
+def _rank_table(pair: LabeledPair, stems: str) -> tuple[np.ndarray, np.ndarray]:
+    """(``rank_inputs`` X, bar targets) of a labelled pair, as the planner's fit reads them."""
+    from agent.planner_rank import rank_inputs
+    from datasets.audio import load_audio
+    from datasets.features import extract_features
+
+    feats = extract_features(load_audio(pair.raw_path), grid=pair.plan.grid, stems=stems)
+    X, bounds = rank_inputs(feats.values, pair.plan.grid)
+    return X, bar_targets(pair.plan, bounds)
+
+
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -202,12 +217,17 @@ def adapt(cfg: AdaptConfig) -> dict:
     log.info("adapting %s on %d pair(s) (%s: %s) among %d, weight %.1f", ckpt_path, len(new_set), how,
              ", ".join(sorted(new_set)), len(pairs), weight)
 
-    # 3. the planner (copies of the new songs) and the style's keep ratio, weighted alike
+    # 3. the planner taught by the corrections, and the style's keep ratio (new pairs weighted)
     weighted: list[LabeledPair] = list(pairs) + [p for p in pairs if p.name in new_set for _ in range(copies - 1)]
     planner_state = None
     if pcfg.planner:
-        with_priors, planner = attach_priors(weighted, stems=pcfg.stems, cfg=PlannerConfig(kind=pcfg.planner_kind))
-        pairs = with_priors[: len(pairs)]
+        pairs, planner = attach_priors(pairs, stems=pcfg.stems, cfg=PlannerConfig(kind=pcfg.planner_kind))
+        current = Planner.from_state((ckpt.get("extra") or {}).get("planner"))
+        if isinstance(current, RankPlanner):  # what the corrections change, over the current ranking
+            planner = current.corrected([_rank_table(p, pcfg.stems) for p in pairs if p.name not in new_set],
+                                        [_rank_table(p, pcfg.stems) for p in pairs if p.name in new_set])
+        elif planner is not None:  # other kinds: refitted with copies of the new songs
+            planner = fit_planner(weighted, stems=pcfg.stems, cfg=PlannerConfig(kind=pcfg.planner_kind))
         planner_state = None if planner is None else planner.to_state()
     target_keep = target_keep_from([p.plan.keep_ratio for p in weighted])
 

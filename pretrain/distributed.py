@@ -1,8 +1,10 @@
 """Data-parallel behaviour cloning under ``torchrun``: which rank this process is, and the
 few collectives the BC loop needs.
 
-    torchrun --nproc_per_node 2 -m pretrain.train --run demo          # 2 processes, one box
+    torchrun --nproc_per_node 2 -m pretrain.train -- --run demo       # 2 processes, one box
     python -m pretrain.train --run demo                               # 1 process, as before
+
+(``--``: torchrun's parser would read ``--run`` as its ``--run-path``.)
 
 torchrun sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``
 in each process it starts. ``init_from_env`` joins the process group when WORLD_SIZE > 1
@@ -34,7 +36,6 @@ extract features first (``python -m datasets.features FOLDER``).
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -47,8 +48,6 @@ from datasets.errors import EditorError, ParameterError
 
 __all__ = ["Dist", "TIMEOUT", "current", "init_from_env", "shutdown", "share", "raise_any", "shard", "total_across",
            "check_same", "fingerprint", "DDP", "epoch_seed"]
-
-log = logging.getLogger(__name__)
 
 # Rank 0 may build a corpus's features (minutes per hour of audio on a CPU) or collect a
 # DAgger round while the others wait in a collective; torch's default (30 min for gloo,
