@@ -61,7 +61,8 @@ from datasets.errors import EditorError, ParameterError
 from envs.reward import target_keep_from
 from pretrain.dataset import BCData, LabeledPair, build_bc_data, load_labels
 from pretrain.losses import LossWeights, bc_losses, type_class_weights
-from pretrain.train import PretrainConfig, _drop_features, _energy_col, _layout, evaluate
+from pretrain.bc import drop_features, energy_column, evaluate, policy_layout
+from pretrain.train import PretrainConfig
 
 __all__ = ["AdaptConfig", "adapt", "label_digest", "new_pairs", "current_checkpoint", "main"]
 
@@ -176,7 +177,7 @@ def _rank_table(pair: LabeledPair, stems: str) -> tuple[np.ndarray, np.ndarray]:
     return X, bar_targets(pair.plan, bounds)
 
 
-def _seed_everything(seed: int) -> None:
+def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -193,7 +194,7 @@ def adapt(cfg: AdaptConfig) -> dict:
     t0 = time.perf_counter()
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
-    _seed_everything(cfg.seed)
+    seed_everything(cfg.seed)
     run_dir = Path(cfg.runs_dir) / cfg.run
     device = pick_device(cfg.device)
 
@@ -241,10 +242,10 @@ def adapt(cfg: AdaptConfig) -> dict:
 
     # 5. behaviour cloning from the current weights
     model = policy_from_checkpoint(ckpt, device=device)
-    layout = _layout(model.cfg)
+    layout = policy_layout(model.cfg)
     type_weights = type_class_weights(data.actions[:, 0], power=pcfg.type_weight_power).to(device)
     lw = LossWeights(size=pcfg.size_loss, amount=pcfg.amount_loss, energy=pcfg.energy_loss, boundary=pcfg.boundary_loss)
-    energy_col = _energy_col(model.cfg)
+    energy_col = energy_column(model.cfg)
     before = {"new": _accuracy(model, data, rows_new, type_weights), "old": _accuracy(model, data, rows_old, type_weights)}
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     step = int(ckpt.get("step") or 0)
@@ -257,7 +258,7 @@ def adapt(cfg: AdaptConfig) -> dict:
             j = order[i : i + cfg.batch_size]
             obs = data.obs(j, device=device)
             if pcfg.feature_dropout > 0:
-                obs["beats"] = _drop_features(obs["beats"], model.normalizer.mean, pcfg.feature_dropout)
+                obs["beats"] = drop_features(obs["beats"], model.normalizer.mean, pcfg.feature_dropout)
             loss, _ = bc_losses(
                 model, obs, torch.as_tensor(data.actions[j], device=device),
                 boundary=torch.as_tensor(data.boundary[j], device=device),

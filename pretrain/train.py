@@ -48,9 +48,7 @@ toward the editor's plan from any state, and training continues on the aggregate
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
-import random
 import socket
 import sys
 import time
@@ -69,14 +67,16 @@ from agent.model import N_TYPES, Policy, PolicyConfig
 from agent.planner import PlannerConfig, attach_priors, fit_planner
 from agent.run_config import RunConfig
 from datasets.errors import EditorError, ParameterError
-from envs.observation import HEAD_INDEX, HISTORY_CHANNELS, WINDOW, channel_index
+from envs.observation import HEAD_INDEX, WINDOW
 from envs.reward import target_keep_from
+from pretrain.bc import (batch_denominators, batch_tensors, confusion_figure, data_key, drop_features,
+                         drop_history, energy_column, evaluate, policy_layout, rng_state, seed_everything, set_rng_state)
 from pretrain.dagger import collect_dagger
 from pretrain.dataset import BCData, build_bc_data, load_labels, split_by_song
 from pretrain.distributed import (DDP, Dist, check_same, current, epoch_seed, fingerprint, init_from_env, raise_any, shard, share,
                                   shutdown, total_across)
 from pretrain.evaluate import policy_fn
-from pretrain.losses import LossWeights, bc_losses, classification_metrics, loss_denominators, predict, type_class_weights
+from pretrain.losses import LossWeights, bc_losses, type_class_weights
 
 __all__ = ["PretrainConfig", "build_run_data", "evaluate", "main", "run", "train"]
 
@@ -216,179 +216,6 @@ _RESUMABLE_CHANGES = {"epochs", "restart", "max_minutes", "device", "threads", "
 _ADDED_FIELDS = {"history_dropout": 0.0}
 
 
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    torch.backends.cudnn.deterministic = True
-    torch.backends.cudnn.benchmark = False
-
-
-def _rng_state() -> dict:
-    """Every global RNG an epoch may draw from, as checkpoint-safe types (the loop itself
-    uses torch's; numpy's and python's are stored so nothing else can break resume)."""
-    name, keys, pos, has_gauss, gauss = np.random.get_state()
-    return {"torch": torch.get_rng_state(), "numpy": [name, torch.as_tensor(keys.astype(np.int64)), pos, has_gauss, gauss],
-            "python": random.getstate(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-
-
-def _set_rng_state(extra: dict) -> None:
-    torch.set_rng_state(extra["torch_rng"])
-    rng = extra.get("rng")  # absent in checkpoints from before numpy / python were stored
-    if rng is None:
-        return
-    name, keys, pos, has_gauss, gauss = rng["numpy"]
-    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), int(pos), int(has_gauss), float(gauss)))
-    version, state, gauss_next = rng["python"]
-    random.setstate((version, tuple(state), gauss_next))
-    if rng["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
-
-
-def data_key(data: BCData) -> str:
-    """Fingerprint of a data set's labels: songs, episodes, actions, confidences. A
-    checkpoint trained on other labels (new pairs, a new alignment) is not continued."""
-    h = hashlib.blake2b(digest_size=16)
-    h.update("\n".join(data.song_keys).encode() + b"\0" + "\n".join(data.episode_names).encode() + b"\0")
-    for k in ("actions", "weight", "song", "episode", "step"):
-        h.update(np.ascontiguousarray(getattr(data, k)).tobytes())
-    return h.hexdigest()
-
-
-def _energy_col(cfg: PolicyConfig) -> int | None:
-    try:
-        from datasets.features import feature_index
-
-        col = feature_index("rms_db")
-    except (ImportError, ParameterError):
-        return None
-    return col if col < cfg.n_features else None
-
-
-def _layout(cfg: PolicyConfig) -> dict | None:
-    """The env's observation layout when it matches the model (None in synthetic tests)."""
-    try:
-        from agent.layout import observation_layout
-
-        lay = observation_layout()
-    except ImportError:
-        return None
-    same = all(lay[k] == getattr(cfg, k) for k in ("n_features", "n_channels", "n_globals", "window", "head_index"))
-    return lay if same else None
-
-
-def _batch(data: BCData, idx: np.ndarray, device) -> tuple[dict, torch.Tensor, torch.Tensor, torch.Tensor]:
-    obs = data.obs(idx, device=device)
-    actions = torch.as_tensor(data.actions[idx], device=device)
-    boundary = torch.as_tensor(data.boundary[idx], device=device)
-    weight = torch.as_tensor(data.weight[idx], device=device)
-    return obs, actions, boundary, weight
-
-
-def _batch_denominators(data: BCData, idx: np.ndarray, device, *, cfg: PolicyConfig, type_weights, energy_col, lw) -> dict:
-    """``loss_denominators`` of the global batch idx under torchrun: every rank holds all
-    the data, so each computes the whole batch's weight sums itself (no all-reduce; the
-    same sums as the single process), from the masks alone (the masks as BCData.obs
-    builds them; no features copied)."""
-    obs = {"beat_mask": torch.as_tensor(data.beat_mask[idx], device=device) > 0.5,
-           "size_mask": torch.as_tensor(data.size_mask[idx], device=device).bool(),
-           "amount_mask": torch.as_tensor(data.amount_mask[idx], device=device).bool()}
-    t = lambda a: torch.as_tensor(a[idx], device=device)  # noqa: E731
-    return loss_denominators(cfg, obs, t(data.actions), boundary=t(data.boundary), weight=t(data.weight),
-                             type_weights=type_weights, energy_col=energy_col, lw=lw)
-
-
-def _drop_features(beats: torch.Tensor, mean: torch.Tensor, p: float) -> torch.Tensor:
-    """beats [B, W, C] with each of the first len(mean) columns replaced, per sample and
-    with probability p, by its mean (0 after normalisation); torch's RNG (resumable)."""
-    nf = mean.shape[0]
-    drop = torch.rand(beats.shape[0], 1, nf, device=beats.device) < p
-    out = beats.clone()
-    out[..., :nf] = torch.where(drop, mean.to(beats.dtype), beats[..., :nf])
-    return out
-
-
-# Edit-history columns that history dropout blanks (is_head / rel_pos say where a row
-# is, not what was decided: kept).
-_HISTORY_DROP_COLS = tuple(channel_index(c) for c in HISTORY_CHANNELS if c not in ("is_head", "rel_pos"))
-
-
-def _drop_history(beats: torch.Tensor, p: float, *, head_row: int = HEAD_INDEX) -> torch.Tensor:
-    """beats [B, W, C] with, per sample and with probability p, the edit-history columns
-    (``_HISTORY_DROP_COLS``) of rows [0, head_row) - the beats behind the read head - set
-    to 0 (raw units: history channels are not normalised); torch's RNG (resumable)."""
-    drop = torch.rand(beats.shape[0], device=beats.device) < p  # (B,)
-    out = beats.clone()
-    cols = torch.as_tensor(_HISTORY_DROP_COLS, device=beats.device)
-    behind = out[:, :head_row, :].index_select(-1, cols)  # (B, head_row, n_cols)
-    behind = torch.where(drop[:, None, None], torch.zeros_like(behind), behind)
-    out[:, :head_row, cols] = behind
-    return out
-
-
-@torch.no_grad()
-def evaluate(model: Policy, data: BCData, idx: np.ndarray, *, type_weights=None, lw=LossWeights(), batch_size: int = 512) -> dict:
-    """Validation losses and metrics over rows idx of data."""
-    model.eval()
-    device = model.device
-    energy_col = _energy_col(model.cfg)
-    sums: dict[str, float] = {}
-    preds = {k: [] for k in ("action", "type", "size", "amount")}
-    n = 0
-    for i in range(0, len(idx), batch_size):
-        j = idx[i : i + batch_size]
-        obs, actions, boundary, weight = _batch(data, j, device)
-        _, parts = bc_losses(model, obs, actions, boundary=boundary, weight=weight, type_weights=type_weights, energy_col=energy_col, lw=lw)
-        for k, v in parts.items():
-            sums[k] = sums.get(k, 0.0) + float(v) * len(j)
-        p = predict(model, obs, actions)
-        for k in preds:
-            preds[k].append(p[k].cpu().numpy())
-        n += len(j)
-    out = {f"loss_{k}": v / max(n, 1) for k, v in sums.items()}
-    out["nll"] = out.get("loss_type", 0.0) + out.get("loss_size", 0.0) + out.get("loss_amount", 0.0)
-    if n == 0:
-        return out
-    P = {k: np.concatenate(v) for k, v in preds.items()}
-    y = data.actions[idx]
-    cls = classification_metrics(P["type"], y[:, 0])
-    s_choice = data.size_mask[idx, y[:, 0]].sum(-1) > 1
-    a_choice = data.amount_mask[idx, y[:, 0]].sum(-1) > 1
-    out.update(
-        type_acc=cls["accuracy"],
-        macro_f1=cls["macro_f1"],
-        size_acc=float((P["size"] == y[:, 1])[s_choice].mean()) if s_choice.any() else 1.0,
-        amount_acc=float((P["amount"] == y[:, 2])[a_choice].mean()) if a_choice.any() else 1.0,
-        action_acc=float((P["action"] == y).all(-1).mean()),
-        per_type_recall=cls["per_type_recall"],
-        confusion=cls["confusion"],
-        pred_types=P["action"][:, 0],
-    )
-    return out
-
-
-def _confusion_figure(cm: np.ndarray):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from envs.actions import ActionType
-
-    names = [t.name for t in ActionType]
-    fig, ax = plt.subplots(figsize=(7, 6))
-    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
-    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(N_TYPES), names, rotation=90, fontsize=6)
-    ax.set_yticks(range(N_TYPES), names, fontsize=6)
-    ax.set_xlabel("predicted type")
-    ax.set_ylabel("label type")
-    for i, j in zip(*np.nonzero(cm)):
-        ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=5)
-    fig.tight_layout()
-    return fig
-
-
 def _run_planner_state(cfg: PretrainConfig, run_dir: Path) -> dict | None:
     """The planner fitted on the run's labelled pairs (None: off, or no labels)."""
     index = index_path(run_dir)
@@ -472,7 +299,7 @@ def train(cfg: PretrainConfig, data: BCData | None = None, *, target_keep: float
     """
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
-    _seed_everything(cfg.seed)
+    seed_everything(cfg.seed)
     device = pick_device(cfg.device)
     d = current()
     if d.active:
@@ -526,7 +353,7 @@ def train(cfg: PretrainConfig, data: BCData | None = None, *, target_keep: float
             hidden=cfg.hidden, n_layers=cfg.n_layers, n_heads=cfg.n_heads, kernel_size=cfg.kernel_size,
             dilations=tuple(cfg.dilations), dropout=cfg.dropout,
         )
-    layout = _layout(pcfg)
+    layout = policy_layout(pcfg)
     model = Policy(pcfg)
     tr = data.subset(train_idx)
     model.normalizer.fit(tr.beats[..., : pcfg.n_features], tr.beat_mask)
@@ -535,7 +362,7 @@ def train(cfg: PretrainConfig, data: BCData | None = None, *, target_keep: float
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     type_weights = type_class_weights(data.actions[train_idx, 0], power=cfg.type_weight_power).to(device)
     lw = LossWeights(size=cfg.size_loss, amount=cfg.amount_loss, energy=cfg.energy_loss, boundary=cfg.boundary_loss)
-    energy_col = _energy_col(pcfg)
+    energy_col = energy_column(pcfg)
 
     start_epoch, global_step, best, bad_epochs = 0, 0, float("inf"), 0
     best_nll = float("inf")
@@ -552,7 +379,7 @@ def train(cfg: PretrainConfig, data: BCData | None = None, *, target_keep: float
         start_epoch, global_step = int(ex["epoch"]) + 1, int(ck["step"])
         best, bad_epochs = float(ex["best"]), int(ex["bad_epochs"])
         best_nll = float(ex.get("best_nll", best))
-        _set_rng_state(ex)
+        set_rng_state(ex)
         log.info("resumed from %s at epoch %d (step %d)%s", last_path, start_epoch, global_step,
                  "; on CUDA it matches an uninterrupted run only up to nondeterministic kernels" if device.type == "cuda" else "")
 
@@ -598,15 +425,15 @@ def train(cfg: PretrainConfig, data: BCData | None = None, *, target_keep: float
         for bi, i in enumerate(range(0, len(order), cfg.batch_size)):
             j = order[i : i + cfg.batch_size]  # the global batch
             rows, real = shard(j, d)  # this rank's part of it (all of it in one process)
-            obs, actions, boundary, weight = _batch(data, rows, device)
+            obs, actions, boundary, weight = batch_tensors(data, rows, device)
             if cfg.feature_dropout > 0:
-                obs["beats"] = _drop_features(obs["beats"], model.normalizer.mean, cfg.feature_dropout)
+                obs["beats"] = drop_features(obs["beats"], model.normalizer.mean, cfg.feature_dropout)
             if cfg.history_dropout > 0:  # after feature dropout: runs without it keep their RNG stream
                 head_row = HEAD_INDEX if obs["beats"].shape[1] == WINDOW else pcfg.head_row
-                obs["beats"] = _drop_history(obs["beats"], cfg.history_dropout, head_row=head_row)
+                obs["beats"] = drop_history(obs["beats"], cfg.history_dropout, head_row=head_row)
             den = None
             if d.active:  # each term over the global batch's weight sums: the shards' losses add up
-                den = _batch_denominators(data, j, device, cfg=model.cfg, type_weights=type_weights, energy_col=energy_col, lw=lw)
+                den = batch_denominators(data, j, device, cfg=model.cfg, type_weights=type_weights, energy_col=energy_col, lw=lw)
             loss, parts = bc_losses(net, obs, actions, boundary=boundary, weight=weight, type_weights=type_weights, energy_col=energy_col, lw=lw,
                                     denominators=den)
             if d.active:  # DDP averages the ranks' gradients; a stand-in row counts for nothing
@@ -656,7 +483,7 @@ def train(cfg: PretrainConfig, data: BCData | None = None, *, target_keep: float
                 best, best_nll, bad_epochs = score, m["nll"], 0
             else:
                 bad_epochs += 1
-            rng = _rng_state()
+            rng = rng_state()
             extra = {**(extra_state or {}), "epoch": epoch, "best": best, "best_nll": best_nll, "bad_epochs": bad_epochs,
                      "torch_rng": rng.pop("torch"), "rng": rng, "labels_key": labels_key,
                      "val_songs": [data.song_keys[s] for s in np.unique(data.song[val_idx])], "metrics": _plain_metrics(m),
@@ -667,7 +494,7 @@ def train(cfg: PretrainConfig, data: BCData | None = None, *, target_keep: float
                 save_checkpoint(best_path, **common)
             save_checkpoint(last_path, **common)
             if epoch % cfg.figure_every == 0 or epoch == cfg.epochs - 1:
-                writer.add_figure("charts/confusion", _confusion_figure(m["confusion"]), global_step)
+                writer.add_figure("charts/confusion", confusion_figure(m["confusion"]), global_step)
                 writer.add_histogram("charts/pred_types", m["pred_types"], global_step, bins=np.arange(N_TYPES + 1) - 0.5)
                 writer.add_histogram("charts/label_types", data.actions[eval_idx, 0], global_step, bins=np.arange(N_TYPES + 1) - 0.5)
             log.info(

@@ -9,7 +9,8 @@ import torch
 from agent.checkpoint import load_checkpoint, policy_from_checkpoint
 from datasets.errors import ParameterError
 from pretrain.dataset import build_bc_data
-from pretrain.train import PretrainConfig, evaluate, main, train
+from pretrain.bc import evaluate
+from pretrain.train import PretrainConfig, main, train
 from tests.pretrain.synth import synth_corpus
 
 SMALL = dict(hidden=16, n_layers=1, n_heads=2, kernel_size=5, batch_size=32, threads=1)
@@ -70,19 +71,19 @@ def test_finished_run_started_again_does_nothing(tmp_path, data):
 
 
 def test_feature_dropout_replaces_whole_columns_by_their_mean():
-    from pretrain.train import _drop_features
+    from pretrain.bc import drop_features
 
     torch.manual_seed(0)
     beats = torch.randn(64, 8, 6)
     mean = torch.tensor([10.0, 20.0, 30.0, 40.0])
-    out = _drop_features(beats, mean, 0.5)
+    out = drop_features(beats, mean, 0.5)
     assert torch.equal(out[..., 4:], beats[..., 4:])  # channels after the features pass through
     dropped = out[..., :4] != beats[..., :4]
     # a dropped column is dropped on every beat of the sample, and holds the mean there
     assert torch.equal(dropped.all(1), dropped.any(1))
     assert torch.equal(out[..., :4][dropped], mean.expand(64, 8, 4)[dropped])
     assert 0.3 < dropped.all(1).float().mean() < 0.7
-    assert torch.equal(_drop_features(beats, mean, 0.0), beats)
+    assert torch.equal(drop_features(beats, mean, 0.0), beats)
     with pytest.raises(ParameterError, match="feature_dropout"):
         PretrainConfig(feature_dropout=1.0)
 
@@ -95,11 +96,11 @@ def test_history_dropout_blanks_only_the_history_behind_the_head():
         WINDOW,
         channel_index,
     )
-    from pretrain.train import _drop_history
+    from pretrain.bc import drop_history
 
     torch.manual_seed(0)
     beats = torch.rand(200, WINDOW, len(BEAT_CHANNELS)) + 1.0  # no zeros anywhere
-    out = _drop_history(beats, 0.5)
+    out = drop_history(beats, 0.5)
     hist = [channel_index(c) for c in HISTORY_CHANNELS if c not in ("is_head", "rel_pos")]
     assert len(hist) == 8
     others = [i for i in range(len(BEAT_CHANNELS)) if i not in hist]
@@ -113,10 +114,10 @@ def test_history_dropout_blanks_only_the_history_behind_the_head():
     hit = dropped.all(1)
     assert 0.35 < hit.float().mean() < 0.65
     assert torch.all(out[hit][:, :HEAD_INDEX][:, :, hist] == 0)
-    assert torch.equal(_drop_history(beats, 0.0), beats)
-    assert torch.all(_drop_history(beats, 1.0)[:, :HEAD_INDEX][:, :, hist] == 0)
+    assert torch.equal(drop_history(beats, 0.0), beats)
+    assert torch.all(drop_history(beats, 1.0)[:, :HEAD_INDEX][:, :, hist] == 0)
     # a cropped window: the head row is given
-    out = _drop_history(beats[:, :24], 1.0, head_row=8)
+    out = drop_history(beats[:, :24], 1.0, head_row=8)
     assert torch.all(out[:, :8][:, :, hist] == 0) and torch.equal(out[:, 8:], beats[:, 8:24])
     with pytest.raises(ParameterError, match="history_dropout"):
         PretrainConfig(history_dropout=1.5)
