@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--extra", default="", help="more rl.train flags for both PPO runs, e.g. '--ent-coef 0.1'")
     p.add_argument("--compare", action="append", default=[], metavar="LABEL=FLAGS",
                    help="an extra BC + PPO row with these rl.train flags, measured in the same run (repeatable), "
-                        "e.g. --compare 'old default=--update_epochs 4 --lr 3e-4'; the speed column is relative "
+                        "e.g. --compare 'old default=--update-epochs 4 --lr 3e-4'; the speed column is relative "
                         "to the first one")
     args = p.parse_args(argv)
     from rl.ppo import PPOConfig

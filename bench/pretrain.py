@@ -370,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-planner", dest="planner", action="store_false",
                     help="no whole-song planner plans in the observation (agent/planner.py)")
     ap.add_argument("--planner-kind", default=PlannerConfig.kind, choices=KINDS,
-                    help="the whole-song planner's design (PlannerConfig.kind; make pretrain's --planner_kind)")
+                    help="the whole-song planner's design (PlannerConfig.kind; make pretrain's --planner-kind)")
     ap.add_argument("--baselines", nargs="*", default=["majority", "hgb", "d3rlpy_bc", "d3rlpy_cql"])
     ap.add_argument("--hgb-iter", type=int, default=100)
     ap.add_argument("--d3rlpy-steps", type=int, default=3000)

@@ -579,7 +579,7 @@ def get_parser() -> argparse.ArgumentParser:
     ap.add_argument("--songs", type=int, default=None, help="use only the first N songs")
     ap.add_argument("--seed", type=int, default=0, help="fold split, floors, learning-curve subsets")
     ap.add_argument("--planner-kind", default="rank", choices=("rank", "mlp", "attention"),
-                    help="the whole-song planner's design (make pretrain's --planner_kind)")
+                    help="the whole-song planner's design (make pretrain's --planner-kind)")
     ap.add_argument("--bc-epochs", type=int, default=None, help="default: PretrainConfig's (--quick: 3)")
     ap.add_argument("--dagger-rounds", type=int, default=None, help="default: PretrainConfig's (--quick: 1)")
     ap.add_argument("--ppo-epochs", type=int, default=None, help="default: PPOConfig's (--quick: 2)")

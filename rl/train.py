@@ -1,23 +1,23 @@
 """Fine-tune the pretrained policy with Monte Carlo PPO on the run's songs (``make finetune``).
 
     python -m rl.train --run demo                                   # from runs/demo/checkpoints/bc_best.pt
-    python -m rl.train --run demo --epochs 200 --steps 128 --n_envs 8 --lr 5e-5 --subprocess
+    python -m rl.train --run demo --epochs 200 --steps 128 --n-envs 8 --lr 5e-5 --subprocess
     python -m rl.train --run demo --restart                         # start over (the log says so)
-    python -m rl.train --run demo --from_scratch                    # PPO without behaviour cloning
-    python -m rl.train --run demo --rollout_workers 4               # 4 CPU rollout workers, one learner (CUDA if any)
-    RAY_ADDRESS=auto python -m rl.train --run demo --rollout_workers 32   # the workers as Ray actors on a cluster
+    python -m rl.train --run demo --from-scratch                    # PPO without behaviour cloning
+    python -m rl.train --run demo --rollout-workers 4               # 4 CPU rollout workers, one learner (CUDA if any)
+    RAY_ADDRESS=auto python -m rl.train --run demo --rollout-workers 32   # the workers as Ray actors on a cluster
 
 Songs: every labelled pair of runs/RUN/labels/index.json (``make align``): the raw
 recording, its features on the label's beat grid, and the human plan (the reward's
 imitation term and, with ``--anchor bc``, the anchor's demonstrations). A fraction of the
-songs (``--heldout_fraction``, whole songs) is never trained on: every ``--eval_every``
+songs (``--heldout-fraction``, whole songs) is never trained on: every ``--eval-every``
 epochs the policy edits the first of them greedily and TensorBoard gets its reward, plan
 IoU against the human plan, action distribution and the edited audio.
 
-Writes runs/RUN/checkpoints/ppo_last.pt (``--save_dir`` to change the folder; every
-``--save_every`` epochs and at the end), in agent/checkpoint.py's format
+Writes runs/RUN/checkpoints/ppo_last.pt (``--save-dir`` to change the folder; every
+``--save-every`` epochs and at the end), in agent/checkpoint.py's format
 (``stage="finetune"``): ``python -m agent.infer`` reads it like a pretrained one.
-TensorBoard: runs/RUN/tb/ppo_seedS/ (``ppo_scratch_seedS`` with ``--from_scratch``).
+TensorBoard: runs/RUN/tb/ppo_seedS/ (``ppo_scratch_seedS`` with ``--from-scratch``).
 
 Resume, as in pretraining: a run that finds its own last checkpoint (SAVE_DIR/ppo_last.pt)
 continues it, bit for bit as if it had never stopped (optimizer, scheduler, running
@@ -90,7 +90,7 @@ class TrainArgs(RunConfig):
     from_scratch: bool = False
     """ignore the pretrained policy: a fresh one (benchmark baseline 'PPO without BC')"""
     hidden: int = 32
-    """width of a fresh policy (--from_scratch), as pretrain's default"""
+    """width of a fresh policy (--from-scratch), as pretrain's default"""
     subprocess: bool = False
     """one process per env (gymnasium AsyncVectorEnv) instead of one process for all"""
     heldout_fraction: float = 0.2
@@ -221,7 +221,7 @@ def run(args: TrainArgs, *, log_fn=print) -> dict:
     log_fn(f"finetune: device {device}")
 
     # -- starting policy: the run's own last checkpoint (or --checkpoint naming a
-    # fine-tuning one) resumes; a pretrained one (or nothing: --from_scratch) starts
+    # fine-tuning one) resumes; a pretrained one (or nothing: --from-scratch) starts
     resume_ck, resume_path = None, None
     start_path: Path | None = None
     start_ck = None
@@ -276,7 +276,7 @@ def run(args: TrainArgs, *, log_fn=print) -> dict:
         start = resume_path or start_path or "scratch"
         if not args.restart:
             raise ParameterError(f"{save_path} holds another fine-tuning run ({there}); starting from {start} would replace "
-                                 "it: --restart to do so, or --save_dir for another folder")
+                                 "it: --restart to do so, or --save-dir for another folder")
         log_fn(f"finetune: --restart: starting over from {start}; {save_path} ({there}) is replaced at the first save")
     elif args.restart:
         log_fn(f"finetune: --restart: starting over from {start_path or 'scratch'}")
