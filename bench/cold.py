@@ -37,22 +37,45 @@ seconds are the reliable number. Goals (issue 17): cold infer <= 3 s wall and <=
 warm cache <= 1.5 s; cold alignment of a pair <= 2 s; make align >= 40 pairs/min on
 2 cores; a missing or unreadable input fails in < 0.5 s.
 
-Measured (``--runs 3 --pairs 8``, load average 5-6; before = the tree before issue 17's
-changes, same inputs and checkpoint):
+Measured (``--runs 3 --pairs 8``; wall / CPU s / peak MB, medians). "issue start" =
+the tree before issue 17's changes, measured at load average 5-6 with the default
+checkpoint of then (no editor grid); "08ce68a" (before the changes listed below) and
+"now" were measured back to back on 3 December 2026 at load average 8-11 (other jobs'
+training and tests on the same 2 cores; CPU seconds inflate with the load, so compare
+columns measured together), with the checkpoint ``make_checkpoint`` now builds (editor
+grid with pulse and phase rankers):
 
-    what                                    before: wall / CPU s / MB    after
-    agent.infer, cold cache                 32.8 / 13.3 / 899            7.6 / 4.9 / 569
-    agent.infer, warm cache                 22.4 /  5.5 / 498            3.8 / 3.7 / 499
-    python -m alignment, cold cache         15.8 /  8.8 / 923            5.2 / 3.7 / 458
-    python -m alignment, warm cache          7.8 /  4.8 / 620            3.5 / 2.4 / 383
-    make align, 8 pairs, --jobs 2           63.1 / 41.2 / 927           34.5 / 22.3 / 517
-      CPU s per pair (pairs/min, 2 idle cores)   5.15 (23)                2.79 (43)
-    agent.infer, missing input               3.7 /  2.3 / 251            0.3 / 0.2 / 42
-    python -m alignment, missing input       0.7 /  0.5 / 105            0.3 / 0.15 / 34
+    what                                   issue start          08ce68a               now
+    agent.infer, cold cache                32.8 / 13.3 / 899    24.5 / 8.0 / 570      17.1 / 7.5 / 570
+    agent.infer, warm cache                22.4 /  5.5 / 498    32.2 / 6.6 / 500       9.9 / 3.8 / 492
+    python -m alignment, cold cache        15.8 /  8.8 / 923    19.6 / 6.4 / 457       8.8 / 4.7 / 341
+    python -m alignment, warm cache         7.8 /  4.8 / 620    18.0 / 4.8 / 396       4.8 / 3.1 / 291
+    make align, 8 pairs, --jobs 2          63.1 / 41.2 / 927   142.1 / 51.5 / 531     71.0 / 45.6 / 445
+      CPU s per pair                       5.15                 6.44                  5.71
+    agent.infer, missing input              3.7 /  2.3 / 251     0.9 / 0.35 / 40       0.5 / 0.29 / 39
+    python -m alignment, missing input      0.7 /  0.5 / 105     0.6 / 0.25 / 34       0.4 / 0.22 / 34
 
-Where the rest goes (CPU s, cold agent.infer): torch import ~1.2, beats + features
-~1.6, matplotlib import + PNG ~0.7, other imports ~0.6, load ~0.3, policy ~0.2,
-render ~0.2, export files ~0.3.
+The same two trees as interleaved pairs of cold runs (``/usr/bin/time``, 3 pairs, load
+6.1-7.0, nice 0), less exposed to the load's swings: agent.infer 9.7 -> 7.0 s wall,
+7.2 -> 5.1 s CPU; python -m alignment 7.8 -> 4.5 s wall, 6.8 -> 4.0 s CPU, 461 -> 350 MB.
+Scaled by these ratios, the figures measured at load 5-6 after the first changes (cold
+infer 4.9 s CPU, alignment 3.7 s) become about 3.5 s and 2.2 s CPU.
+
+What changed after 08ce68a (CPU s of a fresh process at load 5-6, estimated from the
+paired runs and profiles): matplotlib's import and drawing (~0.6; the PNG is drawn with
+Pillow), the pulse ranker's second STFT (~0.3 cold, and on every warm run; the features' onset
+envelope is kept in the process and cached), numba's import and cache load in the
+aligner (~0.6; the Viterbi step is numpy, as fast), and python -m alignment's 121
+features and stems for a grid (~0.9; ``datasets.features.beat_grid_of``). Tried and
+dropped: importing torch in a thread while the beats are tracked (interleaved with the
+same code importing it first, at load 8-9: ~2.5 s more CPU, 5-9 s more wall, 40 MB more
+peak; it could only pay on an idle second core).
+Where the rest goes (cold agent.infer, load 5-6, estimated): torch import ~1.2, beats +
+features ~1.6, other imports ~0.5 (numpy, scipy.fft/linalg/ndimage with numpy.f2py
+pulled in by scipy's array-API shim, opentimelineio for the .otio, gymnasium), load
+~0.2, policy ~0.2, render ~0.2, export files ~0.2. The goals of <= 3 s wall cold and
+<= 1.5 s warm need torch's import (~1.2 s) off the path or hidden behind other work on
+a free core; cold alignment <= 2 s needs about 0.2 s more.
 """
 
 from __future__ import annotations
