@@ -37,7 +37,7 @@ $(STAMP): requirements.txt
 	.venv/bin/pip install -q -r requirements.txt
 	@# numba compiles librosa's gufuncs on first use; two worker processes compiling at once
 	@# corrupt the cache (numba#10128: segfaults from then on). Compile once, here.
-	.venv/bin/python -m alignment.warmup
+	.venv/bin/python -m datasets.warmup
 	rm -f .venv/.setup-stamp-*
 	touch $(STAMP)
 

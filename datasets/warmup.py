@@ -4,8 +4,7 @@ Why: numba compiles a ``cache=True`` kernel on first use and writes it to disk. 
 two processes compile one at the same time (the aligner's worker pool, the demo
 builder's), the cache files can end up from different processes, and every later call
 segfaults (numba issue #10128). ``make setup`` runs this once, so pools only ever load
-a complete cache. It lives in alignment/ because it once compiled the aligner's kernel as well as
-the datasets layer's (a module in datasets/ may not import alignment).
+a complete cache.
 
 What is compiled (issue 17 moved the feature pipeline off librosa, see datasets/dsp.py,
 so a fresh process no longer loads librosa's gufuncs at all):
@@ -19,7 +18,7 @@ so a fresh process no longer loads librosa's gufuncs at all):
 The caches live beside the code (``__pycache__``); ``NUMBA_CACHE_DIR`` moves them, e.g.
 when the virtual environment is read-only. About 10-20 s.
 
-    python -m alignment.warmup
+    python -m datasets.warmup
 """
 
 from __future__ import annotations
