@@ -4,6 +4,7 @@ import re
 import numpy as np
 import pytest
 
+from datasets import feature_columns as C
 from datasets import features as F
 from datasets.audio import ANALYSIS_SR, Audio, audio_hash, load_audio, resample, to_mono, write_audio
 from datasets.beats import BeatGrid, onset_envelope, track_beats
@@ -69,16 +70,17 @@ def test_names_are_pinned_to_indices():
 
 
 def test_docstring_table_matches_the_names():
-    """The module docstring's table (the one place columns are documented) agrees with
-    FEATURE_NAMES: every documented 'INDEX name' is right and every index is documented."""
+    """datasets/feature_columns.py's docstring table (the one place columns are documented)
+    agrees with FEATURE_NAMES: every documented 'INDEX name' is right and every index is
+    documented."""
     covered = set()
-    for m in re.finditer(r"(?<![\w.(-])(\d{1,3})(?:-(\d{1,3}))?\s+([a-z][\w#]*)", F.__doc__):
+    for m in re.finditer(r"(?<![\w.(-])(\d{1,3})(?:-(\d{1,3}))?\s+([a-z][\w#]*)", C.__doc__):
         lo, hi, name = int(m.group(1)), int(m.group(2) or m.group(1)), m.group(3)
         if "_" not in name and name not in FEATURE_NAMES:
             continue  # prose such as "4 bars"
         assert FEATURE_NAMES[lo] == name, (lo, name)
         covered.update(range(lo, hi + 1))
-    for lo, hi in re.findall(r"(\d{1,3}) stem_drums_rms \.\. (\d{1,3})", F.__doc__):
+    for lo, hi in re.findall(r"(\d{1,3}) stem_drums_rms \.\. (\d{1,3})", C.__doc__):
         covered.update(range(int(lo), int(hi) + 1))
     assert covered == set(range(121)), sorted(set(range(121)) - covered)
 
@@ -129,9 +131,9 @@ def test_chroma_follows_a_played_chord():
 
     y = np.concatenate([chord(60, 64, 67), chord(57, 60, 64)]).astype(np.float32) * 0.5  # C major, A minor
     f = extract_features(_audio(y), grid=_grid(8.0), stems="dsp", use_cache=False)
-    chroma = np.stack([f.column(f"chroma_{p}") for p in F.PITCH_CLASSES], axis=1)
+    chroma = np.stack([f.column(f"chroma_{p}") for p in C.PITCH_CLASSES], axis=1)
     for beat in range(f.n_beats):
-        top = {F.PITCH_CLASSES[i] for i in np.argsort(chroma[beat])[-3:]}
+        top = {C.PITCH_CLASSES[i] for i in np.argsort(chroma[beat])[-3:]}
         assert top == ({"C", "E", "G"} if f.grid.times[beat] < 4.0 else {"A", "C", "E"}), (beat, top)
     assert f.column("chroma_change")[8] > 0.2 > f.column("chroma_change")[3]
     assert f.column("key_clarity")[2] > 0.5
@@ -179,7 +181,7 @@ def test_tiny_grids_and_digital_silence(n_beats, caplog):
         z = extract_features(_audio(np.zeros(3 * ANALYSIS_SR)), grid=grid, stems="dsp", use_cache=False)
     assert not caplog.records  # finite by construction, not by the non-finite guard
     assert np.isfinite(f.values).all() and np.isfinite(z.values).all()
-    assert np.all(z.column("rms_db") == F.DB_FLOOR) and np.all(z.column("is_silent_beat") == 1.0)
+    assert np.all(z.column("rms_db") == C.DB_FLOOR) and np.all(z.column("is_silent_beat") == 1.0)
 
 
 def test_short_beats_and_silent_stretch_stay_finite(caplog):
