@@ -15,9 +15,9 @@ the first phrase. Steps:
    cloning + ``--dagger-rounds``) -> bc_best.pt, the tool;
 3. the tool edits the 3 correction songs (as ``python -m agent.infer`` does); the user
    corrects each edit by the rule (their first phrase is put back, the rest of the tool's
-   edit kept) and saves it as ``edited/NAME.plan.json``; ``make align``; ``make adapt``;
-   and, as baselines in the same run, ``make adapt --new-weight 1`` (no upweighting) and
-   the rule applied to the tool's edits by hand-written code (an upper bound on "rule");
+   edit kept) and saves it as ``edited/NAME.plan.json``; ``make align``; ``make adapt`` at
+   each ``--new-shares`` and, as baselines in the same run, ``make adapt --new-weight 1``
+   (no upweighting) and the rule applied to the tool's edits by code (the ceiling);
 4. every held-out song is edited before and after, and scored in raw seconds:
    ``rule``: the song's first phrase (the editor's) is at least 75 % played, over all
    held-out songs and over those whose old edit cut it (where the rule changes the edit);
@@ -63,6 +63,8 @@ RULE_KEPT = 0.75
 N_CORRECTED = 3
 #: The old tool's edits with the rule applied by code: what a perfect learner of the rule alone would give.
 CEILING = "old tool + the rule by code (ceiling)"
+#: The user's own edits under the new rule: the rest IoU a perfect learner of the new style has.
+REFERENCE = "the user's edits under the rule (reference)"
 
 log = logging.getLogger("bench.adapt")
 
@@ -129,8 +131,11 @@ def get_parser() -> argparse.ArgumentParser:
     ap.add_argument("--bc-epochs", type=int, default=150, help="make pretrain's epochs (its default: 150)")
     ap.add_argument("--dagger-rounds", type=int, default=1, help="make pretrain's DAgger rounds (its default: 3)")
     ap.add_argument("--adapt-epochs", type=int, default=20)
-    ap.add_argument("--new-weight", type=float, default=5.0)
+    ap.add_argument("--new-shares", type=float, nargs="+", default=[0.75, 0.5],
+                    help="make adapt --new-share values to compare (the first is the default's)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--reuse-base", action="store_true",
+                    help="keep --out's base run (its bc_best.pt) from an earlier run with the same songs and seed")
     return ap
 
 
@@ -146,10 +151,12 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     out = Path(args.out).resolve()
     data, runs = out / "data", out / "runs"
-    shutil.rmtree(out / "runs", ignore_errors=True)
-    shutil.rmtree(data, ignore_errors=True)
-    (data / "raw").mkdir(parents=True)
-    (data / "edited").mkdir()
+    reuse = args.reuse_base and (runs / "adapt" / "checkpoints" / "bc_best.pt").is_file()
+    if not reuse:
+        shutil.rmtree(runs, ignore_errors=True)
+        shutil.rmtree(data, ignore_errors=True)
+    (data / "raw").mkdir(parents=True, exist_ok=True)
+    (data / "edited").mkdir(exist_ok=True)
     paths = list_songs(Path(args.data), args.songs, args.seed)
     if len(paths) < args.train + N_CORRECTED + 1:
         raise SystemExit(f"error: {len(paths)} songs; need --train {args.train} + {N_CORRECTED} corrected + 1 held out")
@@ -166,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
         songs[p.stem] = {"raw": data / "raw" / p.name, "plan": old, "old": old_spans, "new": sm.spans_of_plan(new),
                          "first": first, "duration": audio.duration,
                          "old_rule": kept_share(old_spans, *first, audio.duration) >= RULE_KEPT}
-        (data / "raw" / p.name).symlink_to(p.resolve())
+        if not (data / "raw" / p.name).exists():
+            (data / "raw" / p.name).symlink_to(p.resolve())
     names = [p.stem for p in paths]
     train, corrected, held = names[: args.train], names[args.train : args.train + N_CORRECTED], names[args.train + N_CORRECTED :]
     t_edit = time.perf_counter() - t
@@ -174,12 +182,13 @@ def main(argv: list[str] | None = None) -> int:
         (data / "edited" / f"{n}.plan.json").write_text(songs[n]["plan"].to_json())
     run_args = ["--data", str(data), "--run", "adapt", "--runs-dir", str(runs), "--jobs", "2"]
     t = time.perf_counter()
-    if align_main(run_args) != 0:
+    if not reuse and align_main(run_args) != 0:
         raise SystemExit("error: make align failed on the base pairs")
     t_align = time.perf_counter() - t
     t = time.perf_counter()
-    pretrain_run(PretrainConfig(run="adapt", runs_dir=str(runs), epochs=args.bc_epochs, dagger_rounds=args.dagger_rounds,
-                                seed=args.seed + 1))
+    if not reuse:
+        pretrain_run(PretrainConfig(run="adapt", runs_dir=str(runs), epochs=args.bc_epochs,
+                                    dagger_rounds=args.dagger_rounds, seed=args.seed + 1))
     t_pretrain = time.perf_counter() - t
     ck = runs / "adapt" / "checkpoints"
     tool = Inferrer(ck / "bc_best.pt")
@@ -192,17 +201,19 @@ def main(argv: list[str] | None = None) -> int:
     if align_main(run_args) != 0:
         raise SystemExit("error: make align failed on the corrections")
     t = time.perf_counter()
-    s5 = adapt(AdaptConfig(run="adapt", runs_dir=str(runs), epochs=args.adapt_epochs, new_weight=args.new_weight,
-                           seed=args.seed + 1))
-    t_adapt = time.perf_counter() - t
-    shutil.move(ck / "adapt_last.pt", ck / "adapt_weighted.pt")
-    s1 = adapt(AdaptConfig(run="adapt", runs_dir=str(runs), checkpoint=str(ck / "bc_best.pt"), pairs=tuple(corrected),
-                           epochs=args.adapt_epochs, new_weight=1.0, seed=args.seed + 1))
-    shutil.move(ck / "adapt_last.pt", ck / "adapt_unweighted.pt")
+    summaries, tools = {}, {}
+    for share in [*args.new_shares, None]:  # None: no upweighting
+        key = f"make adapt --new-share {share:g}" if share is not None else "make adapt --new-weight 1 (no upweighting)"
+        kw = {"new_share": share} if share is not None else {"new_weight": 1.0}
+        summaries[key] = adapt(AdaptConfig(run="adapt", runs_dir=str(runs), checkpoint=str(ck / "bc_best.pt"),
+                                           pairs=tuple(corrected), epochs=args.adapt_epochs, seed=args.seed + 1, **kw))
+        kept = ck / f"adapt_{len(tools)}.pt"
+        shutil.move(ck / "adapt_last.pt", kept)
+        tools[key] = Inferrer(kept)
+    t_adapt = (time.perf_counter() - t) / len(summaries)
 
     # 4. the held-out songs before and after
-    rows: dict[str, list[dict]] = {k: [] for k in ("before", "adapt", "adapt, no upweighting", CEILING)}
-    tools = {"adapt": Inferrer(ck / "adapt_weighted.pt"), "adapt, no upweighting": Inferrer(ck / "adapt_unweighted.pt")}
+    rows: dict[str, list[dict]] = {k: [] for k in ("before", *tools, CEILING, REFERENCE)}
     t = time.perf_counter()
     for n in held:
         s = songs[n]
@@ -210,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         rows["before"].append({"name": n, **score(sm.spans_of_plan(before), s)})
         by_hand[n] = with_first_phrase(before, s["first"][1])
         rows[CEILING].append({"name": n, **score(sm.spans_of_plan(by_hand[n]), s)})
+        rows[REFERENCE].append({"name": n, **score(s["new"], s)})
         for k, inf in tools.items():
             rows[k].append({"name": n, **score(sm.spans_of_plan(inf.plan(s["raw"])), s)})
     t_infer = time.perf_counter() - t
@@ -229,19 +241,18 @@ def main(argv: list[str] | None = None) -> int:
     for k, r in res.items():
         lines.append(f"| {k} | {r['rule']}/{r['n']} | {r['rule_changed']}/{r['n_changed']} | {r['rest_iou']:.3f} | "
                      f"{r['target_iou']:.3f} | {r['keep']:.2f} |")
-    lines += [
-        "",
-        f"make adapt: action accuracy on the corrected pairs {s5['before']['new']:.3f} -> {s5['after']['new']:.3f}, "
-        f"on the old pairs {s5['before']['old']:.3f} -> {s5['after']['old']:.3f}; {s5['seconds']:.0f} s "
-        f"(no upweighting: new {s1['after']['new']:.3f}, old {s1['after']['old']:.3f}).",
-        f"Time: editor {t_edit:.0f} s, align {t_align:.0f} s, pretrain {t_pretrain:.0f} s, adapt {t_adapt:.0f} s, "
-        f"held-out edits {t_infer:.0f} s, total {time.perf_counter() - t_start:.0f} s.",
-    ]
+    lines.append("")
+    for k, s in summaries.items():
+        lines.append(f"{k}: a new pair weighs {s['weight']:.1f}; action accuracy on the corrected pairs "
+                     f"{s['before']['new']:.3f} -> {s['after']['new']:.3f}, on the old {s['before']['old']:.3f} -> "
+                     f"{s['after']['old']:.3f}.")
+    lines.append(f"Time: editor {t_edit:.0f} s, align {t_align:.0f} s, pretrain {t_pretrain:.0f} s, adapt {t_adapt:.0f} s "
+                 f"each, held-out edits {t_infer:.0f} s, total {time.perf_counter() - t_start:.0f} s.")
     md = "\n".join(lines) + "\n"
     print(md)
     (out / "adapt.md").write_text(md)
     (out / "adapt.json").write_text(json.dumps({"summary": res, "rows": rows, "train": train, "corrected": corrected,
-                                                "held_out": held, "adapt": s5, "adapt_unweighted": s1,
+                                                "held_out": held, "adapt": summaries,
                                                 "args": vars(args)}, indent=1, default=str))
     return 0
 
