@@ -130,6 +130,18 @@ def run_items(
     return _run_pool(fn, items, names, jobs, initializer, initargs)
 
 
+def _single_threaded(fn, *args):
+    """``fn(*args)`` with one BLAS/OpenMP thread, on every backend and in-process alike: the
+    last bits of a BLAS product depend on its thread count, and the same song must give the
+    same labels whichever backend ran it (Ray starts its workers with OMP_NUM_THREADS=1; a
+    forked pool worker inherits its parent's thread pools). One thread per song is also what
+    a pool of one worker per core wants."""
+    from threadpoolctl import threadpool_limits  # scikit-learn's dependency; ~10 ms to import
+
+    with threadpool_limits(limits=1):
+        return fn(*args)
+
+
 # ------------------------------------------------------------------------- local pool
 def _run_pool(fn, items, names, jobs, initializer, initargs) -> Iterator[Outcome]:
     if jobs == 1 or len(items) == 1:
@@ -137,7 +149,7 @@ def _run_pool(fn, items, names, jobs, initializer, initargs) -> Iterator[Outcome
             initializer(*initargs)
         for i, it in enumerate(items):
             try:
-                yield Outcome(i, names[i], value=fn(*it))
+                yield Outcome(i, names[i], value=_single_threaded(fn, *it))
             except Exception as exc:  # one song's crash must not stop the others
                 yield Outcome(i, names[i], error=_one_line(exc))
         return
@@ -146,7 +158,7 @@ def _run_pool(fn, items, names, jobs, initializer, initargs) -> Iterator[Outcome
     from datasets.procs import pool_kwargs  # workers die with this process
 
     with ProcessPoolExecutor(max_workers=min(jobs, len(items)), **pool_kwargs(initializer, initargs)) as pool:
-        futs = {pool.submit(fn, *it): i for i, it in enumerate(items)}
+        futs = {pool.submit(_single_threaded, fn, *it): i for i, it in enumerate(items)}
         for f in as_completed(futs):
             i = futs[f]
             try:
@@ -169,15 +181,15 @@ def _ray_call(cwd: str, fn, args: tuple, initializer, initargs: tuple) -> tuple[
         if initializer is not None and (initializer, initargs) not in _initialised:
             initializer(*initargs)
             _initialised.add((initializer, initargs))
-        return True, fn(*args)
+        return True, _single_threaded(fn, *args)
     except Exception as exc:
         return False, _one_line(exc)
 
 
 def _ray_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k.startswith(_FORWARDED_PREFIXES) or k in _FORWARDED}
-    # one BLAS/OpenMP thread per task: Ray already runs one task per CPU, and the same
-    # thread count as the pool workers keeps the numbers the same
+    # one BLAS/OpenMP thread per task (Ray runs one task per CPU); _single_threaded makes
+    # sure of it on every backend
     env["OMP_NUM_THREADS"] = "1"
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_ROOT), os.environ.get("PYTHONPATH", "")) if p)
     return env

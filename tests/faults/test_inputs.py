@@ -162,18 +162,26 @@ def test_a_corrupt_cache_entry_is_reported_and_recomputed(song, checkpoint, tmp_
     assert main([str(song), "--checkpoint", str(checkpoint), "--out", str(out)]) == 0
     first = re.search(r"^edit id\s+(\w+)", capsys.readouterr().out, re.M).group(1)
     entries = {p: p.stat().st_size for p in sorted(cache.glob("*.npz"))}
-    assert {p.name.split("-")[0] for p in entries} == {"features", "stemframes"}, entries
+    # the features, the stems' frames, and the beat grid and onset envelope they share
+    # with python -m alignment and the pulse ranker (datasets.features)
+    assert {p.name.split("-")[0] for p in entries} == {"features", "stemframes", "beatgrid", "onsetenv"}, entries
     for p, size in entries.items():  # a disk that lost the end of each file
         with open(p, "r+b") as f:
             f.truncate(size // 2)
 
     r = _cli("agent.infer", song, "--checkpoint", checkpoint, "--out", out, cache=cache)
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
-    for p in entries:  # each bad entry is named once, then recomputed
+    read_by_infer = [p for p in entries if p.name.split("-")[0] in ("features", "stemframes")]
+    for p in read_by_infer:  # each bad entry inference reads is named once, then recomputed
         assert [ln for ln in r.stderr.splitlines() if str(p) in ln and "corrupt" in ln and "recomputing" in ln], r.stderr
         with np.load(p, allow_pickle=False) as z:
             assert "__checksum__" in z.files
     assert re.search(r"^edit id\s+(\w+)", r.stdout, re.M).group(1) == first  # the same features, the same edit
+    # the grid and onset envelope (read by python -m alignment and the pulse ranker) were
+    # written again by the recomputed features: no corrupt entry is left behind
+    for p in set(entries) - set(read_by_infer):
+        with np.load(p, allow_pickle=False) as z:
+            assert "__checksum__" in z.files
 
 
 # ------------------------------------------------------------------------- a batch with one corrupt pair
