@@ -42,7 +42,7 @@ $(STAMP): requirements.txt
 	touch $(STAMP)
 
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=15 tests
 
 # ---- the pipeline: DATA=DIR (default training_data, never written) RUN=NAME (runs/NAME) ----
 align: setup
