@@ -46,28 +46,15 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.scale_rows import Row, print_table, scoped_env  # noqa: E402
+
 
 STAGES = ("alignment", "bc", "ppo")
-
-
-@dataclass(frozen=True)
-class Row:
-    """One measured configuration of one stage."""
-
-    stage: str  # "alignment", ...
-    config: str  # "single process", "pool", "ray", ...
-    workers: int
-    value: float  # in ``unit``, higher is better
-    unit: str
-    seconds: float  # wall time of the run
-    single: float  # the single-process value of the same stage in the same run
-    item_s: float  # mean seconds one item (pair, epoch, ...) took inside its worker
 
 
 def build_pairs(folder: Path, *, n: int, seconds: float) -> Path:
@@ -83,28 +70,13 @@ def build_pairs(folder: Path, *, n: int, seconds: float) -> Path:
     return folder
 
 
-@contextlib.contextmanager
-def _env(**values: str):
-    """Set environment variables for the block, then put back what was there."""
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 def _align_once(data: Path, work: Path, tag: str, argv: list[str], env: dict[str, str]) -> tuple[float, float]:
     """(wall seconds, mean seconds per pair inside its worker) of one ``alignment.run``
     over ``data`` with a fresh cache and run folder."""
     from alignment.run import main
 
     err = io.StringIO()
-    with _env(**env, EDITOR_CACHE_DIR=str(work / f"cache-{tag}")):
+    with scoped_env(**env, EDITOR_CACHE_DIR=str(work / f"cache-{tag}")):
         t0 = time.perf_counter()
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):  # its table and bar
             rc = main(["--data", str(data), "--run", tag, "--runs-dir", str(work / "runs"), "--force", *argv])
@@ -121,7 +93,7 @@ def _warm_up(data: Path, work: Path) -> None:
     from alignment.run import label_one
 
     raw = sorted((data / "raw").iterdir())[0]
-    with _env(EDITOR_CACHE_DIR=str(work / "cache-warmup")):
+    with scoped_env(EDITOR_CACHE_DIR=str(work / "cache-warmup")):
         label_one(raw.stem, str(raw), str(data / "edited" / raw.name), str(work / "warmup.json"))
 
 
@@ -129,7 +101,7 @@ def ray_startup_seconds(workers: int) -> float:
     """Start a local Ray instance of ``workers`` CPUs, run one trivial task, stop it."""
     from datasets.parallel import run_items
 
-    with _env(RAY_ADDRESS="local"):
+    with scoped_env(RAY_ADDRESS="local"):
         t0 = time.perf_counter()
         list(run_items(abs, [(-1,)], jobs=workers, backend="ray"))
         return time.perf_counter() - t0
@@ -173,17 +145,6 @@ def bench_ppo(work: Path, *, workers: list[int], epochs: int, ray: bool) -> tupl
         return [], [f"ppo: skipped, no such recording: {missing[0]}"]
     songs = scale_ppo.load_songs(paths, cache=work / "cache")
     return scale_ppo.bench_ppo(songs, epochs=epochs, workers=workers, ray=ray, device=pick_device("auto"))
-
-
-def print_table(rows: list, notes: list[str]) -> None:
-    """Rows of every stage (their Row types share the first seven fields)."""
-    print(f"{'stage':<10} {'config':<15} {'workers':>7} {'value':>9} {'unit':<12} {'wall s':>7} {'x single':>8} {'s/item':>7}")
-    for r in rows:
-        item = getattr(r, "item_s", None)
-        print(f"{r.stage:<10} {r.config:<15} {r.workers:>7} {r.value:>9.1f} {r.unit:<12} {r.seconds:>7.1f} "
-              f"{r.value / r.single:>8.2f} {'-' if item is None else f'{item:.2f}':>7}")
-    for line in notes:
-        print(line)
 
 
 def get_parser() -> argparse.ArgumentParser:

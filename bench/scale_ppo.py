@@ -38,7 +38,6 @@ for _k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import argparse
-import contextlib
 import shutil
 import sys
 import tempfile
@@ -49,39 +48,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.scale_rows import Row, print_table, scoped_env  # noqa: E402
+
 MUSIC = ROOT / ".." / "shared" / "data" / "music"
-
-
-@dataclass(frozen=True)
-class Row:
-    """One measured configuration (bench/scale.py's columns)."""
-
-    stage: str
-    config: str
-    workers: int
-    value: float  # in ``unit``, higher is better
-    unit: str
-    seconds: float  # wall time of the run
-    single: float  # the single-process value of the same stage in the same run
-
-
-@contextlib.contextmanager
-def _env(**values: str | None):
-    """Set (None: unset) environment variables for the block, then put back what was there."""
-    old = {k: os.environ.get(k) for k in values}
-    for k, v in values.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def load_songs(paths: list[Path], *, cache: Path):
@@ -91,7 +60,7 @@ def load_songs(paths: list[Path], *, cache: Path):
     from envs.env import Song
 
     songs = []
-    with _env(EDITOR_CACHE_DIR=str(cache)):
+    with scoped_env(EDITOR_CACHE_DIR=str(cache)):
         for p in paths:
             audio = load_audio(p)
             songs.append(Song.from_features(extract_features(audio, stems="dsp"), audio=audio, name=p.stem))
@@ -145,12 +114,12 @@ def bench_ppo(songs, *, epochs: int, workers: list[int], ray: bool, device) -> t
         print(f"  ... {config} {n}: {r.sps:.0f} env steps/s ({r.wall:.0f} s); CPU s per 1000 env steps: "
               f"learner {r.learner_cpu:.2f}, workers {r.worker_cpu:.2f}", flush=True)
 
-    with _env(RAY_ADDRESS=None):  # the local rows never join a cluster named in the environment
+    with scoped_env(RAY_ADDRESS=None):  # the local rows never join a cluster named in the environment
         one("single process", 1, workers=0, overlap=False, backend="pool")
         for n in workers:
             one("pool", n, workers=0 if n == 1 else n, overlap=True, backend="pool")
     if ray:
-        with _env(RAY_ADDRESS="local"):
+        with scoped_env(RAY_ADDRESS="local"):
             for n in workers:
                 one("ray", n, workers=n, overlap=True, backend="ray")
     single = runs[0][2].sps
@@ -167,15 +136,6 @@ def bench_ppo(songs, *, epochs: int, workers: list[int], ray: bool, device) -> t
             f"N={n} {1000.0 / max(lr, wk / n):.0f}" for n in (1, 2, 4, 8, 16)) + " env steps/s (learner-bound from "
             f"N >= {wk / lr:.1f})")
     return rows, notes
-
-
-def print_table(rows: list[Row], notes: list[str]) -> None:
-    print(f"{'stage':<10} {'config':<15} {'workers':>7} {'value':>9} {'unit':<12} {'wall s':>7} {'x single':>8}")
-    for r in rows:
-        print(f"{r.stage:<10} {r.config:<15} {r.workers:>7} {r.value:>9.1f} {r.unit:<12} {r.seconds:>7.1f} "
-              f"{r.value / r.single:>8.2f}")
-    for line in notes:
-        print(line)
 
 
 def get_parser() -> argparse.ArgumentParser:

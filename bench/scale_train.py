@@ -38,24 +38,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-
-@dataclass(frozen=True)
-class Row:
-    """One measured configuration of one stage (bench/scale.py's columns)."""
-
-    stage: str
-    config: str
-    workers: int
-    value: float  # in ``unit``, higher is better
-    unit: str
-    seconds: float  # wall time of the run
-    single: float  # the single-process value of the same stage in the same run
+from bench.scale_rows import Row  # noqa: E402
 
 
 def worker(out: Path, *, samples: int, batch_size: int, work: Path) -> None:
