@@ -41,7 +41,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import random
 import sys
 import time
 from dataclasses import asdict, dataclass, fields, replace
@@ -54,7 +53,7 @@ from agent.checkpoint import load_checkpoint, policy_from_checkpoint, save_check
 from agent.device import pick_device
 from agent.planner import Planner, PlannerConfig, attach_priors, bar_targets, fit_planner
 from agent.planner_rank import RankPlanner
-from agent.run_config import RunConfig
+from agent.run_config import RunConfig, seed_everything
 from alignment.grid_model import load_grid_model
 from alignment.label_index import label_file, labels_dir, read_index
 from datasets.errors import EditorError, ParameterError
@@ -175,12 +174,6 @@ def _rank_table(pair: LabeledPair, stems: str) -> tuple[np.ndarray, np.ndarray]:
     feats = extract_features(load_audio(pair.raw_path), grid=pair.plan.grid, stems=stems)
     X, bounds = rank_inputs(feats.values, pair.plan.grid)
     return X, bar_targets(pair.plan, bounds)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def _accuracy(model, data: BCData, rows: np.ndarray, type_weights) -> float:

@@ -18,16 +18,8 @@ from envs.observation import HEAD_INDEX, HISTORY_CHANNELS, channel_index
 from pretrain.dataset import BCData
 from pretrain.losses import LossWeights, bc_losses, classification_metrics, loss_denominators, predict
 
-__all__ = ["seed_everything", "rng_state", "set_rng_state", "data_key", "energy_column", "policy_layout", "batch_tensors",
+__all__ = ["rng_state", "set_rng_state", "data_key", "energy_column", "policy_layout", "batch_tensors",
            "batch_denominators", "drop_features", "HISTORY_DROP_COLS", "drop_history", "evaluate", "confusion_figure"]
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    torch.backends.cudnn.deterministic = True
-    torch.backends.cudnn.benchmark = False
 
 
 def rng_state() -> dict:

@@ -65,12 +65,12 @@ from agent.checkpoint import load_checkpoint, policy_from_checkpoint, save_check
 from agent.device import pick_device
 from agent.model import N_TYPES, Policy, PolicyConfig
 from agent.planner import PlannerConfig, attach_priors, fit_planner
-from agent.run_config import RunConfig
+from agent.run_config import RunConfig, seed_everything
 from datasets.errors import EditorError, ParameterError
 from envs.observation import HEAD_INDEX, WINDOW
 from envs.reward import target_keep_from
 from pretrain.bc import (batch_denominators, batch_tensors, confusion_figure, data_key, drop_features,
-                         drop_history, energy_column, evaluate, policy_layout, rng_state, seed_everything, set_rng_state)
+                         drop_history, energy_column, evaluate, policy_layout, rng_state, set_rng_state)
 from pretrain.dagger import collect_dagger
 from pretrain.dataset import BCData, build_bc_data, load_labels, split_by_song
 from pretrain.distributed import (DDP, Dist, check_same, current, epoch_seed, fingerprint, init_from_env, raise_any, shard, share,

@@ -93,6 +93,7 @@ from torch import nn
 
 from agent.checkpoint import save_checkpoint
 from agent.model import Policy
+from agent.run_config import seed_everything
 from datasets.errors import ParameterError
 from datasets.parallel import resolve_backend
 from rl.log import log_epoch
@@ -104,7 +105,6 @@ __all__ = [
     "PPOConfig",
     "SaveTo",
     "Demos",
-    "seed_everything",
     "epoch_seeds",
     "entropy_coef_at",
     "head_entropies",
@@ -252,17 +252,6 @@ class Demos:
 
 
 # ---------------------------------------------------------------------------- seeding and songs
-
-
-def seed_everything(seed: int, *, deterministic: bool = False) -> None:
-    """Seed random, numpy, torch (CPU and CUDA) and cudnn."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    torch.backends.cudnn.deterministic = True
-    torch.backends.cudnn.benchmark = False
-    if deterministic:
-        torch.use_deterministic_algorithms(True)
 
 
 def epoch_seeds(cfg: PPOConfig, epoch: int) -> EpochSeeds:
