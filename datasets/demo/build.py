@@ -319,29 +319,30 @@ def build(cfg: BuildConfig, *, progress: bool = True) -> list[dict]:
         jobs = max(1, min(cfg.jobs, len(todo)))
         bar = tqdm(total=len(todo), desc="demo corpus", unit="song", disable=not progress)
         work = [(it, str(out)) for it in todo]
-        if jobs == 1:
-            for w in work:
-                rows.append(_run(w))
-                bar.update(1)
-        else:
-            # spawn: no fork of a process that may hold BLAS/torch threads. An executor, not a
-            # Pool: a worker that dies (a segfault) raises BrokenProcessPool instead of
-            # leaving the build waiting forever.
-            from concurrent.futures import ProcessPoolExecutor, as_completed
-            from concurrent.futures.process import BrokenProcessPool
+        # spawn: no fork of a process that may hold BLAS/torch threads. An executor, not a
+        # Pool: a worker that dies (a segfault) raises BrokenProcessPool instead of leaving
+        # the build waiting forever. One fresh process per song, also for --jobs 1, so that
+        # no song depends on what its worker rendered before: two --jobs 2 builds of one
+        # 8-song corpus once differed in two FluidSynth-rendered MIDI raws (max 0.001, the
+        # edits with them), which songs shared a worker being up to the scheduler. Cause not
+        # pinned down (it came back in 1 of 2 tries); with a process per song, 4 builds
+        # (--jobs 2, 2, 1, 2) were byte-identical, and the build took no longer (29 s vs 32 s).
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+        from concurrent.futures.process import BrokenProcessPool
 
-            from datasets.procs import pool_kwargs  # workers die with this process
+        from datasets.procs import pool_kwargs  # workers die with this process
 
-            with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), **pool_kwargs(_worker_init)) as pool:
-                try:
-                    for fut in as_completed([pool.submit(_run, w) for w in work]):
-                        rows.append(fut.result())
-                        bar.update(1)
-                except BrokenProcessPool:
-                    raise EditorError(
-                        "demo corpus: a worker process crashed; rerun with --jobs 1 "
-                        "(a corrupt numba cache: python -m datasets.warmup after deleting .venv/**/librosa/**/*.nb[ci])"
-                    ) from None
+        with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), max_tasks_per_child=1,
+                                 **pool_kwargs(_worker_init)) as pool:
+            try:
+                for fut in as_completed([pool.submit(_run, w) for w in work]):
+                    rows.append(fut.result())
+                    bar.update(1)
+            except BrokenProcessPool:
+                raise EditorError(
+                    "demo corpus: a worker process crashed (a corrupt numba cache? "
+                    "python -m datasets.warmup after deleting .venv/**/librosa/**/*.nb[ci])"
+                ) from None
         bar.close()
     errors = [r for r in rows if "error" in r]
     for r in errors:

@@ -300,6 +300,22 @@ def test_build_writes_pairs_skips_up_to_date_and_is_deterministic(tmp_path, monk
     assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
 
 
+@pytest.mark.skipif(midi_backend() != "fluidsynth", reason="FluidSynth not installed: MIDI songs use the additive fallback")
+def test_build_is_the_same_bytes_for_any_number_of_jobs(tmp_path, monkeypatch):
+    """The corpus does not depend on how songs are spread over workers: every song is built
+    in a fresh process, so --jobs 1 and --jobs 4 write the same bytes (FluidSynth-rendered
+    MIDI songs once differed between two builds whose workers had rendered other songs)."""
+    monkeypatch.setattr(demo_build, "_code_hash", lambda: "pinned")
+    if not MIDI.is_dir():
+        pytest.skip(f"{MIDI}: no MIDI songs")
+    kw = dict(n_songs=4, persona="tight", seed=5, min_seconds=20.0, max_seconds=22.0, midi_dir=str(MIDI),
+              midi_fraction=1.0, delivery_fraction=0.0)
+    for jobs, name in ((1, "one"), (4, "four")):
+        rows = demo_build.build(demo_build.BuildConfig(out=str(tmp_path / name), jobs=jobs, **kw), progress=False)
+        assert len(rows) == 4 and not any("error" in r for r in rows), rows
+    assert _digest(tmp_path / "one") == _digest(tmp_path / "four")
+
+
 def demo_build_plan(truth: dict):
     from envs.plan import EditPlan
 
