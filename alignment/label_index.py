@@ -60,15 +60,17 @@ def label_file(run_dir: str | Path, name: str, entry: dict) -> Path:
     return labels_dir(run_dir) / f"{name}.json"
 
 
+def _read_record(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ParameterError(f"{path}: unreadable label record ({exc})") from None
+
+
 def read_label_records(run_dir: str | Path) -> Iterator[tuple[str, dict, dict]]:
     """(name, index entry, label record) for every pair of the run, by name."""
     for name, entry in read_index(run_dir).items():
-        path = label_file(run_dir, name, entry)
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ParameterError(f"{path}: unreadable label record ({exc})") from None
-        yield name, entry, record
+        yield name, entry, _read_record(label_file(run_dir, name, entry))
 
 
 def keep_ratios(run_dir: str | Path) -> np.ndarray:
@@ -77,9 +79,11 @@ def keep_ratios(run_dir: str | Path) -> np.ndarray:
     if not index_path(run_dir).is_file():
         return np.zeros(0)
     out = []
-    for name, entry, record in read_label_records(run_dir):
-        if "keep_ratio" in entry:
+    for name, entry in read_index(run_dir).items():
+        if "keep_ratio" in entry:  # make align writes it: no record to open
             out.append(float(entry["keep_ratio"]))
-        elif "keep_ratio" in record.get("plan", record):
-            out.append(float(record.get("plan", record)["keep_ratio"]))
+            continue
+        plan = _read_record(label_file(run_dir, name, entry)).get("plan", {})
+        if "keep_ratio" in plan:
+            out.append(float(plan["keep_ratio"]))
     return np.asarray(out, dtype=np.float64)
